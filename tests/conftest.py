@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny corpus with learnable structure, and a tiny model checkpoint."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wordlm.checkpoint import Checkpoint, save_checkpoint
+from wordlm.data import load_corpus
+from wordlm.model import LSTMLM, preset
+
+SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "<unk>"]
+VERBS = ["sat on", "looked at", "ran to", "slept near"]
+OBJECTS = ["the mat", "a tree", "the river", "the house", "her friend"]
+
+
+def make_corpus(root: Path, lines: tuple[int, int, int] = (400, 60, 60), seed: int = 0) -> Path:
+    """Write train/valid/test.txt of simple sentences (tiny vocabulary, learnable next words)."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "valid", "test"), lines):
+        text = []
+        for _ in range(n):
+            s = f" {rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} ."
+            text.append(s + (" and then it rained ." if rng.random() < 0.3 else ""))
+        (root / f"{split}.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    return root
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `wordlm ARGS` in a fresh process (as a user would), one thread."""
+    return subprocess.run(
+        [sys.executable, "-m", "wordlm.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_dir):
+    return load_corpus(corpus_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, corpus) -> Path:
+    """A randomly initialised tiny model saved as a checkpoint."""
+    torch.manual_seed(0)
+    model = LSTMLM(preset("tiny", len(corpus.vocab)))
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(Checkpoint(model.cfg, corpus.vocab, model.state_dict()), out)
+    return out

@@ -1,0 +1,200 @@
+"""`wordlm`: a thin command line over the Python API. One function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from wordlm.errors import WordLMError
+
+log = logging.getLogger("wordlm")
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "wikitext2-lstm"
+
+
+def default_checkpoint(path: str | None) -> Path:
+    """The named checkpoint, else $WORDLM_MODEL, else the shipped models/wikitext2-lstm."""
+    if path:
+        return Path(path)
+    if os.environ.get("WORDLM_MODEL"):
+        return Path(os.environ["WORDLM_MODEL"])
+    if not DEFAULT_MODEL.is_dir():
+        raise WordLMError(
+            f"no checkpoint given and the default {DEFAULT_MODEL} is missing; "
+            "name one (e.g. runs/x/best) or set WORDLM_MODEL"
+        )
+    return DEFAULT_MODEL
+
+
+def _engine_for(args):
+    from wordlm.checkpoint import load_checkpoint
+    from wordlm.engines import load_engine
+
+    ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
+    return ckpt, load_engine(args.engine, ckpt, threads=args.threads)
+
+
+def cmd_import_tutorial(args) -> None:
+    from wordlm.checkpoint import import_tutorial, save_checkpoint
+
+    ckpt = import_tutorial(args.state_dict, args.data)
+    out = save_checkpoint(ckpt, args.out)
+    print(f"wrote {out} ({ckpt.config.num_layers} layers, emb {ckpt.config.emb_dim}, "
+          f"hidden {ckpt.config.hidden_dim}, vocab {ckpt.config.vocab_size})")
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from wordlm.data import load_corpus
+    from wordlm.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        preset=args.preset, emb_dim=args.emb_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
+        dropout=args.dropout, init=args.init, lr=args.lr, clip=args.clip, batch_size=args.batch_size,
+        bptt=args.bptt, epochs=args.epochs, lr_decay=args.lr_decay, seed=args.seed, save_every=args.save_every,
+    )
+    corpus = load_corpus(args.data)
+    command = "wordlm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    st = train(cfg, corpus, args.out, resume=args.resume, max_minutes=args.max_minutes,
+               device=args.device, command=command)
+    done = st.epoch > cfg.epochs
+    print(f"{'finished' if done else 'stopped'} at epoch {min(st.epoch, cfg.epochs)}, batch {st.batch}; "
+          f"best val loss {st.best_val:.4f}; best checkpoint: {Path(args.out) / 'best'}"
+          + ("" if done else "; continue with --resume"))
+
+
+def cmd_eval(args) -> None:
+    from wordlm.data import load_split
+    from wordlm.evaluate import evaluate
+
+    ckpt, engine = _engine_for(args)
+    ids = load_split(ckpt.vocab, args.split, args.data)
+    if args.max_tokens is not None:
+        if args.max_tokens < 2:
+            raise WordLMError("--max-tokens must be at least 2")
+        ids = ids[: args.max_tokens]
+    res = evaluate(engine, ids, bptt=args.bptt, batch_size=args.batch_size, progress=not args.json)
+    out = {**res.to_dict(), "engine": engine.name, "size_bytes": engine.size_bytes,
+           "threads": args.threads, "split": args.split, "checkpoint": str(ckpt.path)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{engine.name}: loss {res.loss:.4f}  ppl {res.ppl:.2f}  {res.tokens} tokens in "
+              f"{res.seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)  size {engine.size_bytes / 1e6:.1f} MB")
+
+
+def cmd_generate(args) -> None:
+    from wordlm.generate import Sampling, generate_text
+
+    ckpt, engine = _engine_for(args)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.prompt:
+        sys.stdout.write(args.prompt)
+    for piece in generate_text(engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling,
+                               seed=args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_demo(args) -> None:
+    from wordlm.demo import run_demo
+
+    run_demo(default_checkpoint(args.checkpoint), max_tokens=None if args.full else args.max_tokens,
+             words=args.words, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wordlm.engines import ENGINES
+
+    p = argparse.ArgumentParser(prog="wordlm", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def engine_opts(sp, default_engine="torch"):
+        sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+        sp.add_argument("--engine", default=default_engine, choices=list(ENGINES))
+        sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the tutorial's)")
+        sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
+
+    sp = sub.add_parser("import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint")
+    sp.add_argument("state_dict")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
+    sp.set_defaults(func=cmd_import_tutorial)
+
+    sp = sub.add_parser("train", help="train a model (resumable)")
+    sp.add_argument("--out", required=True, help="run directory: best/ checkpoint and state/ to resume from")
+    sp.add_argument("--data")
+    sp.add_argument("--preset", default="tutorial")
+    for name in ("emb-dim", "hidden-dim", "num-layers"):
+        sp.add_argument(f"--{name}", type=int)
+    sp.add_argument("--dropout", type=float)
+    sp.add_argument("--init", default="scaled", choices=["scaled", "tutorial"])
+    sp.add_argument("--lr", type=float, default=20.0)
+    sp.add_argument("--clip", type=float, default=0.25)
+    sp.add_argument("--batch-size", type=int, default=20)
+    sp.add_argument("--bptt", type=int, default=35)
+    sp.add_argument("--epochs", type=int, default=6)
+    sp.add_argument("--lr-decay", type=float, default=4.0)
+    sp.add_argument("--seed", type=int, default=1111)
+    sp.add_argument("--save-every", type=int, default=200, help="batches between resumable saves")
+    sp.add_argument("--max-minutes", type=float, help="stop (state saved) after this many minutes")
+    sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="loss and perplexity by the tutorial's protocol")
+    engine_opts(sp)
+    sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    sp.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
+    sp.add_argument("--bptt", type=int, default=25)
+    sp.add_argument("--batch-size", type=int, default=1)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_eval)
+
+    sp = sub.add_parser("generate", help="sample text")
+    engine_opts(sp)
+    sp.add_argument("--words", type=int, default=100)
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--top-k", type=int)
+    sp.add_argument("--top-p", type=float)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--prompt")
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
+    sp.add_argument("checkpoint", nargs="?")
+    sp.add_argument("--max-tokens", type=int, default=20000, help="test prefix to evaluate (default 20000)")
+    sp.add_argument("--full", action="store_true", help="the whole test split, as in the tutorial")
+    sp.add_argument("--words", type=int, default=60)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except WordLMError as e:
+        print(f"wordlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wordlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

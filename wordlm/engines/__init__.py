@@ -1,0 +1,70 @@
+"""Inference engines: every way of running a model behind one small interface.
+
+evaluate, generate, bench and serve talk only to `Engine`, so that the torch fp32 reference, the
+tutorial's torch.ao int8 path, ONNX Runtime and wordlm's own quantized engine run the very same loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from wordlm.errors import WordLMError
+
+State = Any  # engine-specific recurrent state (for torch engines: (h, c))
+
+
+class Engine:
+    """Base class. Subclasses set `name` and implement `init_state`, `forward` and `size_bytes`.
+
+    ids are int64 tensors [seq, batch]; logits are float32 tensors [seq, batch, vocab].
+    `nll` and `next_logprobs` have plain defaults over `forward`; an engine overrides them where it
+    can avoid materialising full logits.
+    """
+
+    name: str = "?"
+    threads: int = 1
+    vocab_size: int
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of what this engine loads (on disk, or the tutorial's serialized state_dict)."""
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int) -> State:
+        raise NotImplementedError
+
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
+        """Summed negative log-likelihood (nats) of targets[seq, batch] given ids[seq, batch]."""
+        logits, state = self.forward(ids, state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+        return loss.item(), state
+
+    def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Log-probabilities [batch, vocab] of the word after the last position of ids[seq, batch]."""
+        logits, state = self.forward(ids, state)
+        return torch.log_softmax(logits[-1].float(), dim=-1), state
+
+
+# name -> "module:factory"; factories take (checkpoint, threads) and import their runtime lazily, so a
+# missing optional runtime only matters to the engine that needs it.
+ENGINES: dict[str, str] = {
+    "torch": "wordlm.engines.torch_fp32:from_checkpoint",
+    "torch-dynamic": "wordlm.engines.torch_dynamic:from_checkpoint",
+}
+
+
+def load_engine(name: str, ckpt, threads: int = 1) -> Engine:
+    """Build engine `name` for a loaded checkpoint, using `threads` CPU threads."""
+    if name not in ENGINES:
+        raise WordLMError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if threads < 1:
+        raise WordLMError("--threads must be at least 1")
+    module, factory = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), factory)(ckpt, threads)

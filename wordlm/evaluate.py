@@ -1,0 +1,54 @@
+"""Loss and perplexity by the tutorial's protocol: bptt chunks, hidden state carried, no dropout."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from wordlm.data import batchify, bptt_batches
+from wordlm.engines import Engine
+from wordlm.errors import WordLMError
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean NLL per predicted token, nats
+    ppl: float
+    tokens: int  # predicted tokens
+    seconds: float
+    tokens_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    engine: Engine, ids: torch.Tensor, bptt: int = 25, batch_size: int = 1, progress: bool = False
+) -> EvalResult:
+    """Mean NLL of every next token of `ids` (1-D), as the tutorial's `evaluate()` computes it.
+
+    With batch_size 1 (the tutorial's), this is the sum of NLL over the len(ids) - 1 targets divided
+    by their number; for larger batches the text is batchified first, as in training.
+    """
+    if bptt < 1 or batch_size < 1:
+        raise WordLMError("bptt and batch size must be at least 1")
+    source = batchify(ids, batch_size)  # [n, batch]
+    if source.size(0) < 2:
+        raise WordLMError(f"{ids.numel()} tokens are too few to evaluate at batch size {batch_size}")
+    state = engine.init_state(batch_size)
+    total, count = 0.0, 0
+    n_chunks = math.ceil((source.size(0) - 1) / bptt)
+    start = time.perf_counter()
+    for chunk, targets in tqdm(bptt_batches(source, bptt), total=n_chunks, disable=not progress,
+                               desc=f"eval {engine.name}", unit="chunk", leave=False):
+        nll, state = engine.nll(chunk, targets, state)
+        total += nll
+        count += targets.numel()
+    seconds = time.perf_counter() - start
+    loss = total / count
+    return EvalResult(loss=loss, ppl=math.exp(loss), tokens=count, seconds=seconds,
+                      tokens_per_s=count / seconds if seconds > 0 else float("inf"))

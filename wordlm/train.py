@@ -1,0 +1,242 @@
+"""Training: the pytorch/examples word_language_model recipe, resumable to the batch.
+
+A run directory holds `best/` (a checkpoint: the best validation loss so far) and `state/` (everything
+needed to continue: weights, hidden state, RNG state, optimizer, position, history). `state/` is
+written atomically every `save_every` batches, at each epoch's end and when time runs out, so a
+killed run resumes where it stopped and, on one thread with the same seed, ends with the same weights
+as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save
+from tqdm import tqdm
+
+from wordlm.checkpoint import Checkpoint, save_checkpoint
+from wordlm.data import Corpus, batchify, bptt_batches
+from wordlm.engines.torch_fp32 import TorchEngine
+from wordlm.errors import WordLMError
+from wordlm.evaluate import evaluate
+from wordlm.fileio import atomic_write_dir
+from wordlm.model import LSTMLM, ModelConfig, preset, repackage_hidden
+
+log = logging.getLogger(__name__)
+STATE_MARKER = "state.json"
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tutorial"
+    emb_dim: int | None = None  # None: the preset's
+    hidden_dim: int | None = None
+    num_layers: int | None = None
+    dropout: float | None = None
+    init: str = "scaled"  # see LSTMLM.init_weights
+    lr: float = 20.0
+    clip: float = 0.25
+    batch_size: int = 20
+    bptt: int = 35
+    epochs: int = 6
+    lr_decay: float = 4.0  # lr /= lr_decay when validation loss does not improve
+    seed: int = 1111
+    eval_batch_size: int = 10
+    save_every: int = 200  # batches between resumable state saves
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return preset(
+            self.preset,
+            vocab_size,
+            emb_dim=self.emb_dim,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+        )
+
+    def check(self) -> None:
+        for name in ("lr", "clip", "batch_size", "bptt", "epochs", "lr_decay", "save_every"):
+            if getattr(self, name) <= 0:
+                raise WordLMError(f"--{name.replace('_', '-')} must be positive")
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what `state/` holds besides tensors."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batch: int = 0  # batches of that epoch already done
+    lr: float = 20.0
+    best_val: float = math.inf
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+
+
+def _save_state(
+    run_dir: Path,
+    cfg: TrainConfig,
+    st: RunState,
+    model: LSTMLM,
+    hidden: tuple[torch.Tensor, torch.Tensor],
+    opt: torch.optim.Optimizer,
+) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["hidden.h"], tensors["hidden.c"] = hidden
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    opt_sd = opt.state_dict()
+    for pid, pstate in opt_sd["state"].items():
+        for k, v in pstate.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{k}"] = v
+    doc = {"train_config": asdict(cfg), "run": asdict(st), "optim_groups": opt_sd["param_groups"]}
+
+    def fill(tmp: Path) -> None:
+        tensors_cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        (tmp / "state.safetensors").write_bytes(save(tensors_cpu))
+        (tmp / STATE_MARKER).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+
+    atomic_write_dir(run_dir / "state", fill, marker=STATE_MARKER)
+
+
+def _load_state(run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim.Optimizer, device: str):
+    state_dir = run_dir / "state"
+    try:
+        doc = json.loads((state_dir / STATE_MARKER).read_text(encoding="utf-8"))
+        tensors = load_file(state_dir / "state.safetensors")
+    except (OSError, ValueError) as e:
+        raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e})") from None
+    if doc["train_config"] != asdict(cfg):
+        diff = sorted(k for k, v in asdict(cfg).items() if doc["train_config"].get(k) != v)
+        raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_sd = {"state": {}, "param_groups": doc["optim_groups"]}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            opt_sd["state"].setdefault(int(pid), {})[name] = v.to(device)
+    opt.load_state_dict(opt_sd)
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    hidden = (tensors["hidden.h"].to(device), tensors["hidden.c"].to(device))
+    return RunState(**doc["run"]), hidden
+
+
+def train(
+    cfg: TrainConfig,
+    corpus: Corpus,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    max_minutes: float | None = None,
+    device: str = "cpu",
+    command: str | None = None,
+) -> RunState:
+    """Train (or continue training) a model; returns where the run stands when it stops.
+
+    Stops after `cfg.epochs` epochs or, saving its state first, once `max_minutes` have passed.
+    """
+    cfg.check()
+    run_dir = Path(run_dir)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WordLMError("--device cuda: no CUDA device is available on this machine")
+    has_state = (run_dir / "state" / STATE_MARKER).exists()
+    if resume and not has_state:
+        raise WordLMError(f"--resume: {run_dir} has no training state to resume")
+    if not resume and has_state:
+        raise WordLMError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = cfg.model_config(len(corpus.vocab))
+    model = LSTMLM(model_cfg)
+    model.init_weights(cfg.init)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    if resume:
+        st, hidden = _load_state(run_dir, cfg, model, opt, device)
+        log.info("resuming %s at epoch %d, batch %d", run_dir, st.epoch, st.batch)
+    else:
+        st, hidden = RunState(lr=cfg.lr), model.init_hidden(cfg.batch_size)
+
+    train_data = batchify(corpus.train, cfg.batch_size).to(device)  # [n, batch]
+    valid_data = corpus.valid.to(device)
+    n_batches = math.ceil((train_data.size(0) - 1) / cfg.bptt)
+    criterion = nn.CrossEntropyLoss()
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+    t_start, elapsed0 = time.monotonic(), st.elapsed_s
+
+    def checkpoint_state() -> None:
+        st.elapsed_s = elapsed0 + time.monotonic() - t_start
+        _save_state(run_dir, cfg, st, model, hidden, opt)
+
+    while st.epoch <= cfg.epochs:
+        for g in opt.param_groups:
+            g["lr"] = st.lr
+        model.train()
+        bar = tqdm(total=n_batches, initial=st.batch, desc=f"epoch {st.epoch}", unit="batch", leave=False)
+        t_epoch, tokens, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
+        for i, (ids, targets) in enumerate(bptt_batches(train_data, cfg.bptt)):
+            if i < st.batch:
+                continue
+            hidden = repackage_hidden(hidden)
+            opt.zero_grad(set_to_none=True)
+            logits, hidden = model(ids, hidden)
+            loss = criterion(logits.view(-1, model_cfg.vocab_size), targets.reshape(-1))
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            st.batch += 1
+            tokens += ids.numel()
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if st.batch % 10 == 0 or st.batch == n_batches:
+                mean = loss_sum / loss_n
+                tps = tokens / max(time.monotonic() - t_epoch, 1e-9)
+                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.0f}", tok_s=f"{tps:.0f}")
+                loss_sum, loss_n = 0.0, 0
+            bar.update(1)
+            if st.batch % cfg.save_every == 0:
+                checkpoint_state()
+            if time.monotonic() > deadline:
+                bar.close()
+                checkpoint_state()
+                log.info("time limit reached at epoch %d, batch %d; state saved", st.epoch, st.batch)
+                return st
+        bar.close()
+        val = evaluate(TorchEngine(model, device=device), valid_data, bptt=cfg.bptt, batch_size=cfg.eval_batch_size)
+        model.train()
+        improved = val.loss < st.best_val
+        st.history.append(
+            {"epoch": st.epoch, "lr": st.lr, "val_loss": val.loss, "val_ppl": val.ppl,
+             "elapsed_s": elapsed0 + time.monotonic() - t_start}
+        )
+        log.info("epoch %d: val loss %.4f (ppl %.1f), lr %g%s", st.epoch, val.loss, val.ppl, st.lr,
+                 " (best)" if improved else "")
+        if improved:
+            st.best_val = val.loss
+            meta = {
+                "command": command,
+                "train_config": asdict(cfg),
+                "epochs": st.epoch,
+                "val_loss": val.loss,
+                "history": st.history,
+                "hardware": f"{platform.machine()} {platform.processor() or ''} ({device})".strip(),
+                "torch": torch.__version__,
+            }
+            tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            save_checkpoint(Checkpoint(model_cfg, corpus.vocab, tensors, meta=meta), run_dir / "best")
+        else:
+            st.lr /= cfg.lr_decay
+        st.epoch, st.batch = st.epoch + 1, 0
+        hidden = model.init_hidden(cfg.batch_size)
+        checkpoint_state()
+    return st
