@@ -32,6 +32,8 @@ from wordlm.model import LSTMLM, ModelConfig, preset, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
+# settings that a resumed run may change: train longer, save more or less often
+RESUMABLE_CHANGES = ("epochs", "save_every")
 
 
 @dataclass
@@ -115,8 +117,8 @@ def _load_state(run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim
         tensors = load_file(state_dir / "state.safetensors")
     except (OSError, ValueError) as e:
         raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e})") from None
-    if doc["train_config"] != asdict(cfg):
-        diff = sorted(k for k, v in asdict(cfg).items() if doc["train_config"].get(k) != v)
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and doc["train_config"].get(k) != v)
+    if diff:
         raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_sd = {"state": {}, "param_groups": doc["optim_groups"]}

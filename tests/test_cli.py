@@ -1,0 +1,79 @@
+"""The CLI end to end, and its answers to bad input: one line on stderr, a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import make_corpus, run_cli
+
+
+def _one_line_error(r, text):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if line.startswith("wordlm")]
+    assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+def test_eval_json_and_max_tokens(tiny_ckpt, corpus_dir):
+    r = run_cli("eval", str(tiny_ckpt), "--data", str(corpus_dir), "--max-tokens", "101", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tokens"] == 100 and out["engine"] == "torch" and out["size_bytes"] > 0
+    assert out["ppl"] == pytest.approx(2.718281828 ** out["loss"], rel=1e-6)
+
+
+def test_generate_streams_clean_text_and_is_reproducible(tiny_ckpt):
+    a = run_cli("generate", str(tiny_ckpt), "--words", "30", "--seed", "3", "--prompt", "the cat")
+    b = run_cli("generate", str(tiny_ckpt), "--words", "30", "--seed", "3", "--prompt", "the cat")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("the cat")
+    assert "b'" not in a.stdout and "<eos>" not in a.stdout
+
+
+def test_unknown_prompt_word_without_unk(tmp_path):
+    data = make_corpus(tmp_path / "d")
+    for s in ("train", "valid", "test"):  # a corpus whose vocabulary has no <unk>
+        p = data / f"{s}.txt"
+        p.write_text(p.read_text().replace("<unk>", "someone"))
+    r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                "--epochs", "1", "--bptt", "8", "--batch-size", "4")
+    assert r.returncode == 0, r.stderr
+    _one_line_error(run_cli("generate", str(tmp_path / "run" / "best"), "--prompt", "the zebra"), "'zebra' is not in")
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["generate", "{ckpt}", "--temperature", "0"], "temperature must be > 0"),
+        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be > 0"),
+        (["generate", "{ckpt}", "--words", "0"], "at least 1"),
+        (["eval", "{tmp}/missing"], "no such checkpoint"),
+        (["eval", "{tmp}"], "not a wordlm checkpoint"),
+        (["eval", "{ckpt}", "--data", "{tmp}"], "has no test.txt"),
+        (["eval", "{ckpt}", "--max-tokens", "1"], "--max-tokens"),
+        (["eval", "{ckpt}", "--threads", "0"], "--threads"),
+        (["import-tutorial", "{tmp}/none.pth", "--out", "{tmp}/o"], "no such file"),
+        (["train", "--out", "{tmp}/r", "--resume", "--preset", "tiny", "--data", "{data}"], "no training state"),
+        (["train", "--out", "{tmp}/r", "--preset", "huge", "--data", "{data}"], "unknown preset"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tiny_ckpt, corpus_dir, tmp_path, args, text):
+    fmt = {"ckpt": str(tiny_ckpt), "tmp": str(tmp_path), "data": str(corpus_dir)}
+    _one_line_error(run_cli(*[a.format(**fmt) for a in args]), text)
+
+
+def test_corrupt_checkpoint_on_the_cli(tiny_ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_ckpt, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 10)
+    _one_line_error(run_cli("eval", str(bad)), "corrupt or truncated")
+
+
+def test_empty_text_split(tiny_ckpt, corpus_dir, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(corpus_dir, data)
+    (data / "test.txt").write_text("")
+    _one_line_error(run_cli("eval", str(tiny_ckpt), "--data", str(data)), "is empty")

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wordlm.data import EOS, Vocab, batchify, bptt_batches, load_corpus, load_split
+from wordlm.errors import WordLMError
+
+
+def test_vocab_order_of_first_appearance_over_train_valid_test(tmp_path):
+    (tmp_path / "train.txt").write_text("b a\n a c\n")
+    (tmp_path / "valid.txt").write_text("d\n")
+    (tmp_path / "test.txt").write_text("e b\n")
+    c = load_corpus(tmp_path)
+    assert c.vocab.itos == ["b", "a", EOS, "c", "d", "e"]
+    assert c.train.tolist() == [0, 1, 2, 1, 3, 2]
+    assert c.test.tolist() == [5, 0, 2]
+
+
+def test_bundled_wikitext2_is_the_tutorials():
+    c = load_corpus()
+    assert len(c.vocab) == 33278
+    assert (c.train.numel(), c.valid.numel(), c.test.numel()) == (2088628, 217646, 245569)
+
+
+def test_batchify_columns_are_contiguous_text():
+    b = batchify(torch.arange(26), 4)
+    assert b.shape == (6, 4)
+    assert b[:, 1].tolist() == list(range(6, 12))
+
+
+def test_bptt_batches_targets_are_shifted_and_cover_everything():
+    src = batchify(torch.arange(11), 1)
+    chunks = list(bptt_batches(src, 4))
+    assert [c.size(0) for c, _ in chunks] == [4, 4, 2]
+    assert torch.equal(torch.cat([t for _, t in chunks]).view(-1), torch.arange(1, 11))
+
+
+def test_unknown_words_map_to_unk_or_fail():
+    assert Vocab(["a", "<unk>"]).encode(["a", "zzz"]) == [0, 1]
+    with pytest.raises(WordLMError, match="not in the vocabulary"):
+        Vocab(["a"]).encode(["zzz"])
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "has no train.txt"),
+        (lambda d: [(d / f"{s}.txt").write_text("x\n") for s in ("train", "valid")], "has no test.txt"),
+        (lambda d: [(d / f"{s}.txt").write_text("" if s == "valid" else "x\n") for s in ("train", "valid", "test")],
+         "is empty"),
+        (lambda d: [(d / f"{s}.txt").write_bytes(b"\xff\xfe bad" if s == "test" else b"x\n")
+                    for s in ("train", "valid", "test")], "not UTF-8"),
+    ],
+)
+def test_bad_data_directories(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(WordLMError, match=message):
+        load_corpus(tmp_path)
+
+
+def test_missing_directory_and_unknown_split(tmp_path):
+    with pytest.raises(WordLMError, match="does not exist"):
+        load_corpus(tmp_path / "nope")
+    with pytest.raises(WordLMError, match="unknown split"):
+        load_split(Vocab(["a"]), "dev", tmp_path)
