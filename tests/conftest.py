@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def make_corpus(root: Path, lines: tuple[int, int, int] = (400, 60, 60), seed: i
     """Write train/valid/test.txt of simple sentences (tiny vocabulary, learnable next words)."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
-    for split, n in zip(("train", "valid", "test"), lines):
+    for split, n in zip(("train", "valid", "test"), lines, strict=True):
         text = []
         for _ in range(n):
             s = f" {rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} ."
@@ -36,8 +37,10 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `wordlm ARGS` in a fresh process (as a user would), one thread."""
     return subprocess.run(
         [sys.executable, "-m", "wordlm.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
     )
 
 

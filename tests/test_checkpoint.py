@@ -48,14 +48,20 @@ def _edit_config(path, fn):
     "corrupt, message",
     [
         (lambda p: (p / "model.safetensors").unlink(), "not a wordlm checkpoint"),
-        (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:-100]),
-         "corrupt or truncated"),
+        (
+            lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:-100]),
+            "corrupt or truncated",
+        ),
         (lambda p: (p / "config.json").write_text("{nope"), "not valid JSON"),
         (lambda p: _edit_config(p, lambda c: c.update(format_version=99)), "format_version 99"),
         (lambda p: _edit_config(p, lambda c: c["model"].update(hidden_dim=32)), "has shape"),
         (lambda p: (p / "vocab.txt").write_text("a\nb\n"), "vocabulary mismatch"),
-        (lambda p: (p / "vocab.txt").write_text(
-            "\n".join(reversed((p / "vocab.txt").read_text().split("\n")[:-1])) + "\n"), "sha256 differs"),
+        (
+            lambda p: (p / "vocab.txt").write_text(
+                "\n".join(reversed((p / "vocab.txt").read_text().split("\n")[:-1])) + "\n"
+            ),
+            "sha256 differs",
+        ),
     ],
 )
 def test_bad_checkpoints_give_clear_errors(tiny_ckpt, tmp_path, corrupt, message):

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import make_corpus, run_cli
 
 
@@ -38,10 +37,25 @@ def test_unknown_prompt_word_without_unk(tmp_path):
     for s in ("train", "valid", "test"):  # a corpus whose vocabulary has no <unk>
         p = data / f"{s}.txt"
         p.write_text(p.read_text().replace("<unk>", "someone"))
-    r = run_cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
-                "--epochs", "1", "--bptt", "8", "--batch-size", "4")
+    r = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--bptt",
+        "8",
+        "--batch-size",
+        "4",
+    )
     assert r.returncode == 0, r.stderr
-    _one_line_error(run_cli("generate", str(tmp_path / "run" / "best"), "--prompt", "the zebra"), "'zebra' is not in")
+    _one_line_error(
+        run_cli("generate", str(tmp_path / "run" / "best"), "--prompt", "the zebra"), "'zebra' is not in"
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,7 +70,10 @@ def test_unknown_prompt_word_without_unk(tmp_path):
         (["eval", "{ckpt}", "--max-tokens", "1"], "--max-tokens"),
         (["eval", "{ckpt}", "--threads", "0"], "--threads"),
         (["import-tutorial", "{tmp}/none.pth", "--out", "{tmp}/o"], "no such file"),
-        (["train", "--out", "{tmp}/r", "--resume", "--preset", "tiny", "--data", "{data}"], "no training state"),
+        (
+            ["train", "--out", "{tmp}/r", "--resume", "--preset", "tiny", "--data", "{data}"],
+            "no training state",
+        ),
         (["train", "--out", "{tmp}/r", "--preset", "huge", "--data", "{data}"], "unknown preset"),
     ],
 )

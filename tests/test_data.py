@@ -47,10 +47,19 @@ def test_unknown_words_map_to_unk_or_fail():
     [
         (lambda d: None, "has no train.txt"),
         (lambda d: [(d / f"{s}.txt").write_text("x\n") for s in ("train", "valid")], "has no test.txt"),
-        (lambda d: [(d / f"{s}.txt").write_text("" if s == "valid" else "x\n") for s in ("train", "valid", "test")],
-         "is empty"),
-        (lambda d: [(d / f"{s}.txt").write_bytes(b"\xff\xfe bad" if s == "test" else b"x\n")
-                    for s in ("train", "valid", "test")], "not UTF-8"),
+        (
+            lambda d: [
+                (d / f"{s}.txt").write_text("" if s == "valid" else "x\n") for s in ("train", "valid", "test")
+            ],
+            "is empty",
+        ),
+        (
+            lambda d: [
+                (d / f"{s}.txt").write_bytes(b"\xff\xfe bad" if s == "test" else b"x\n")
+                for s in ("train", "valid", "test")
+            ],
+            "not UTF-8",
+        ),
     ],
 )
 def test_bad_data_directories(tmp_path, setup, message):

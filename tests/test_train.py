@@ -11,14 +11,28 @@ import time
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
 from wordlm.errors import WordLMError
 from wordlm.train import TrainConfig, train
 
-ARGS = ["--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--bptt", "4", "--lr", "5",
-        "--seed", "7", "--threads", "1"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "2",
+    "--bptt",
+    "4",
+    "--lr",
+    "5",
+    "--seed",
+    "7",
+    "--threads",
+    "1",
+]
 
 
 def _train_cli(corpus_dir, out, *extra):
@@ -46,9 +60,22 @@ def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wordlm.cli", "train", "--data", str(corpus_dir), "--out", str(run), *ARGS,
-         "--save-every", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "wordlm.cli",
+            "train",
+            "--data",
+            str(corpus_dir),
+            "--out",
+            str(run),
+            *ARGS,
+            "--save-every",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     state = run / "state" / "state.json"
     deadline = time.time() + 120
@@ -89,7 +116,11 @@ def test_resume_refuses_changed_settings_and_existing_runs(corpus, tmp_path):
     with pytest.raises(WordLMError, match="already holds a run"):
         train(cfg, corpus, tmp_path / "run")
     with pytest.raises(WordLMError, match="settings differ"):
-        train(TrainConfig(preset="tiny", epochs=1, batch_size=4, bptt=8, seed=1, lr=1.0), corpus,
-              tmp_path / "run", resume=True)
+        train(
+            TrainConfig(preset="tiny", epochs=1, batch_size=4, bptt=8, seed=1, lr=1.0),
+            corpus,
+            tmp_path / "run",
+            resume=True,
+        )
     with pytest.raises(WordLMError, match="no training state"):
         train(cfg, corpus, tmp_path / "other", resume=True)

@@ -10,7 +10,21 @@ from wordlm.model import LSTMLM, ModelConfig, preset
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTMLM", "Checkpoint", "Corpus", "Engine", "EvalResult", "ModelConfig", "Vocab", "WordLMError",
-    "build_model", "evaluate", "import_tutorial", "load_checkpoint", "load_corpus", "load_engine",
-    "load_split", "preset", "save_checkpoint",
+    "LSTMLM",
+    "Checkpoint",
+    "Corpus",
+    "Engine",
+    "EvalResult",
+    "ModelConfig",
+    "Vocab",
+    "WordLMError",
+    "build_model",
+    "evaluate",
+    "import_tutorial",
+    "load_checkpoint",
+    "load_corpus",
+    "load_engine",
+    "load_split",
+    "preset",
+    "save_checkpoint",
 ]

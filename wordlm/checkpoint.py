@@ -158,7 +158,9 @@ def import_tutorial(state_dict_path: str | Path, data_dir: str | Path | None = N
     try:
         sd = torch.load(state_dict_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean the same to the user
-        raise WordLMError(f"{state_dict_path}: not a loadable torch state_dict ({type(e).__name__})") from None
+        raise WordLMError(
+            f"{state_dict_path}: not a loadable torch state_dict ({type(e).__name__})"
+        ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WordLMError(f"{state_dict_path}: expected a dict of tensors (a model.state_dict())")
     for key in ("encoder.weight", "rnn.weight_hh_l0", "decoder.weight"):

@@ -43,8 +43,10 @@ def cmd_import_tutorial(args) -> None:
 
     ckpt = import_tutorial(args.state_dict, args.data)
     out = save_checkpoint(ckpt, args.out)
-    print(f"wrote {out} ({ckpt.config.num_layers} layers, emb {ckpt.config.emb_dim}, "
-          f"hidden {ckpt.config.hidden_dim}, vocab {ckpt.config.vocab_size})")
+    print(
+        f"wrote {out} ({ckpt.config.num_layers} layers, emb {ckpt.config.emb_dim}, "
+        f"hidden {ckpt.config.hidden_dim}, vocab {ckpt.config.vocab_size})"
+    )
 
 
 def cmd_train(args) -> None:
@@ -56,18 +58,38 @@ def cmd_train(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
-        preset=args.preset, emb_dim=args.emb_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
-        dropout=args.dropout, init=args.init, lr=args.lr, clip=args.clip, batch_size=args.batch_size,
-        bptt=args.bptt, epochs=args.epochs, lr_decay=args.lr_decay, seed=args.seed, save_every=args.save_every,
+        preset=args.preset,
+        emb_dim=args.emb_dim,
+        hidden_dim=args.hidden_dim,
+        num_layers=args.num_layers,
+        dropout=args.dropout,
+        init=args.init,
+        lr=args.lr,
+        clip=args.clip,
+        batch_size=args.batch_size,
+        bptt=args.bptt,
+        epochs=args.epochs,
+        lr_decay=args.lr_decay,
+        seed=args.seed,
+        save_every=args.save_every,
     )
     corpus = load_corpus(args.data)
     command = "wordlm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    st = train(cfg, corpus, args.out, resume=args.resume, max_minutes=args.max_minutes,
-               device=args.device, command=command)
+    st = train(
+        cfg,
+        corpus,
+        args.out,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        command=command,
+    )
     done = st.epoch > cfg.epochs
-    print(f"{'finished' if done else 'stopped'} at epoch {min(st.epoch, cfg.epochs)}, batch {st.batch}; "
-          f"best val loss {st.best_val:.4f}; best checkpoint: {Path(args.out) / 'best'}"
-          + ("" if done else "; continue with --resume"))
+    print(
+        f"{'finished' if done else 'stopped'} at epoch {min(st.epoch, cfg.epochs)}, batch {st.batch}; "
+        f"best val loss {st.best_val:.4f}; best checkpoint: {Path(args.out) / 'best'}"
+        + ("" if done else "; continue with --resume")
+    )
 
 
 def cmd_eval(args) -> None:
@@ -81,13 +103,21 @@ def cmd_eval(args) -> None:
             raise WordLMError("--max-tokens must be at least 2")
         ids = ids[: args.max_tokens]
     res = evaluate(engine, ids, bptt=args.bptt, batch_size=args.batch_size, progress=not args.json)
-    out = {**res.to_dict(), "engine": engine.name, "size_bytes": engine.size_bytes,
-           "threads": args.threads, "split": args.split, "checkpoint": str(ckpt.path)}
+    out = {
+        **res.to_dict(),
+        "engine": engine.name,
+        "size_bytes": engine.size_bytes,
+        "threads": args.threads,
+        "split": args.split,
+        "checkpoint": str(ckpt.path),
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{engine.name}: loss {res.loss:.4f}  ppl {res.ppl:.2f}  {res.tokens} tokens in "
-              f"{res.seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)  size {engine.size_bytes / 1e6:.1f} MB")
+        print(
+            f"{engine.name}: loss {res.loss:.4f}  ppl {res.ppl:.2f}  {res.tokens} tokens in "
+            f"{res.seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)  size {engine.size_bytes / 1e6:.1f} MB"
+        )
 
 
 def cmd_generate(args) -> None:
@@ -97,8 +127,9 @@ def cmd_generate(args) -> None:
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.prompt:
         sys.stdout.write(args.prompt)
-    for piece in generate_text(engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling,
-                               seed=args.seed):
+    for piece in generate_text(
+        engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling, seed=args.seed
+    ):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -107,8 +138,12 @@ def cmd_generate(args) -> None:
 def cmd_demo(args) -> None:
     from wordlm.demo import run_demo
 
-    run_demo(default_checkpoint(args.checkpoint), max_tokens=None if args.full else args.max_tokens,
-             words=args.words, seed=args.seed)
+    path = (
+        None
+        if not args.checkpoint and not DEFAULT_MODEL.is_dir() and "WORDLM_MODEL" not in os.environ
+        else (default_checkpoint(args.checkpoint))
+    )
+    run_demo(path, max_tokens=None if args.full else args.max_tokens, words=args.words, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,12 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
         sp.add_argument("--engine", default=default_engine, choices=list(ENGINES))
         sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the tutorial's)")
-        sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
+        sp.add_argument(
+            "--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)"
+        )
 
-    sp = sub.add_parser("import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint")
+    sp = sub.add_parser(
+        "import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint"
+    )
     sp.add_argument("state_dict")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
+    sp.add_argument(
+        "--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)"
+    )
     sp.set_defaults(func=cmd_import_tutorial)
 
     sp = sub.add_parser("train", help="train a model (resumable)")
@@ -183,8 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         args.func(args)
     except WordLMError as e:

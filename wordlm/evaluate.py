@@ -43,12 +43,23 @@ def evaluate(
     total, count = 0.0, 0
     n_chunks = math.ceil((source.size(0) - 1) / bptt)
     start = time.perf_counter()
-    for chunk, targets in tqdm(bptt_batches(source, bptt), total=n_chunks, disable=not progress,
-                               desc=f"eval {engine.name}", unit="chunk", leave=False):
+    for chunk, targets in tqdm(
+        bptt_batches(source, bptt),
+        total=n_chunks,
+        disable=not progress,
+        desc=f"eval {engine.name}",
+        unit="chunk",
+        leave=False,
+    ):
         nll, state = engine.nll(chunk, targets, state)
         total += nll
         count += targets.numel()
     seconds = time.perf_counter() - start
     loss = total / count
-    return EvalResult(loss=loss, ppl=math.exp(loss), tokens=count, seconds=seconds,
-                      tokens_per_s=count / seconds if seconds > 0 else float("inf"))
+    return EvalResult(
+        loss=loss,
+        ppl=math.exp(loss),
+        tokens=count,
+        seconds=seconds,
+        tokens_per_s=count / seconds if seconds > 0 else float("inf"),
+    )

@@ -20,10 +20,14 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError:
-        raise WordLMError("this torch build has no torch.ao.quantization; torch-dynamic is unavailable") from None
+        raise WordLMError(
+            "this torch build has no torch.ao.quantization; torch-dynamic is unavailable"
+        ) from None
     engines = torch.backends.quantized.supported_engines
     if not any(e in engines for e in ("x86", "fbgemm", "qnnpack")):
-        raise WordLMError(f"this torch build has no quantized CPU backend (has {engines}); torch-dynamic is unavailable")
+        raise WordLMError(
+            f"this torch build has no quantized CPU backend (has {engines}); torch-dynamic is unavailable"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization
         return quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
