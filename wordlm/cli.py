@@ -135,6 +135,18 @@ def cmd_generate(args) -> None:
     sys.stdout.write("\n")
 
 
+def cmd_export(args) -> None:
+    from wordlm.checkpoint import load_checkpoint
+    from wordlm.export import export_onnx
+
+    if args.format != "onnx":
+        raise WordLMError(f"unknown export format {args.format!r}; the only one is onnx")
+    ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
+    out = export_onnx(ckpt, args.out, quantize_dynamic=args.quantize_dynamic)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {size:,} bytes)")
+
+
 def cmd_demo(args) -> None:
     from wordlm.demo import run_demo
 
@@ -211,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--prompt")
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("export", help="export a float checkpoint to ONNX (optionally int8 via ORT)")
+    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("--format", default="onnx", help="output format (only onnx for now)")
+    sp.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    sp.add_argument(
+        "--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic"
+    )
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
     sp.add_argument("checkpoint", nargs="?")

@@ -57,6 +57,8 @@ class Engine:
 ENGINES: dict[str, str] = {
     "torch": "wordlm.engines.torch_fp32:from_checkpoint",
     "torch-dynamic": "wordlm.engines.torch_dynamic:from_checkpoint",
+    "onnxruntime": "wordlm.engines.ort:fp32_from_checkpoint",
+    "onnxruntime-int8": "wordlm.engines.ort:int8_from_checkpoint",
 }
 
 

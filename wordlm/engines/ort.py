@@ -1,0 +1,60 @@
+"""`onnxruntime` and `onnxruntime-int8`: the checkpoint exported to ONNX and run by ONNX Runtime.
+
+These are baselines, what a user gets out of the box from `torch.onnx.export` (+ ORT's
+`quantize_dynamic`): they keep the base class's `nll` / `next_logprobs` over `forward` on purpose, so
+that they measure the plain path, not a tuned one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wordlm.checkpoint import Checkpoint
+from wordlm.engines import Engine, State
+from wordlm.export import OUTPUTS, onnx_bytes, require
+
+
+class OrtEngine(Engine):
+    """Runs serialized ONNX bytes as wordlm.export writes them (inputs ids, h0, c0).
+
+    The session is built from the bytes in memory, so no cache file has to be managed; the bytes are
+    exactly what `wordlm export` writes, so their length is the on-disk size.
+    """
+
+    def __init__(self, model_bytes: bytes, *, name: str, threads: int = 1) -> None:
+        ort = require("onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.name, self.threads = name, threads
+        self.vocab_size = int(meta["vocab_size"])
+        self.num_layers, self.hidden_dim = int(meta["num_layers"]), int(meta["hidden_dim"])
+        self._size_bytes = len(model_bytes)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
+
+    def init_state(self, batch_size: int) -> State:
+        shape = (self.num_layers, batch_size, self.hidden_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c = state
+        feed = {"ids": np.ascontiguousarray(ids.numpy(), dtype=np.int64), "h0": h, "c0": c}
+        logits, h, c = self.session.run(list(OUTPUTS), feed)
+        return torch.from_numpy(logits), (h, c)
+
+
+def fp32_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:
+    torch.set_num_threads(threads)  # the loss and sampling over the logits still run in torch
+    return OrtEngine(onnx_bytes(ckpt), name="onnxruntime", threads=threads)
+
+
+def int8_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:
+    torch.set_num_threads(threads)
+    return OrtEngine(onnx_bytes(ckpt, quantize_dynamic=True), name="onnxruntime-int8", threads=threads)

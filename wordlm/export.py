@@ -1,0 +1,167 @@
+"""ONNX export of float checkpoints, optionally with ONNX Runtime's dynamic int8 quantization.
+
+The legacy TorchScript exporter is used on purpose: it emits the LSTM's W, R and B as initializers,
+whereas the dynamo exporter may leave them as computed values, which ORT's LSTM quantizer then skips
+without a word (DESIGN.md section 5). Both properties are checked after export, so that a change in
+either exporter or quantizer fails here rather than yielding a silently unquantized model.
+
+The exported file is self-describing: its metadata holds the vocabulary and the sizes of the recurrent
+state, so onnxruntime and numpy alone can run it (see docs/onnx_numpy_example.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from wordlm.checkpoint import FORMAT_VERSION, Checkpoint, build_model
+from wordlm.errors import WordLMError
+from wordlm.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+OPSET = 17  # supported by every onnxruntime >= 1.17 (the [onnx] extra's floor)
+INPUTS = ("ids", "h0", "c0")
+OUTPUTS = ("logits", "hn", "cn")
+DYNAMIC_AXES = {
+    "ids": {0: "seq", 1: "batch"},
+    "h0": {1: "batch"},
+    "c0": {1: "batch"},
+    "logits": {0: "seq", 1: "batch"},
+    "hn": {1: "batch"},
+    "cn": {1: "batch"},
+}
+QUANTIZED_LSTM = "DynamicQuantizeLSTM"
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional runtime, or say in one line how to install it (instead of an ImportError)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise WordLMError(f"{module} is not installed; pip install 'wordlm[onnx]'") from None
+
+
+def _torch_export(ckpt: Checkpoint) -> bytes:
+    """The fp32 model as ONNX bytes, via the legacy exporter with constant folding.
+
+    Constant folding is what turns the exporter's gate reordering (torch's i,f,g,o to ONNX's i,o,f,c)
+    into plain initializers. The dummy batch is 2, not 1, so that a batch size baked into the graph
+    by mistake would show up as a shape error in the tests rather than pass unnoticed.
+    """
+    model = build_model(ckpt)
+    ids = torch.zeros(3, 2, dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The legacy exporter's deprecation notice, and its LSTM batch-size warning, which does not
+        # apply here: h0 and c0 are graph inputs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
+        torch.onnx.export(
+            model,
+            (ids, model.init_hidden(2)),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_axes=DYNAMIC_AXES,
+            do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def check_lstm_weights_are_initializers(model) -> None:
+    """Raise if any LSTM node takes W, R or B from a computed value: ORT's quantizer would skip it."""
+    initializers = {t.name for t in model.graph.initializer}
+    lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
+    if not lstms:
+        raise WordLMError("ONNX export produced no LSTM node; the exporter's output has changed")
+    for node in lstms:
+        computed = [name for name in node.input[1:4] if name and name not in initializers]
+        if computed:
+            raise WordLMError(
+                f"ONNX export left LSTM weights {computed} of node {node.name!r} as computed values, "
+                "not initializers; quantize_dynamic would silently skip them"
+            )
+
+
+def _quiet_quantizer(record: logging.LogRecord) -> bool:
+    """Drop the quantizer's root-logger chatter (per-tensor INFO lines, pre-processing advice)."""
+    if "onnxruntime" not in record.pathname:
+        return True
+    return (
+        record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
+    )
+
+
+def _quantize_dynamic(model_bytes: bytes) -> bytes:
+    """ONNX Runtime's `quantize_dynamic`, int8 per-tensor weights: what a user would run today.
+
+    per_channel stays off: it has had failures on the LSTM's 3-D weights (DESIGN.md section 5).
+    The quantizer works on paths, so it runs in a private temp directory. It logs to the root logger:
+    its INFO lines and its advice to run shape-inference pre-processing (meant for static
+    quantization) are muted; its real warnings pass.
+    """
+    quantization = require("onnxruntime.quantization")
+    onnx = require("onnx")
+    root = logging.getLogger()
+    root.addFilter(_quiet_quantizer)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wordlm-onnx-") as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(model_bytes)
+            quantization.quantize_dynamic(
+                src, dst, weight_type=quantization.QuantType.QInt8, per_channel=False
+            )
+            quantized = onnx.load(dst)
+    finally:
+        root.removeFilter(_quiet_quantizer)
+    left = [n.name for n in quantized.graph.node if n.op_type == "LSTM"]
+    if left:
+        raise WordLMError(f"quantize_dynamic left LSTM nodes {left} in fp32; refusing a half-quantized model")
+    return quantized.SerializeToString()
+
+
+def metadata(ckpt: Checkpoint) -> dict[str, str]:
+    """What a consumer needs besides the graph: the vocabulary and the recurrent state's sizes."""
+    return {
+        "wordlm_format_version": str(FORMAT_VERSION),
+        "vocab_size": str(len(ckpt.vocab)),
+        "vocab_sha256": ckpt.vocab.sha256,
+        "num_layers": str(ckpt.config.num_layers),
+        "hidden_dim": str(ckpt.config.hidden_dim),
+        "vocab": "".join(w + "\n" for w in ckpt.vocab.itos),
+    }
+
+
+def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
+    """The serialized ONNX model of a float checkpoint, checked, with wordlm metadata."""
+    if ckpt.quant is not None:
+        raise WordLMError(
+            f"ONNX export of quantized checkpoints ({ckpt.quant.get('scheme')}) is not supported; "
+            "export the float checkpoint (add --quantize-dynamic for int8)"
+        )
+    onnx = require("onnx")
+    model_bytes = _torch_export(ckpt)
+    check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))
+    if quantize_dynamic:
+        model_bytes = _quantize_dynamic(model_bytes)
+    model = onnx.load_from_string(model_bytes)
+    for key, value in metadata(ckpt).items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
+def export_onnx(ckpt: Checkpoint, out_path: str | Path, quantize_dynamic: bool = False) -> Path:
+    """Write the checkpoint as an ONNX file (atomically; missing parent directories are created)."""
+    out = atomic_write(out_path, onnx_bytes(ckpt, quantize_dynamic=quantize_dynamic))
+    log.debug("wrote %s (%d bytes, quantize_dynamic=%s)", out, out.stat().st_size, quantize_dynamic)
+    return out
