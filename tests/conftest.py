@@ -62,3 +62,15 @@ def tiny_ckpt(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(Checkpoint(model.cfg, corpus.vocab, model.state_dict()), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory, corpus) -> Path:
+    """A tiny model trained for a few epochs (its loss is well below uniform): for accuracy deltas."""
+    from wordlm.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("trained")
+    cfg = TrainConfig(preset="tiny", emb_dim=32, hidden_dim=32, epochs=4, batch_size=4, bptt=8, lr=5, seed=0)
+    train(cfg, corpus, run)
+    return run / "best"

@@ -6,7 +6,8 @@ import torch
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.generate import Sampling, detokenize, generate_ids, generate_text, sample
+from wordlm.generate import detokenize, generate_ids, generate_text
+from wordlm.sampling import Sampling, sample
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,9 @@ def _engine_for(args):
     from wordlm.engines import load_engine
 
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
-    return ckpt, load_engine(args.engine, ckpt, threads=args.threads)
+    # default: the fp32 reference for float checkpoints, wordlm's engine for quantized ones
+    name = args.engine or ("torch" if ckpt.quant is None else "wordlm")
+    return ckpt, load_engine(name, ckpt, threads=args.threads)
 
 
 def cmd_import_tutorial(args) -> None:
@@ -121,7 +123,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from wordlm.generate import Sampling, generate_text
+    from wordlm.generate import generate_text
+    from wordlm.sampling import Sampling
 
     ckpt, engine = _engine_for(args)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -147,6 +150,18 @@ def cmd_export(args) -> None:
     print(f"wrote {out} ({size / 1e6:.1f} MB, {size:,} bytes)")
 
 
+def cmd_quantize(args) -> None:
+    from wordlm.checkpoint import load_checkpoint, save_checkpoint
+    from wordlm.quant import get_scheme, quantize_checkpoint
+
+    ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
+    qckpt = quantize_checkpoint(ckpt, get_scheme(args.scheme, group_size=args.group_size))
+    out = save_checkpoint(qckpt, args.out)
+    print(
+        f"wrote {out}: {args.scheme}, {qckpt.size_bytes / 1e6:.2f} MB (from {ckpt.size_bytes / 1e6:.2f} MB)"
+    )
+
+
 def cmd_demo(args) -> None:
     from wordlm.demo import run_demo
 
@@ -165,9 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def engine_opts(sp, default_engine="torch"):
+    def engine_opts(sp):
         sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
-        sp.add_argument("--engine", default=default_engine, choices=list(ENGINES))
+        sp.add_argument(
+            "--engine",
+            choices=list(ENGINES),
+            help="default: torch for float checkpoints, wordlm for quantized ones",
+        )
         sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the tutorial's)")
         sp.add_argument(
             "--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)"
@@ -232,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic"
     )
     sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("quantize", help="write a quantized checkpoint (run it with --engine wordlm)")
+    sp.add_argument("checkpoint", nargs="?", help="float checkpoint (default: the shipped model)")
+    sp.add_argument("--scheme", required=True, help="int8 or int4 (see wordlm.quant.SCHEMES)")
+    sp.add_argument(
+        "--group-size", type=int, help="inputs per scale for the 4-bit parts (default: the scheme's)"
+    )
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_quantize)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
     sp.add_argument("checkpoint", nargs="?")

@@ -5,44 +5,13 @@ prompt, top-k and top-p (nucleus) filtering, a seed, and clean text out.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from wordlm.data import EOS, Vocab
 from wordlm.engines import Engine
 from wordlm.errors import WordLMError
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    top_k: int | None = None  # keep the k most likely words; None or 0: all
-    top_p: float | None = None  # keep the smallest set with probability >= p (Holtzman et al. 2019,
-    # https://arxiv.org/abs/1904.09751); None or 1.0: all
-
-    def check(self) -> None:
-        if not self.temperature > 0:
-            raise WordLMError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise WordLMError(f"top-k must be >= 0, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise WordLMError(f"top-p must be in (0, 1], got {self.top_p}")
-
-
-def sample(logprobs: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
-    """Draw one word id from logprobs[vocab] under temperature, top-k and top-p."""
-    logits = logprobs.float() / s.temperature
-    if s.top_k:
-        kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if s.top_p is not None and s.top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        # drop a word when the words strictly more likely than it already reach top_p
-        drop = (torch.cumsum(sorted_p, 0) - sorted_p) >= s.top_p
-        probs = probs.scatter(0, order[drop], 0.0)
-    return int(torch.multinomial(probs, 1, generator=generator))
+from wordlm.sampling import Sampling
 
 
 def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:
@@ -61,7 +30,7 @@ def generate_ids(
     vocab: Vocab,
     num_words: int,
     prompt: str | None = None,
-    sampling: Sampling = Sampling(),
+    sampling: Sampling | None = None,
     seed: int | None = None,
 ) -> Iterator[int]:
     """Yield `num_words` sampled word ids, one at a time, continuing `prompt`.
@@ -71,6 +40,7 @@ def generate_ids(
     """
     if num_words < 1:
         raise WordLMError(f"number of words must be at least 1, got {num_words}")
+    sampling = sampling or Sampling()
     sampling.check()
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
@@ -83,8 +53,7 @@ def generate_ids(
     state = engine.init_state(1)
     ids = torch.tensor(context, dtype=torch.int64).view(-1, 1)  # [seq, 1]
     for _ in range(num_words):
-        logprobs, state = engine.next_logprobs(ids, state)
-        word = sample(logprobs[0], sampling, gen)
+        word, state = engine.sample_next(ids, state, sampling, gen)
         yield word
         ids = torch.tensor([[word]], dtype=torch.int64)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from wordlm.errors import WordLMError
+from wordlm.sampling import Sampling, sample
 
 State = Any  # engine-specific recurrent state (for torch engines: (h, c))
 
@@ -51,12 +52,20 @@ class Engine:
         logits, state = self.forward(ids, state)
         return torch.log_softmax(logits[-1].float(), dim=-1), state
 
+    def sample_next(
+        self, ids: torch.Tensor, state: State, sampling: Sampling, generator: torch.Generator
+    ) -> tuple[int, State]:
+        """Feed ids[seq, 1] and draw the next word id (batch 1); engines may fuse the sampling."""
+        logprobs, state = self.next_logprobs(ids, state)
+        return sample(logprobs[0], sampling, generator), state
+
 
 # name -> "module:factory"; factories take (checkpoint, threads) and import their runtime lazily, so a
 # missing optional runtime only matters to the engine that needs it.
 ENGINES: dict[str, str] = {
     "torch": "wordlm.engines.torch_fp32:from_checkpoint",
     "torch-dynamic": "wordlm.engines.torch_dynamic:from_checkpoint",
+    "wordlm": "wordlm.engines.wordlm_ort:from_checkpoint",
     "onnxruntime": "wordlm.engines.ort:fp32_from_checkpoint",
     "onnxruntime-int8": "wordlm.engines.ort:int8_from_checkpoint",
 }

@@ -1,0 +1,171 @@
+"""Kernel choices for the wordlm engine: ONNX Runtime decoder and LSTM ops, one thread, medians.
+
+Run: .venv/bin/python benchmarks/kernels.py  (writes benchmarks/kernels.md)
+Decoder-sized matmul x[M, 256] @ W[256, 33278] at M = 25 (an eval chunk) and M = 1 (a generated
+token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+K, N = 256, 33278
+rng = np.random.default_rng(0)
+
+
+def session(nodes, inputs, outputs, inits):
+    g = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def timeit(sess, feeds, reps=30):
+    for _ in range(3):
+        sess.run(None, feeds)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def decoder_variants():
+    w = rng.standard_normal((K, N)).astype(np.float32) * 0.05
+    x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K])
+    y_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    bias = np.zeros(N, np.float32)
+    v = {}
+    v["fp32 MatMul+Add"] = session(
+        [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "b"], ["y"])],
+        [x_in],
+        [y_out],
+        {"w": w, "b": bias},
+    )
+    scale = np.abs(w).max(0) / 127
+    q = np.round(w / scale).astype(np.int8)
+    v["int8 DynamicQuantizeMatMul, per-column"] = session(
+        [helper.make_node("DynamicQuantizeMatMul", ["x", "q", "s", "", "b"], ["y"], domain="com.microsoft")],
+        [x_in],
+        [y_out],
+        {"q": q, "s": scale.astype(np.float32), "b": bias},
+    )
+    for bits, block, acc in [(8, 256, 4), (8, 256, 0), (4, 32, 4), (4, 64, 4), (4, 128, 4), (4, 32, 0)]:
+        wt = w.T  # [N, K]
+        blocks = wt.reshape(N, K // block, block)
+        qmax = 2 ** (bits - 1) - 1
+        s = np.abs(blocks).max(-1) / qmax
+        qq = np.clip(np.round(blocks / s[..., None]), -qmax - 1, qmax).astype(np.int16) + 2 ** (bits - 1)
+        qq = qq.astype(np.uint8)
+        if bits == 4:
+            qq = (qq[..., 0::2] | (qq[..., 1::2] << 4)).astype(np.uint8)
+        node = helper.make_node(
+            "MatMulNBits",
+            ["x", "B", "S", "", "", "b"],
+            ["y"],
+            domain="com.microsoft",
+            K=K,
+            N=N,
+            bits=bits,
+            block_size=block,
+            accuracy_level=acc,
+        )
+        v[f"int{bits} MatMulNBits, block {block}, accuracy_level {acc}"] = session(
+            [node], [x_in], [y_out], {"B": qq, "S": s.astype(np.float32), "b": bias}
+        )
+    rows = []
+    for name, sess in v.items():
+        t25 = timeit(sess, {"x": rng.standard_normal((25, K)).astype(np.float32)})
+        t1 = timeit(sess, {"x": rng.standard_normal((1, K)).astype(np.float32)}, reps=200)
+        rows.append((name, t25, t1))
+    return rows
+
+
+def lstm_variants(layers=5, E=512, H=256, S=25):
+    rows = []
+    for kind in ("fp32 LSTM", "int8 DynamicQuantizeLSTM, per-channel"):
+        nodes, inits = [], {}
+        prev = "x"
+        for layer in range(layers):
+            i = E if layer == 0 else H
+            W = (rng.standard_normal((1, 4 * H, i)) * i**-0.5).astype(np.float32)
+            R = (rng.standard_normal((1, 4 * H, H)) * H**-0.5).astype(np.float32)
+            B = np.zeros((1, 8 * H), np.float32)
+            if kind.startswith("fp32"):
+                inits.update({f"W{layer}": W, f"R{layer}": R, f"B{layer}": B})
+                ins = [prev, f"W{layer}", f"R{layer}", f"B{layer}"]
+                nodes.append(helper.make_node("LSTM", ins, [f"y{layer}"], hidden_size=H))
+            else:
+                Wt, Rt = W.transpose(0, 2, 1), R.transpose(0, 2, 1)  # [1, in, 4H]
+                ws, rs = np.abs(Wt).max(1) / 127, np.abs(Rt).max(1) / 127  # [1, 4H]
+                inits.update(
+                    {
+                        f"W{layer}": np.round(Wt / ws[:, None]).astype(np.int8),
+                        f"R{layer}": np.round(Rt / rs[:, None]).astype(np.int8),
+                        f"B{layer}": B,
+                        f"ws{layer}": ws.astype(np.float32),
+                        f"rs{layer}": rs.astype(np.float32),
+                        f"wz{layer}": np.zeros((1, 4 * H), np.int8),
+                        f"rz{layer}": np.zeros((1, 4 * H), np.int8),
+                    }
+                )
+                ins = [
+                    prev,
+                    f"W{layer}",
+                    f"R{layer}",
+                    f"B{layer}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"ws{layer}",
+                    f"wz{layer}",
+                    f"rs{layer}",
+                    f"rz{layer}",
+                ]
+                nodes.append(
+                    helper.make_node(
+                        "DynamicQuantizeLSTM", ins, [f"y{layer}"], hidden_size=H, domain="com.microsoft"
+                    )
+                )
+            nodes.append(helper.make_node("Squeeze", [f"y{layer}", "ax"], [f"z{layer}"]))
+            prev = f"z{layer}"
+        inits["ax"] = np.array([1], np.int64)
+        sess = session(
+            nodes,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, E])],
+            [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)],
+            inits,
+        )
+        t25 = timeit(sess, {"x": rng.standard_normal((S, 1, E)).astype(np.float32)})
+        t1 = timeit(sess, {"x": rng.standard_normal((1, 1, E)).astype(np.float32)}, reps=200)
+        rows.append((kind + f", {layers} layers", t25, t1))
+    return rows
+
+
+if __name__ == "__main__":
+    rows = decoder_variants() + lstm_variants()
+    lines = [
+        f"# Kernel timings (onnxruntime {ort.__version__}, one thread, median ms)",
+        "",
+        "Produced by `.venv/bin/python benchmarks/kernels.py`.",
+        "",
+        "| kernel | 25 rows / steps | 1 row / step |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {n} | {a:.3f} | {b:.3f} |" for n, a, b in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(__file__).with_name("kernels.md").write_text(text)

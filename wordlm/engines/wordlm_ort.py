@@ -1,0 +1,339 @@
+"""`wordlm`: wordlm's CPU engine. It builds its own ONNX graphs from a (quantized) checkpoint and runs
+them with ONNX Runtime's MLAS kernels, chosen by measurement (benchmarks/kernels.md):
+
+- embedding: int8 rows gathered and scaled in the graph (4-bit rows unpacked with bit ops);
+- LSTM: `DynamicQuantizeLSTM` with per-channel int8 weights (the input projection of all steps is one
+  GEMM inside the op), or ONNX `LSTM` for float weights;
+- decoder: `DynamicQuantizeMatMul` (per-row int8) for many rows, `MatMulNBits` (8- or 4-bit,
+  block-wise) for one row and for 4-bit weights;
+- the loss (log-softmax gathered at the target) and the softmax at a temperature happen in the graph,
+  so that 33,278 logits per token never travel back to Python for the loss; sampling draws from the
+  returned probabilities by inverse CDF in numpy.
+
+One graph per task ("nll", "logits", "next", "sample"), built and loaded on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from wordlm.checkpoint import Checkpoint
+from wordlm.engines import Engine, State
+from wordlm.errors import WordLMError
+from wordlm.quant import QSpec, Scheme, codes, scheme_from_dict
+from wordlm.sampling import Sampling
+
+log = logging.getLogger(__name__)
+TASKS = ("nll", "logits", "next", "sample")
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise WordLMError("onnx and onnxruntime are not installed; pip install 'wordlm[onnx]'") from None
+    return onnx, onnxruntime
+
+
+class GraphBuilder:
+    """A small helper over onnx.helper: fresh names, initializers from numpy, com.microsoft ops."""
+
+    def __init__(self) -> None:
+        self.onnx = _onnx()[0]
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        # np.ascontiguousarray would turn a 0-d scalar into shape [1]
+        self.inits.append(self.onnx.numpy_helper.from_array(np.require(value, requirements="C"), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, ms: bool = False, **attrs) -> str | list[str]:
+        self._n += 1
+        names = [f"{op_type.lower()}_{self._n}_{i}" for i in range(outputs)]
+        domain = "com.microsoft" if ms else ""
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, domain=domain, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def model(self, inputs: list, outputs: list[tuple[str, str, int, list]]) -> bytes:
+        h, tp = self.onnx.helper, self.onnx.TensorProto
+        ins = [h.make_tensor_value_info(n, getattr(tp, t), shape) for n, t, shape in inputs]
+        outs = []
+        for name, src, elem, shape in outputs:
+            self.nodes.append(h.make_node("Identity", [src], [name]))
+            outs.append(h.make_tensor_value_info(name, elem, shape))
+        graph = h.make_graph(self.nodes, "wordlm", ins, outs, self.inits)
+        opsets = [h.make_opsetid("", 18), h.make_opsetid("com.microsoft", 1)]
+        return h.make_model(graph, opset_imports=opsets, ir_version=9).SerializeToString()
+
+
+def _gate_order(w: np.ndarray, hidden: int) -> np.ndarray:
+    """Rows in torch's gate order (i, f, g, o) -> ONNX's (i, o, f, c)."""
+    i, f, g, o = (w[k * hidden : (k + 1) * hidden] for k in range(4))
+    return np.concatenate([i, o, f, g])
+
+
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+class WordLMEngine(Engine):
+    def __init__(self, ckpt: Checkpoint, threads: int = 1) -> None:
+        self.ckpt, self.cfg, self.threads = ckpt, ckpt.config, threads
+        self.vocab_size = ckpt.config.vocab_size
+        self.scheme: Scheme | None = scheme_from_dict(ckpt.quant) if ckpt.quant else None
+        self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
+        self._sessions: dict[str, object] = {}
+        _onnx()
+
+    @property
+    def size_bytes(self) -> int:
+        return self.ckpt.size_bytes
+
+    # ---- weights, as the kernels want them ----
+    def _spec(self, name: str) -> QSpec | None:
+        return self.scheme.spec_for(name) if self.scheme else None
+
+    def _float(self, name: str) -> np.ndarray:
+        return self.ckpt.tensors[name].float().numpy()
+
+    def _codes_scales(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        spec = self._spec(name)
+        return codes(self.ckpt.tensors, name, spec).numpy(), self.ckpt.tensors[
+            f"{name}.scales"
+        ].float().numpy()
+
+    # ---- graph pieces ----
+    def _embedding(self, b: GraphBuilder, ids: str) -> str:
+        spec, name = self._spec("encoder.weight"), "encoder.weight"
+        if spec is None:
+            return b.op("Gather", b.const("emb", self._float(name)), ids)
+        scales = self.ckpt.tensors[f"{name}.scales"].float().numpy()  # [V, G]
+        group = self.cfg.emb_dim // scales.shape[1]
+        last = b.const("ax_last", np.array([-1]))
+        sbe = b.const("shape_sbe", np.array([0, 0, self.cfg.emb_dim]))
+        if spec.bits == 8:
+            rows = b.op("Cast", b.op("Gather", b.const("emb_q", self._codes_scales(name)[0]), ids), to=1)
+        else:  # packed 4-bit: low nibble = even column; codes are offset by 8
+            packed = b.op("Gather", b.const("emb_q4", self.ckpt.tensors[f"{name}.qweight"].numpy()), ids)
+            lo = b.op("BitwiseAnd", packed, b.const("mask", np.array(15, np.uint8)))
+            hi = b.op("BitShift", packed, b.const("four", np.array(4, np.uint8)), direction="RIGHT")
+            pair = b.op(
+                "Concat", b.op("Unsqueeze", lo, last), b.op("Unsqueeze", hi, last), axis=-1
+            )  # [S, B, E/2, 2]
+            offset = b.op("Sub", b.op("Cast", pair, to=1), b.const("eight", np.array(8.0, np.float32)))
+            rows = b.op("Reshape", offset, sbe)
+        grouped = b.op("Reshape", rows, b.const("shape_sbg", np.array([0, 0, -1, group])))  # [S, B, G, gs]
+        s = b.op("Unsqueeze", b.op("Gather", b.const("emb_scales", scales), ids), last)  # [S, B, G, 1]
+        return b.op("Reshape", b.op("Mul", grouped, s), sbe)
+
+    def _lstm(self, b: GraphBuilder, x: str, h0: str, c0: str) -> tuple[str, str, str]:
+        H, hs, cs = self.cfg.hidden_dim, [], []
+        for layer in range(self.cfg.num_layers):
+            bias = np.concatenate(
+                [self._float(f"rnn.bias_ih_l{layer}"), self._float(f"rnn.bias_hh_l{layer}")]
+            )
+            bias = np.concatenate([_gate_order(bias[: 4 * H], H), _gate_order(bias[4 * H :], H)])[None]
+            sl = [b.const(f"sl{layer}_{k}", np.array([v])) for k, v in (("s", layer), ("e", layer + 1))]
+            h_init = b.op("Slice", h0, *sl, "ax0")
+            c_init = b.op("Slice", c0, *sl, "ax0")
+            wname, rname = f"rnn.weight_ih_l{layer}", f"rnn.weight_hh_l{layer}"
+            if self._spec(wname) is None:
+                W = b.const(f"W{layer}", _gate_order(self._float(wname), H)[None])
+                R = b.const(f"R{layer}", _gate_order(self._float(rname), H)[None])
+                y, yh, yc = b.op(
+                    "LSTM", x, W, R, b.const(f"B{layer}", bias), "", h_init, c_init, outputs=3, hidden_size=H
+                )
+            else:
+                ins = []
+                for tag, name in (("W", wname), ("R", rname)):
+                    q, s = self._codes_scales(name)  # [4H, in], [4H, 1]
+                    ins += [
+                        b.const(f"{tag}{layer}", _gate_order(q, H).T[None]),  # [1, in, 4H]
+                        b.const(f"{tag}s{layer}", _gate_order(s, H).T.astype(np.float32)),  # [1, 4H]
+                        b.const(f"{tag}z{layer}", np.zeros((1, 4 * H), np.int8)),
+                    ]
+                y, yh, yc = b.op(
+                    "DynamicQuantizeLSTM",
+                    x,
+                    ins[0],
+                    ins[3],
+                    b.const(f"B{layer}", bias),
+                    "",
+                    h_init,
+                    c_init,
+                    "",
+                    ins[1],
+                    ins[2],
+                    ins[4],
+                    ins[5],
+                    outputs=3,
+                    ms=True,
+                    hidden_size=H,
+                )
+            x = b.op("Squeeze", y, "ax1")  # [S, B, H]
+            hs.append(yh)
+            cs.append(yc)
+        return x, b.op("Concat", *hs, axis=0), b.op("Concat", *cs, axis=0)
+
+    def _decoder(self, b: GraphBuilder, x: str, rows: int | None) -> str:
+        """x[M, H] -> logits[M, V]; `rows` is M when known (1 for generation)."""
+        name, spec = "decoder.weight", self._spec("decoder.weight")
+        bias = b.const("dec_b", self._float("decoder.bias"))
+        V, K = self.cfg.vocab_size, self.cfg.hidden_dim
+        if spec is None:
+            return b.op("Add", b.op("MatMul", x, b.const("dec_wt", self._float(name).T)), bias)
+        q, s = self._codes_scales(name)
+        group = K // s.shape[1]
+        if spec.bits == 8 and group == K and (rows != 1 or not _pow2(K)):
+            return b.op(
+                "DynamicQuantizeMatMul",
+                x,
+                b.const("dec_qt", q.T),
+                b.const("dec_s", s[:, 0]),
+                "",
+                bias,
+                ms=True,
+            )
+        if not _pow2(group):
+            raise WordLMError(
+                f"engine wordlm: block size {group} of the decoder must be a power of two >= 16"
+            )
+        if spec.bits == 8:
+            blob = (q.astype(np.int16) + 128).astype(np.uint8).reshape(V, K // group, group)
+        else:
+            blob = self.ckpt.tensors[f"{name}.qweight"].numpy().reshape(V, K // group, group // 2)
+        return b.op(
+            "MatMulNBits",
+            x,
+            b.const("dec_blob", blob),
+            b.const("dec_s", s),
+            "",
+            "",
+            bias,
+            ms=True,
+            K=K,
+            N=V,
+            bits=spec.bits,
+            block_size=group,
+            accuracy_level=4,
+        )
+
+    def _build(self, task: str) -> bytes:
+        onnx = _onnx()[0]
+        b, cfg = GraphBuilder(), self.cfg
+        L, H, V = cfg.num_layers, cfg.hidden_dim, cfg.vocab_size
+        b.const("ax0", np.array([0]))
+        b.const("ax1", np.array([1]))
+        state_shape = [L, "batch", H]
+        inputs = [
+            ("ids", "INT64", ["seq", "batch"]),
+            ("h0", "FLOAT", state_shape),
+            ("c0", "FLOAT", state_shape),
+        ]
+        out, hn, cn = self._lstm(b, self._embedding(b, "ids"), "h0", "c0")  # out: [S, B, H]
+        f32 = onnx.TensorProto.FLOAT
+        outputs = [("hn", hn, f32, state_shape), ("cn", cn, f32, state_shape)]
+        if task in ("nll", "logits"):
+            logits = self._decoder(
+                b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))), None
+            )  # [S*B, V]
+            if task == "logits":
+                shape = b.op("Concat", b.op("Shape", "ids"), b.const("v", np.array([V])), axis=0)
+                outputs.insert(0, ("logits", b.op("Reshape", logits, shape), f32, ["seq", "batch", V]))
+            else:
+                inputs.append(("targets", "INT64", ["seq", "batch"]))
+                tgt = b.op("Reshape", "targets", b.const("shape_m1", np.array([-1, 1])))
+                # LogSoftmax is MLAS-vectorised; ReduceLogSumExp is ~10x slower (benchmarks/kernels.md)
+                nll = b.op("Neg", b.op("GatherElements", b.op("LogSoftmax", logits, axis=-1), tgt, axis=1))
+                outputs.insert(
+                    0, ("nll", b.op("Reshape", nll, b.op("Shape", "targets")), f32, ["seq", "batch"])
+                )
+        else:
+            last = b.op("Gather", out, b.const("minus1", np.array(-1)), axis=0)  # [B, H]
+            logits = self._decoder(b, last, 1)  # [B, V]
+            if task == "next":
+                outputs.insert(0, ("logprobs", b.op("LogSoftmax", logits, axis=-1), f32, ["batch", V]))
+            else:  # probabilities at a temperature; the inverse-CDF draw is done in numpy (faster than
+                # ORT's CumSum + int64 ReduceSum over 33K words, benchmarks/quant.md)
+                inputs.append(("inv_temperature", "FLOAT", [1]))
+                probs = b.op("Softmax", b.op("Mul", logits, "inv_temperature"), axis=-1)
+                outputs.insert(0, ("probs", probs, f32, ["batch", V]))
+        return b.model(inputs, outputs)
+
+    def _session(self, task: str):
+        if task not in self._sessions:
+            ort = _onnx()[1]
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3
+            self._sessions[task] = ort.InferenceSession(
+                self._build(task), so, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[task]
+
+    # ---- the Engine interface ----
+    def init_state(self, batch_size: int) -> State:
+        shape = (self.cfg.num_layers, batch_size, self.cfg.hidden_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def _run(self, task: str, ids: torch.Tensor, state: State, **extra) -> tuple[np.ndarray, State]:
+        feeds = {
+            "ids": np.ascontiguousarray(ids.numpy(), dtype=np.int64),
+            "h0": state[0],
+            "c0": state[1],
+            **extra,
+        }
+        out, hn, cn = self._session(task).run(None, feeds)
+        return out, (hn, cn)
+
+    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logits, state = self._run("logits", ids, state)
+        return torch.from_numpy(logits), state
+
+    def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """NLL of every target [seq, batch], computed in the graph."""
+        nll, state = self._run(
+            "nll", ids, state, targets=np.ascontiguousarray(targets.numpy(), dtype=np.int64)
+        )
+        return torch.from_numpy(nll), state
+
+    def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
+        nll, state = self.token_nll(ids, targets, state)
+        return float(nll.double().sum()), state
+
+    def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logprobs, state = self._run("next", ids, state)
+        return torch.from_numpy(logprobs), state
+
+    def sample_next(self, ids: torch.Tensor, state: State, sampling: Sampling, generator: torch.Generator):
+        if not sampling.plain:
+            return super().sample_next(ids, state, sampling, generator)
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        inv_t = np.array([1.0 / sampling.temperature], np.float32)
+        probs, state = self._run("sample", ids, state, inv_temperature=inv_t)
+        return inverse_cdf(probs[0], u), state
+
+
+def inverse_cdf(p: np.ndarray, u: float, block: int = 256) -> int:
+    """The index i with cdf[i-1] <= u * total < cdf[i], for probabilities p[V] and u in [0, 1).
+
+    Two levels (block sums, then one block) because np.cumsum over 33K words takes ~185 us, longer
+    than the whole model step; this takes ~20 us.
+    """
+    full = p.size // block * block
+    sums = np.append(p[:full].reshape(-1, block).sum(1), p[full:].sum())
+    cum = np.cumsum(sums, dtype=np.float64)
+    target = u * cum[-1]
+    r = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)
+    local = target - (cum[r - 1] if r else 0.0)
+    j = int(np.searchsorted(np.cumsum(p[r * block : (r + 1) * block], dtype=np.float64), local, side="right"))
+    return min(r * block + j, p.size - 1)
+
+
+def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> WordLMEngine:
+    return WordLMEngine(ckpt, threads)
