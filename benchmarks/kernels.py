@@ -20,12 +20,8 @@ rng = np.random.default_rng(0)
 
 
 def session(nodes, inputs, outputs, inits):
-    g = helper.make_graph(
-        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
-    )
-    m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -136,9 +132,7 @@ def lstm_variants(layers=5, E=512, H=256, S=25):
                     f"rz{layer}",
                 ]
                 nodes.append(
-                    helper.make_node(
-                        "DynamicQuantizeLSTM", ins, [f"y{layer}"], hidden_size=H, domain="com.microsoft"
-                    )
+                    helper.make_node("DynamicQuantizeLSTM", ins, [f"y{layer}"], hidden_size=H, domain="com.microsoft")
                 )
             nodes.append(helper.make_node("Squeeze", [f"y{layer}", "ax"], [f"z{layer}"]))
             prev = f"z{layer}"

@@ -53,9 +53,7 @@ def test_unknown_prompt_word_without_unk(tmp_path):
         "4",
     )
     assert r.returncode == 0, r.stderr
-    _one_line_error(
-        run_cli("generate", str(tmp_path / "run" / "best"), "--prompt", "the zebra"), "'zebra' is not in"
-    )
+    _one_line_error(run_cli("generate", str(tmp_path / "run" / "best"), "--prompt", "the zebra"), "'zebra' is not in")
 
 
 @pytest.mark.parametrize(

@@ -48,9 +48,7 @@ def test_unknown_words_map_to_unk_or_fail():
         (lambda d: None, "has no train.txt"),
         (lambda d: [(d / f"{s}.txt").write_text("x\n") for s in ("train", "valid")], "has no test.txt"),
         (
-            lambda d: [
-                (d / f"{s}.txt").write_text("" if s == "valid" else "x\n") for s in ("train", "valid", "test")
-            ],
+            lambda d: [(d / f"{s}.txt").write_text("" if s == "valid" else "x\n") for s in ("train", "valid", "test")],
             "is empty",
         ),
         (

@@ -94,16 +94,13 @@ def test_inverse_cdf_matches_a_plain_search():
 
 
 def test_cli_quantize_then_eval_and_generate(trained_ckpt, corpus_dir, tmp_path):
-    r = run_cli(
-        "quantize", str(trained_ckpt), "--scheme", "int4", "--group-size", "16", "--out", str(tmp_path / "q4")
-    )
+    r = run_cli("quantize", str(trained_ckpt), "--scheme", "int4", "--group-size", "16", "--out", str(tmp_path / "q4"))
     assert r.returncode == 0, r.stderr
     r = run_cli("eval", str(tmp_path / "q4"), "--data", str(corpus_dir), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert (
-        out["engine"] == "wordlm-int4"
-        and out["size_bytes"] == (tmp_path / "q4" / "model.safetensors").stat().st_size
+        out["engine"] == "wordlm-int4" and out["size_bytes"] == (tmp_path / "q4" / "model.safetensors").stat().st_size
     )
     r = run_cli("generate", str(tmp_path / "q4"), "--words", "12", "--seed", "1", "--prompt", "the cat")
     assert r.returncode == 0 and r.stdout.startswith("the cat"), r.stderr

@@ -29,9 +29,7 @@ def test_pack_rejects_out_of_range_codes():
         pack_int4(torch.tensor([[8, 0]], dtype=torch.int8))
 
 
-@pytest.mark.parametrize(
-    "bits, group, min_snr", [(8, None, 38.0), (8, 32, 40.0), (4, 32, 18.0), (4, 256, 15.0)]
-)
+@pytest.mark.parametrize("bits, group, min_snr", [(8, None, 38.0), (8, 32, 40.0), (4, 32, 18.0), (4, 256, 15.0)])
 def test_quantize_dequantize_signal_to_noise(bits, group, min_snr):
     w = torch.randn(300, 256) * 0.05
     q, s = quantize(w, bits, group or 256)

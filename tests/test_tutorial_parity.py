@@ -130,9 +130,7 @@ def test_tutorial_architecture_sizes_match_tutorial():
 
 def test_import_rejects_vocab_mismatch(tmp_path, corpus_dir):
     torch.save(LSTMModel(7, 8, 8, 2).state_dict(), tmp_path / "m.pth")
-    r = run_cli(
-        "import-tutorial", str(tmp_path / "m.pth"), "--out", str(tmp_path / "o"), "--data", str(corpus_dir)
-    )
+    r = run_cli("import-tutorial", str(tmp_path / "m.pth"), "--out", str(tmp_path / "o"), "--data", str(corpus_dir))
     assert r.returncode != 0
     assert "vocab size mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "o")
@@ -140,8 +138,6 @@ def test_import_rejects_vocab_mismatch(tmp_path, corpus_dir):
 
 def test_import_rejects_non_state_dict(tmp_path, corpus_dir):
     (tmp_path / "junk.pth").write_bytes(b"not a zip file at all")
-    r = run_cli(
-        "import-tutorial", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "o"), "--data", str(corpus_dir)
-    )
+    r = run_cli("import-tutorial", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "o"), "--data", str(corpus_dir))
     assert r.returncode != 0 and "not a loadable torch state_dict" in r.stderr
     assert "Traceback" not in r.stderr

@@ -139,9 +139,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def build_model(ckpt: Checkpoint) -> LSTMLM:
     """The fp32 torch model of a float checkpoint (fp16/bf16 weights are upcast), in eval mode."""
     if ckpt.quant is not None:
-        raise WordLMError(
-            f"checkpoint is quantized ({ckpt.quant.get('scheme')}); run it with --engine wordlm"
-        )
+        raise WordLMError(f"checkpoint is quantized ({ckpt.quant.get('scheme')}); run it with --engine wordlm")
     model = LSTMLM(ckpt.config)
     model.load_state_dict({k: v.float() for k, v in ckpt.tensors.items()})
     return model.eval()
@@ -158,9 +156,7 @@ def import_tutorial(state_dict_path: str | Path, data_dir: str | Path | None = N
     try:
         sd = torch.load(state_dict_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean the same to the user
-        raise WordLMError(
-            f"{state_dict_path}: not a loadable torch state_dict ({type(e).__name__})"
-        ) from None
+        raise WordLMError(f"{state_dict_path}: not a loadable torch state_dict ({type(e).__name__})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WordLMError(f"{state_dict_path}: expected a dict of tensors (a model.state_dict())")
     for key in ("encoder.weight", "rnn.weight_hh_l0", "decoder.weight"):
@@ -178,8 +174,6 @@ def import_tutorial(state_dict_path: str | Path, data_dir: str | Path | None = N
     validate_tensors(sd, tensor_spec(config, None), str(state_dict_path))
     vocab = load_corpus(data_dir).vocab
     if len(vocab) != vocab_size:
-        raise WordLMError(
-            f"vocab size mismatch: the state_dict has {vocab_size} words, the corpus {len(vocab)}"
-        )
+        raise WordLMError(f"vocab size mismatch: the state_dict has {vocab_size} words, the corpus {len(vocab)}")
     meta = {"imported_from": state_dict_path.name, "source": "tutorial LSTMModel state_dict"}
     return Checkpoint(config=config, vocab=vocab, tensors=dict(sd), meta=meta)

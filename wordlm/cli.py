@@ -130,9 +130,7 @@ def cmd_generate(args) -> None:
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.prompt:
         sys.stdout.write(args.prompt)
-    for piece in generate_text(
-        engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling, seed=args.seed
-    ):
+    for piece in generate_text(engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling, seed=args.seed):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -157,9 +155,32 @@ def cmd_quantize(args) -> None:
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
     qckpt = quantize_checkpoint(ckpt, get_scheme(args.scheme, group_size=args.group_size))
     out = save_checkpoint(qckpt, args.out)
-    print(
-        f"wrote {out}: {args.scheme}, {qckpt.size_bytes / 1e6:.2f} MB (from {ckpt.size_bytes / 1e6:.2f} MB)"
+    print(f"wrote {out}: {args.scheme}, {qckpt.size_bytes / 1e6:.2f} MB (from {ckpt.size_bytes / 1e6:.2f} MB)")
+
+
+def cmd_bench(args) -> None:
+    from rich.console import Console
+
+    from wordlm.bench import ALL_VARIANTS, BenchConfig, run_bench, write_results
+    from wordlm.report import rich_table
+
+    variants = tuple(v.strip() for v in args.engines.split(",")) if args.engines else ALL_VARIANTS
+    cfg = BenchConfig(
+        variants=variants,
+        split=args.split,
+        max_tokens=args.max_tokens,
+        reps=args.reps,
+        gen_tokens=args.gen_tokens,
+        measure_rss=not args.no_rss,
     )
+    doc = run_bench(default_checkpoint(args.checkpoint), cfg, data_dir=args.data)
+    if args.out:
+        for path in write_results(doc, args.out):
+            log.info("wrote %s", path)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 200).print(rich_table(doc))
 
 
 def cmd_demo(args) -> None:
@@ -188,18 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="default: torch for float checkpoints, wordlm for quantized ones",
         )
         sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the tutorial's)")
-        sp.add_argument(
-            "--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)"
-        )
+        sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
 
-    sp = sub.add_parser(
-        "import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint"
-    )
+    sp = sub.add_parser("import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint")
     sp.add_argument("state_dict")
     sp.add_argument("--out", required=True)
-    sp.add_argument(
-        "--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)"
-    )
+    sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
     sp.set_defaults(func=cmd_import_tutorial)
 
     sp = sub.add_parser("train", help="train a model (resumable)")
@@ -247,19 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
     sp.add_argument("--format", default="onnx", help="output format (only onnx for now)")
     sp.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    sp.add_argument(
-        "--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic"
-    )
+    sp.add_argument("--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("quantize", help="write a quantized checkpoint (run it with --engine wordlm)")
     sp.add_argument("checkpoint", nargs="?", help="float checkpoint (default: the shipped model)")
     sp.add_argument("--scheme", required=True, help="int8 or int4 (see wordlm.quant.SCHEMES)")
-    sp.add_argument(
-        "--group-size", type=int, help="inputs per scale for the 4-bit parts (default: the scheme's)"
-    )
+    sp.add_argument("--group-size", type=int, help="inputs per scale for the 4-bit parts (default: the scheme's)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_quantize)
+
+    sp = sub.add_parser("bench", help="every engine side by side: size, loss, speed, latency, memory")
+    sp.add_argument("checkpoint", nargs="?")
+    sp.add_argument(
+        "--engines",
+        help="comma-separated variants (default: all): torch, torch-dynamic, "
+        "onnxruntime, onnxruntime-int8, wordlm-int8, wordlm-int4",
+    )
+    sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    sp.add_argument("--max-tokens", type=int, help="evaluate a prefix (default: the whole split)")
+    sp.add_argument("--reps", type=int, default=3, help="timed eval passes per variant (median)")
+    sp.add_argument("--gen-tokens", type=int, default=200, help="generated tokens timed per variant")
+    sp.add_argument("--no-rss", action="store_true", help="skip the separate peak-RSS process")
+    sp.add_argument("--data")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--out", help="write results.json, results.md and plots here")
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
     sp.add_argument("checkpoint", nargs="?")

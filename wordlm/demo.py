@@ -52,9 +52,7 @@ def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60,
         res = evaluate(engine, ids, bptt=25, batch_size=1, progress=True)
         rows.append({"engine": engine.name, "size_bytes": engine.size_bytes, **res.to_dict()})
     base = rows[0]
-    table = Table(
-        "engine", "state_dict size (MB)", "loss", "ppl", "seconds", "tokens/s", "size ratio", "speed-up"
-    )
+    table = Table("engine", "state_dict size (MB)", "loss", "ppl", "seconds", "tokens/s", "size ratio", "speed-up")
     for r in rows:
         table.add_row(
             r["engine"],
@@ -67,7 +65,5 @@ def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60,
             f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
         )
     console.print(table)
-    console.print(
-        "tutorial (MacBook Pro): fp32 113.9 MB, loss 5.167, 188.6 s; int8 79.7 MB, loss 5.168, 106.2 s"
-    )
+    console.print("tutorial (MacBook Pro): fp32 113.9 MB, loss 5.167, 188.6 s; int8 79.7 MB, loss 5.168, 106.2 s")
     return rows

@@ -11,18 +11,16 @@ state, so onnxruntime and numpy alone can run it (see docs/onnx_numpy_example.py
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
 import tempfile
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
 from wordlm.checkpoint import FORMAT_VERSION, Checkpoint, build_model
-from wordlm.errors import WordLMError
+from wordlm.errors import WordLMError, require
 from wordlm.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -39,14 +37,6 @@ DYNAMIC_AXES = {
     "cn": {1: "batch"},
 }
 QUANTIZED_LSTM = "DynamicQuantizeLSTM"
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional runtime, or say in one line how to install it (instead of an ImportError)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise WordLMError(f"{module} is not installed; pip install 'wordlm[onnx]'") from None
 
 
 def _torch_export(ckpt: Checkpoint) -> bytes:
@@ -101,9 +91,7 @@ def _quiet_quantizer(record: logging.LogRecord) -> bool:
     """Drop the quantizer's root-logger chatter (per-tensor INFO lines, pre-processing advice)."""
     if "onnxruntime" not in record.pathname:
         return True
-    return (
-        record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
-    )
+    return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
 
 
 def _quantize_dynamic(model_bytes: bytes) -> bytes:
@@ -122,9 +110,7 @@ def _quantize_dynamic(model_bytes: bytes) -> bytes:
         with tempfile.TemporaryDirectory(prefix="wordlm-onnx-") as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(model_bytes)
-            quantization.quantize_dynamic(
-                src, dst, weight_type=quantization.QuantType.QInt8, per_channel=False
-            )
+            quantization.quantize_dynamic(src, dst, weight_type=quantization.QuantType.QInt8, per_channel=False)
             quantized = onnx.load(dst)
     finally:
         root.removeFilter(_quiet_quantizer)

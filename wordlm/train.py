@@ -117,9 +117,7 @@ def _load_state(run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim
         tensors = load_file(state_dir / "state.safetensors")
     except (OSError, ValueError) as e:
         raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e})") from None
-    diff = sorted(
-        k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and doc["train_config"].get(k) != v
-    )
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and doc["train_config"].get(k) != v)
     if diff:
         raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -158,9 +156,7 @@ def train(
     if resume and not has_state:
         raise WordLMError(f"--resume: {run_dir} has no training state to resume")
     if not resume and has_state:
-        raise WordLMError(
-            f"{run_dir} already holds a run; pass --resume to continue it or pick another --out"
-        )
+        raise WordLMError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
 
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(len(corpus.vocab))
@@ -218,9 +214,7 @@ def train(
                 log.info("time limit reached at epoch %d, batch %d; state saved", st.epoch, st.batch)
                 return st
         bar.close()
-        val = evaluate(
-            TorchEngine(model, device=device), valid_data, bptt=cfg.bptt, batch_size=cfg.eval_batch_size
-        )
+        val = evaluate(TorchEngine(model, device=device), valid_data, bptt=cfg.bptt, batch_size=cfg.eval_batch_size)
         model.train()
         improved = val.loss < st.best_val
         st.history.append(

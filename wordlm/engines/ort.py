@@ -12,7 +12,8 @@ import torch
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
-from wordlm.export import OUTPUTS, onnx_bytes, require
+from wordlm.errors import require
+from wordlm.export import OUTPUTS, onnx_bytes
 
 
 class OrtEngine(Engine):

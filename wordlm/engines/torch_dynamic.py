@@ -20,9 +20,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError:
-        raise WordLMError(
-            "this torch build has no torch.ao.quantization; torch-dynamic is unavailable"
-        ) from None
+        raise WordLMError("this torch build has no torch.ao.quantization; torch-dynamic is unavailable") from None
     engines = torch.backends.quantized.supported_engines
     if not any(e in engines for e in ("x86", "fbgemm", "qnnpack")):
         raise WordLMError(

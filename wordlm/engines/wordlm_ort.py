@@ -22,7 +22,7 @@ import torch
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
-from wordlm.errors import WordLMError
+from wordlm.errors import WordLMError, require
 from wordlm.quant import QSpec, Scheme, codes, scheme_from_dict
 from wordlm.sampling import Sampling
 
@@ -30,20 +30,11 @@ log = logging.getLogger(__name__)
 TASKS = ("nll", "logits", "next", "sample")
 
 
-def _onnx():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        raise WordLMError("onnx and onnxruntime are not installed; pip install 'wordlm[onnx]'") from None
-    return onnx, onnxruntime
-
-
 class GraphBuilder:
     """A small helper over onnx.helper: fresh names, initializers from numpy, com.microsoft ops."""
 
     def __init__(self) -> None:
-        self.onnx = _onnx()[0]
+        self.onnx = require("onnx")
         self.nodes, self.inits, self._n = [], [], 0
 
     def const(self, name: str, value: np.ndarray) -> str:
@@ -87,7 +78,7 @@ class WordLMEngine(Engine):
         self.scheme: Scheme | None = scheme_from_dict(ckpt.quant) if ckpt.quant else None
         self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
         self._sessions: dict[str, object] = {}
-        _onnx()
+        require("onnx"), require("onnxruntime")
 
     @property
     def size_bytes(self) -> int:
@@ -102,9 +93,7 @@ class WordLMEngine(Engine):
 
     def _codes_scales(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         spec = self._spec(name)
-        return codes(self.ckpt.tensors, name, spec).numpy(), self.ckpt.tensors[
-            f"{name}.scales"
-        ].float().numpy()
+        return codes(self.ckpt.tensors, name, spec).numpy(), self.ckpt.tensors[f"{name}.scales"].float().numpy()
 
     # ---- graph pieces ----
     def _embedding(self, b: GraphBuilder, ids: str) -> str:
@@ -121,9 +110,7 @@ class WordLMEngine(Engine):
             packed = b.op("Gather", b.const("emb_q4", self.ckpt.tensors[f"{name}.qweight"].numpy()), ids)
             lo = b.op("BitwiseAnd", packed, b.const("mask", np.array(15, np.uint8)))
             hi = b.op("BitShift", packed, b.const("four", np.array(4, np.uint8)), direction="RIGHT")
-            pair = b.op(
-                "Concat", b.op("Unsqueeze", lo, last), b.op("Unsqueeze", hi, last), axis=-1
-            )  # [S, B, E/2, 2]
+            pair = b.op("Concat", b.op("Unsqueeze", lo, last), b.op("Unsqueeze", hi, last), axis=-1)  # [S, B, E/2, 2]
             offset = b.op("Sub", b.op("Cast", pair, to=1), b.const("eight", np.array(8.0, np.float32)))
             rows = b.op("Reshape", offset, sbe)
         grouped = b.op("Reshape", rows, b.const("shape_sbg", np.array([0, 0, -1, group])))  # [S, B, G, gs]
@@ -133,9 +120,7 @@ class WordLMEngine(Engine):
     def _lstm(self, b: GraphBuilder, x: str, h0: str, c0: str) -> tuple[str, str, str]:
         H, hs, cs = self.cfg.hidden_dim, [], []
         for layer in range(self.cfg.num_layers):
-            bias = np.concatenate(
-                [self._float(f"rnn.bias_ih_l{layer}"), self._float(f"rnn.bias_hh_l{layer}")]
-            )
+            bias = np.concatenate([self._float(f"rnn.bias_ih_l{layer}"), self._float(f"rnn.bias_hh_l{layer}")])
             bias = np.concatenate([_gate_order(bias[: 4 * H], H), _gate_order(bias[4 * H :], H)])[None]
             sl = [b.const(f"sl{layer}_{k}", np.array([v])) for k, v in (("s", layer), ("e", layer + 1))]
             h_init = b.op("Slice", h0, *sl, "ax0")
@@ -199,9 +184,7 @@ class WordLMEngine(Engine):
                 ms=True,
             )
         if not _pow2(group):
-            raise WordLMError(
-                f"engine wordlm: block size {group} of the decoder must be a power of two >= 16"
-            )
+            raise WordLMError(f"engine wordlm: block size {group} of the decoder must be a power of two >= 16")
         if spec.bits == 8:
             blob = (q.astype(np.int16) + 128).astype(np.uint8).reshape(V, K // group, group)
         else:
@@ -223,7 +206,7 @@ class WordLMEngine(Engine):
         )
 
     def _build(self, task: str) -> bytes:
-        onnx = _onnx()[0]
+        onnx = require("onnx")
         b, cfg = GraphBuilder(), self.cfg
         L, H, V = cfg.num_layers, cfg.hidden_dim, cfg.vocab_size
         b.const("ax0", np.array([0]))
@@ -238,9 +221,7 @@ class WordLMEngine(Engine):
         f32 = onnx.TensorProto.FLOAT
         outputs = [("hn", hn, f32, state_shape), ("cn", cn, f32, state_shape)]
         if task in ("nll", "logits"):
-            logits = self._decoder(
-                b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))), None
-            )  # [S*B, V]
+            logits = self._decoder(b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))), None)  # [S*B, V]
             if task == "logits":
                 shape = b.op("Concat", b.op("Shape", "ids"), b.const("v", np.array([V])), axis=0)
                 outputs.insert(0, ("logits", b.op("Reshape", logits, shape), f32, ["seq", "batch", V]))
@@ -249,9 +230,7 @@ class WordLMEngine(Engine):
                 tgt = b.op("Reshape", "targets", b.const("shape_m1", np.array([-1, 1])))
                 # LogSoftmax is MLAS-vectorised; ReduceLogSumExp is ~10x slower (benchmarks/kernels.md)
                 nll = b.op("Neg", b.op("GatherElements", b.op("LogSoftmax", logits, axis=-1), tgt, axis=1))
-                outputs.insert(
-                    0, ("nll", b.op("Reshape", nll, b.op("Shape", "targets")), f32, ["seq", "batch"])
-                )
+                outputs.insert(0, ("nll", b.op("Reshape", nll, b.op("Shape", "targets")), f32, ["seq", "batch"]))
         else:
             last = b.op("Gather", out, b.const("minus1", np.array(-1)), axis=0)  # [B, H]
             logits = self._decoder(b, last, 1)  # [B, V]
@@ -266,14 +245,12 @@ class WordLMEngine(Engine):
 
     def _session(self, task: str):
         if task not in self._sessions:
-            ort = _onnx()[1]
+            ort = require("onnxruntime")
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.log_severity_level = 3
-            self._sessions[task] = ort.InferenceSession(
-                self._build(task), so, providers=["CPUExecutionProvider"]
-            )
+            self._sessions[task] = ort.InferenceSession(self._build(task), so, providers=["CPUExecutionProvider"])
         return self._sessions[task]
 
     # ---- the Engine interface ----
@@ -297,9 +274,7 @@ class WordLMEngine(Engine):
 
     def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """NLL of every target [seq, batch], computed in the graph."""
-        nll, state = self._run(
-            "nll", ids, state, targets=np.ascontiguousarray(targets.numpy(), dtype=np.int64)
-        )
+        nll, state = self._run("nll", ids, state, targets=np.ascontiguousarray(targets.numpy(), dtype=np.int64))
         return torch.from_numpy(nll), state
 
     def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:

@@ -81,9 +81,7 @@ class Scheme:
             n, k = shape
             group = spec.group(k)
             if k % group:
-                raise WordLMError(
-                    f"scheme {self.name}: group size {group} does not divide {name}'s {k} columns"
-                )
+                raise WordLMError(f"scheme {self.name}: group size {group} does not divide {name}'s {k} columns")
             codes = ((n, k // 2), (torch.uint8,)) if spec.bits == 4 else ((n, k), (torch.int8,))
             out[f"{name}.qweight"] = codes
             out[f"{name}.scales"] = ((n, k // group), (torch.float16,))
@@ -124,9 +122,7 @@ SCHEMES: dict[str, Scheme] = {
     "int8": Scheme("int8", 1, encoder=QSpec(8), rnn=QSpec(8), decoder=QSpec(8)),
     # embedding and decoder 4-bit in groups of 256 inputs (chosen by measurement, benchmarks/quant.md),
     # LSTM int8, biases stored fp16: 15.99 MB for the tutorial model
-    "int4": Scheme(
-        "int4", 1, encoder=QSpec(4, 256), rnn=QSpec(8), decoder=QSpec(4, 256), float_dtype="float16"
-    ),
+    "int4": Scheme("int4", 1, encoder=QSpec(4, 256), rnn=QSpec(8), decoder=QSpec(4, 256), float_dtype="float16"),
 }
 
 
@@ -159,9 +155,7 @@ def scheme_from_dict(d: dict) -> Scheme:
     if name not in SCHEMES:
         raise WordLMError(f"unknown quantization scheme {name!r}")
     if version != SCHEMES[name].version:
-        raise WordLMError(
-            f"scheme {name} version {version}; this wordlm reads version {SCHEMES[name].version}"
-        )
+        raise WordLMError(f"scheme {name} version {version}; this wordlm reads version {SCHEMES[name].version}")
     scheme.check()
     return scheme
 

@@ -28,9 +28,7 @@ def _groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return w.float().reshape(n, k // group_size, group_size)
 
 
-def quantize(
-    w: torch.Tensor, bits: int, group_size: int, mse_search: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(w: torch.Tensor, bits: int, group_size: int, mse_search: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """W[N, K] -> (codes int8 [N, K] in [-qmax-1, qmax], scales fp16 [N, K // group_size]).
 
     With `mse_search`, each group's clipping range is the one among absmax * {1.0, 0.95, ..., 0.7} that

@@ -1,0 +1,271 @@
+"""`wordlm bench`: every way of running one model, side by side, in one run.
+
+Each row is a variant loaded from its own on-disk artifact (the float checkpoint, an exported .onnx
+file, a quantized checkpoint), measured by the same loops on the same tokens: size on disk, loss and
+perplexity by the tutorial's protocol, eval tokens/s on one thread (median of repetitions) and on all
+cores, per-token generation latency at batch 1 (p50 / p99, sampling included), load time, and peak
+RSS of a separate process that loads the model and evaluates. Ratios are taken against the
+tutorial's fp32 (`torch`) and int8 (`torch-dynamic`) rows and against ONNX Runtime's int8.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from wordlm.data import load_split
+from wordlm.engines import Engine, load_engine
+from wordlm.errors import WordLMError
+from wordlm.evaluate import evaluate
+from wordlm.quant import SCHEMES, get_scheme, quantize_checkpoint
+from wordlm.sampling import Sampling
+
+log = logging.getLogger(__name__)
+BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
+ALL_VARIANTS = BASELINES + tuple(f"wordlm-{s}" for s in SCHEMES)
+RATIO_BASES = ("torch", "torch-dynamic", "onnxruntime-int8")
+PROTOCOL = "batch 1, bptt 25, hidden carried, dropout off"
+
+
+@dataclass
+class BenchConfig:
+    variants: tuple[str, ...] = ALL_VARIANTS
+    split: str = "test"
+    max_tokens: int | None = None  # None: the whole split
+    reps: int = 3  # timed evaluation passes per variant (after a warm-up)
+    gen_tokens: int = 200  # generated tokens timed per variant
+    rss_tokens: int = 20000  # tokens the separate RSS process evaluates
+    all_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    measure_rss: bool = True
+
+
+@dataclass
+class Row:
+    variant: str
+    status: str = "ok"  # or "skipped"
+    reason: str | None = None
+    size_bytes: int | None = None
+    loss: float | None = None
+    ppl: float | None = None
+    tokens: int | None = None
+    eval_tokens_per_s: float | None = None  # median over reps, one thread
+    eval_tokens_per_s_runs: list[float] = field(default_factory=list)
+    eval_tokens_per_s_all_cores: float | None = None
+    gen_p50_ms: float | None = None
+    gen_p99_ms: float | None = None
+    load_s: float | None = None
+    peak_rss_bytes: int | None = None
+    ratios: dict = field(default_factory=dict)
+
+
+# ---- artifacts: what each variant loads from disk ----
+def make_artifact(variant: str, ckpt: Checkpoint, workdir: Path) -> Path:
+    """Write (or point to) the file that `variant` loads."""
+    if variant in ("torch", "torch-dynamic"):
+        return ckpt.path
+    if variant.startswith("onnxruntime"):
+        from wordlm.export import export_onnx
+
+        return export_onnx(ckpt, workdir / f"{variant}.onnx", quantize_dynamic=variant.endswith("int8"))
+    if variant.startswith("wordlm-"):
+        scheme = variant.removeprefix("wordlm-")
+        if ckpt.quant is not None:
+            if ckpt.quant["scheme"] != scheme:
+                raise WordLMError(f"the checkpoint is quantized as {ckpt.quant['scheme']}, not {scheme}")
+            return ckpt.path
+        return save_checkpoint(quantize_checkpoint(ckpt, get_scheme(scheme)), workdir / variant)
+    raise WordLMError(f"unknown bench variant {variant!r}; choose from {', '.join(ALL_VARIANTS)}")
+
+
+def load_variant(variant: str, artifact: Path, threads: int) -> Engine:
+    if variant.startswith("onnxruntime"):
+        from wordlm.engines.ort import OrtEngine
+
+        torch.set_num_threads(threads)  # the baseline's loss over logits runs in torch
+        return OrtEngine(artifact.read_bytes(), name=variant, threads=threads)
+    name = "wordlm" if variant.startswith("wordlm-") else variant
+    return load_engine(name, load_checkpoint(artifact), threads=threads)
+
+
+# ---- measurements ----
+def generation_latency(engine: Engine, n: int, seed: int = 0) -> list[float]:
+    """Seconds per generated token at batch 1 (feed the last word, sample the next), after a warm-up."""
+    gen = torch.Generator().manual_seed(seed)
+    state, word, times = engine.init_state(1), 0, []
+    for i in range(n + 10):
+        t = time.perf_counter()
+        word, state = engine.sample_next(torch.tensor([[word]]), state, Sampling(), gen)
+        if i >= 10:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def probe_rss(variant: str, artifact: Path, split: str, tokens: int, data_dir: str | None) -> int:
+    """Peak RSS (bytes) of a fresh process that loads the variant and evaluates `tokens` tokens."""
+    code = (
+        "import json, resource; from wordlm.bench import _probe; "
+        f"_probe({variant!r}, {str(artifact)!r}, {split!r}, {tokens}, {data_dir!r}); "
+        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
+    if r.returncode != 0:
+        raise WordLMError(f"RSS probe of {variant} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def _probe(variant: str, artifact: str, split: str, tokens: int, data_dir: str | None) -> None:
+    engine = load_variant(variant, Path(artifact), threads=1)
+    vocab_ckpt = Path(artifact) if Path(artifact).is_dir() else None
+    vocab = load_checkpoint(vocab_ckpt).vocab if vocab_ckpt else _onnx_vocab(Path(artifact))
+    evaluate(engine, load_split(vocab, split, data_dir)[:tokens])
+
+
+def _onnx_vocab(path: Path):
+    import onnx
+
+    from wordlm.data import Vocab
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return Vocab(meta["vocab"].split("\n")[:-1])
+
+
+def measure(variant: str, artifact: Path, ids: torch.Tensor, cfg: BenchConfig, data_dir: str | None) -> Row:
+    row = Row(variant)
+    t = time.perf_counter()
+    engine = load_variant(variant, artifact, threads=1)
+    evaluate(engine, ids[:100])  # warm-up: first-use initialisation counts as loading
+    row.load_s = time.perf_counter() - t
+    row.size_bytes = engine.size_bytes
+    for _ in range(cfg.reps):
+        res = evaluate(engine, ids)
+        row.eval_tokens_per_s_runs.append(res.tokens_per_s)
+    row.loss, row.ppl, row.tokens = res.loss, res.ppl, res.tokens
+    row.eval_tokens_per_s = statistics.median(row.eval_tokens_per_s_runs)
+    lat = generation_latency(engine, cfg.gen_tokens)
+    row.gen_p50_ms, row.gen_p99_ms = percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3
+    if cfg.all_cores > 1:
+        multi = load_variant(variant, artifact, threads=cfg.all_cores)
+        evaluate(multi, ids[:100])
+        row.eval_tokens_per_s_all_cores = evaluate(multi, ids).tokens_per_s
+        torch.set_num_threads(1)
+    else:
+        row.eval_tokens_per_s_all_cores = row.eval_tokens_per_s
+    if cfg.measure_rss:
+        row.peak_rss_bytes = probe_rss(variant, artifact, cfg.split, min(cfg.rss_tokens, ids.numel()), data_dir)
+    return row
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """Ratios of each row against the baseline rows: speed-ups (>1 is faster), size and latency (<1 is better)."""
+    by_name = {r.variant: r for r in rows if r.status == "ok"}
+    for r in rows:
+        if r.status != "ok":
+            continue
+        for base in RATIO_BASES:
+            b = by_name.get(base)
+            if b is None:
+                continue
+            r.ratios[f"vs_{base}"] = {
+                "size": r.size_bytes / b.size_bytes,
+                "eval_speedup": r.eval_tokens_per_s / b.eval_tokens_per_s,
+                "gen_p50": r.gen_p50_ms / b.gen_p50_ms,
+            }
+
+
+def environment(cfg: BenchConfig, ckpt: Checkpoint) -> dict:
+    import numpy
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        versions["onnxruntime"] = None
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from wordlm import __version__
+
+    return {
+        "wordlm": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": str(ckpt.path),
+        "checkpoint_meta": {k: ckpt.meta.get(k) for k in ("epochs", "val_loss", "command")},
+        "hardware": {
+            "cpu": cpu,
+            "machine": platform.machine(),
+            "cores": os.cpu_count(),
+            "system": platform.system(),
+        },
+        "versions": versions,
+        "settings": {
+            **asdict(cfg),
+            "variants": list(cfg.variants),
+            "protocol": "batch 1, bptt 25, hidden carried, dropout off",
+        },
+    }
+
+
+def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = None) -> dict:
+    """Measure every variant of `cfg`; returns the results document (see Row and environment())."""
+    ckpt = load_checkpoint(ckpt_path)
+    for v in cfg.variants:
+        if v not in ALL_VARIANTS:
+            raise WordLMError(f"unknown bench variant {v!r}; choose from {', '.join(ALL_VARIANTS)}")
+    if cfg.reps < 1 or cfg.gen_tokens < 1:
+        raise WordLMError("--reps and --gen-tokens must be at least 1")
+    ids = load_split(ckpt.vocab, cfg.split, data_dir)
+    if cfg.max_tokens is not None:
+        ids = ids[: cfg.max_tokens]
+    if ids.numel() < 2:
+        raise WordLMError("too few tokens to benchmark")
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="wordlm-bench-") as tmp:
+        for variant in tqdm(cfg.variants, desc="bench", unit="variant"):
+            if ckpt.quant is not None and not variant.startswith("wordlm-"):
+                rows.append(Row(variant, "skipped", "needs a float checkpoint"))
+                continue
+            try:
+                artifact = make_artifact(variant, ckpt, Path(tmp))
+                rows.append(measure(variant, artifact, ids, cfg, data_dir))
+                log.info("%s: %.0f tokens/s, loss %.4f", variant, rows[-1].eval_tokens_per_s, rows[-1].loss)
+            except WordLMError as e:  # an optional runtime is missing, or this variant cannot run here
+                log.warning("%s skipped: %s", variant, e)
+                rows.append(Row(variant, "skipped", str(e)))
+    add_ratios(rows)
+    return {**environment(cfg, ckpt), "results": [asdict(r) for r in rows]}
+
+
+def write_results(doc: dict, out: str | Path) -> list[Path]:
+    """results.json, results.md and the plots, each written atomically."""
+    from wordlm.fileio import atomic_write
+    from wordlm.report import markdown, plots
+
+    out = Path(out)
+    paths = [atomic_write(out / "results.json", json.dumps(doc, indent=2) + "\n")]
+    paths.append(atomic_write(out / "results.md", markdown(doc)))
+    paths += plots(doc, out)
+    return paths
