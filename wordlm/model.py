@@ -90,10 +90,12 @@ class LSTMLM(nn.Module):
         U(-1/sqrt(H), 1/sqrt(H)). In a deep stack this shrinks the token-dependent part of the signal
         about 4x per layer (5e-5 of the input's at layer 5), so the top layer barely sees its input
         and training sits at unigram loss for thousands of batches.
-        "scaled": as "tutorial", but LSTM input weights N(0, 1/fan_in), recurrent weights orthogonal
+        "scaled": embedding U(-1, 1), LSTM input weights N(0, 1/fan_in), recurrent weights orthogonal
         per gate (Saxe et al. 2013, https://arxiv.org/abs/1312.6120) and forget-gate bias 1
-        (Jozefowicz et al. 2015, https://proceedings.mlr.press/v37/jozefowicz15.html), which keeps the
-        signal's scale through the stack.
+        (Jozefowicz et al. 2015, https://proceedings.mlr.press/v37/jozefowicz15.html): the signal keeps
+        its scale through the stack. Measured on WikiText-2 (tutorial preset, SGD lr 20, one seed):
+        loss 6.78 after 1,075 batches, against 7.15 for "scaled" with the tutorial's U(-0.1, 0.1)
+        embedding and a plateau near 7.0 for ~4,700 batches with "tutorial" (DESIGN.md).
         """
         if scheme not in ("tutorial", "scaled"):
             raise WordLMError(f"unknown init scheme {scheme!r}; choose tutorial or scaled")
@@ -103,6 +105,7 @@ class LSTMLM(nn.Module):
         if scheme == "tutorial":
             self.rnn.reset_parameters()
             return
+        nn.init.uniform_(self.encoder.weight, -1.0, 1.0)
         h = self.cfg.hidden_dim
         for name, p in self.rnn.named_parameters():
             with torch.no_grad():

@@ -41,6 +41,12 @@ class Engine:
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Negative log-likelihood (nats) of each of targets[seq, batch] given ids[seq, batch]."""
+        logits, state = self.forward(ids, state)
+        flat = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        return flat.view(targets.shape), state
+
     def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
         """Summed negative log-likelihood (nats) of targets[seq, batch] given ids[seq, batch]."""
         logits, state = self.forward(ids, state)

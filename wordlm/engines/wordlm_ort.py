@@ -279,7 +279,7 @@ class WordLMEngine(Engine):
 
     def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
         nll, state = self.token_nll(ids, targets, state)
-        return float(nll.double().sum()), state
+        return float(nll.double().sum()), state  # fp64 sum: the fp32 sum over a chunk would round
 
     def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         logprobs, state = self._run("next", ids, state)
