@@ -49,9 +49,8 @@ class Engine:
 
     def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
         """Summed negative log-likelihood (nats) of targets[seq, batch] given ids[seq, batch]."""
-        logits, state = self.forward(ids, state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
-        return loss.item(), state
+        nll, state = self.token_nll(ids, targets, state)
+        return float(nll.double().sum()), state  # an fp64 sum: fp32 would round over a long text
 
     def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Log-probabilities [batch, vocab] of the word after the last position of ids[seq, batch]."""

@@ -277,10 +277,6 @@ class WordLMEngine(Engine):
         nll, state = self._run("nll", ids, state, targets=np.ascontiguousarray(targets.numpy(), dtype=np.int64))
         return torch.from_numpy(nll), state
 
-    def nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[float, State]:
-        nll, state = self.token_nll(ids, targets, state)
-        return float(nll.double().sum()), state  # fp64 sum: the fp32 sum over a chunk would round
-
     def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         logprobs, state = self._run("next", ids, state)
         return torch.from_numpy(logprobs), state
