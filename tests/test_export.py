@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from wordlm.checkpoint import load_checkpoint
+from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
+from wordlm.engines.ort import OrtEngine
 from wordlm.errors import WordLMError
 from wordlm.export import check_lstm_weights_are_initializers, export_onnx, onnx_bytes
 
@@ -121,11 +122,33 @@ def test_export_unknown_format_is_one_line_error(tiny_ckpt, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_quantized_checkpoint_is_refused(tiny_ckpt):
-    ckpt = load_checkpoint(tiny_ckpt)
-    ckpt.quant = {"scheme": "int8", "version": 1, "params": {}}
-    with pytest.raises(WordLMError, match="quantized checkpoints"):
-        onnx_bytes(ckpt)
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_checkpoints_export_and_run_without_torch(tiny_ckpt, tmp_path, scheme):
+    """A quantized checkpoint exports as wordlm's own graph; the torch-free example runs it."""
+    from wordlm.quant import get_scheme, quantize_checkpoint
+
+    q = quantize_checkpoint(load_checkpoint(tiny_ckpt), get_scheme(scheme, group_size=16 if scheme == "int4" else None))
+    save_checkpoint(q, tmp_path / "q")
+    out = tmp_path / f"{scheme}.onnx"
+    r = run_cli("export", str(tmp_path / "q"), "--format", "onnx", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    ids = torch.randint(0, q.config.vocab_size, (6, 2))
+    exported = OrtEngine(out.read_bytes(), name="exported")
+    engine = load_engine("wordlm", load_checkpoint(tmp_path / "q"))
+    a, _ = exported.forward(ids, exported.init_state(2))
+    b, _ = engine.forward(ids, engine.init_state(2))
+    assert torch.allclose(a, b, atol=1e-5)
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(EXAMPLE), str(out), "the cat sat"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(WordLMError, match="already quantized"):
+        onnx_bytes(q, quantize_dynamic=True)
 
 
 def test_computed_lstm_weights_fail_loudly(tiny_ckpt):

@@ -133,13 +133,22 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
-    """The serialized ONNX model of a float checkpoint, checked, with wordlm metadata."""
-    if ckpt.quant is not None:
-        raise WordLMError(
-            f"ONNX export of quantized checkpoints ({ckpt.quant.get('scheme')}) is not supported; "
-            "export the float checkpoint (add --quantize-dynamic for int8)"
-        )
+    """The serialized ONNX model of a checkpoint, checked, with wordlm metadata.
+
+    Float checkpoints go through torch's exporter (then, with `quantize_dynamic`, ONNX Runtime's
+    quantizer). Quantized checkpoints are written as the graph wordlm's engine runs (its "logits"
+    task: same inputs and outputs, ONNX Runtime's com.microsoft int8 / 4-bit operators).
+    """
     onnx = require("onnx")
+    if ckpt.quant is not None:
+        if quantize_dynamic:
+            raise WordLMError("--quantize-dynamic applies to float checkpoints; this one is already quantized")
+        from wordlm.engines.wordlm_ort import WordLMEngine
+
+        model = onnx.load_from_string(WordLMEngine(ckpt).build("logits"))
+        for key, value in metadata(ckpt).items():
+            model.metadata_props.add(key=key, value=value)
+        return model.SerializeToString()
     model_bytes = _torch_export(ckpt)
     check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))
     if quantize_dynamic:

@@ -205,7 +205,8 @@ class WordLMEngine(Engine):
             accuracy_level=4,
         )
 
-    def _build(self, task: str) -> bytes:
+    def build(self, task: str) -> bytes:
+        """The serialized ONNX graph of one task (also what `wordlm export` writes for quantized checkpoints)."""
         onnx = require("onnx")
         b, cfg = GraphBuilder(), self.cfg
         L, H, V = cfg.num_layers, cfg.hidden_dim, cfg.vocab_size
@@ -250,7 +251,7 @@ class WordLMEngine(Engine):
             so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.log_severity_level = 3
-            self._sessions[task] = ort.InferenceSession(self._build(task), so, providers=["CPUExecutionProvider"])
+            self._sessions[task] = ort.InferenceSession(self.build(task), so, providers=["CPUExecutionProvider"])
         return self._sessions[task]
 
     # ---- the Engine interface ----
