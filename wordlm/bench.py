@@ -148,30 +148,46 @@ def _onnx_vocab(path: Path):
     return Vocab(meta["vocab"].split("\n")[:-1])
 
 
-def measure(variant: str, artifact: Path, ids: torch.Tensor, cfg: BenchConfig, data_dir: str | None) -> Row:
-    row = Row(variant)
-    t = time.perf_counter()
-    engine = load_variant(variant, artifact, threads=1)
-    evaluate(engine, ids[:100])  # warm-up: first-use initialisation counts as loading
-    row.load_s = time.perf_counter() - t
-    row.size_bytes = engine.size_bytes
-    for _ in range(cfg.reps):
-        res = evaluate(engine, ids)
-        row.eval_tokens_per_s_runs.append(res.tokens_per_s)
-    row.loss, row.ppl, row.tokens = res.loss, res.ppl, res.tokens
-    row.eval_tokens_per_s = statistics.median(row.eval_tokens_per_s_runs)
-    lat = generation_latency(engine, cfg.gen_tokens)
-    row.gen_p50_ms, row.gen_p99_ms = percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3
-    if cfg.all_cores > 1:
-        multi = load_variant(variant, artifact, threads=cfg.all_cores)
-        evaluate(multi, ids[:100])
-        row.eval_tokens_per_s_all_cores = evaluate(multi, ids).tokens_per_s
-        torch.set_num_threads(1)
-    else:
-        row.eval_tokens_per_s_all_cores = row.eval_tokens_per_s
-    if cfg.measure_rss:
-        row.peak_rss_bytes = probe_rss(variant, artifact, cfg.split, min(cfg.rss_tokens, ids.numel()), data_dir)
-    return row
+def measure_all(artifacts: dict[str, Path], ids: torch.Tensor, cfg: BenchConfig, data_dir: str | None) -> list[Row]:
+    """Measure every variant. Timed passes are interleaved (rep 1 of every variant, then rep 2, ...)
+    so that a slow spell of a noisy machine hits all variants alike, not one of them."""
+    rows, engines = {}, {}
+    for variant, artifact in artifacts.items():
+        t = time.perf_counter()
+        try:
+            engines[variant] = load_variant(variant, artifact, threads=1)
+        except WordLMError as e:  # an optional runtime is missing, or this build lacks a backend
+            log.warning("%s skipped: %s", variant, e)
+            rows[variant] = Row(variant, "skipped", str(e))
+            continue
+        evaluate(engines[variant], ids[:100])  # warm-up: first-use initialisation counts as loading
+        rows[variant] = Row(variant, load_s=time.perf_counter() - t, size_bytes=engines[variant].size_bytes)
+    for _ in tqdm(range(cfg.reps), desc="eval passes", unit="pass", leave=False):
+        for variant, engine in engines.items():
+            res = evaluate(engine, ids)
+            rows[variant].eval_tokens_per_s_runs.append(res.tokens_per_s)
+            rows[variant].loss, rows[variant].ppl, rows[variant].tokens = res.loss, res.ppl, res.tokens
+    for variant, engine in engines.items():
+        row = rows[variant]
+        row.eval_tokens_per_s = statistics.median(row.eval_tokens_per_s_runs)
+        lat = generation_latency(engine, cfg.gen_tokens)
+        row.gen_p50_ms, row.gen_p99_ms = percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3
+    engines.clear()
+    for variant, artifact in tqdm(artifacts.items(), desc="all cores, RSS", unit="variant", leave=False):
+        row = rows[variant]
+        if row.status != "ok":
+            continue
+        if cfg.all_cores > 1:
+            multi = load_variant(variant, artifact, threads=cfg.all_cores)
+            evaluate(multi, ids[:100])
+            row.eval_tokens_per_s_all_cores = evaluate(multi, ids).tokens_per_s
+            del multi
+            torch.set_num_threads(1)
+        else:
+            row.eval_tokens_per_s_all_cores = row.eval_tokens_per_s
+        if cfg.measure_rss:
+            row.peak_rss_bytes = probe_rss(variant, artifact, cfg.split, min(cfg.rss_tokens, ids.numel()), data_dir)
+    return list(rows.values())
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -242,19 +258,19 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
     if ids.numel() < 2:
         raise WordLMError("too few tokens to benchmark")
     torch.set_num_threads(1)
-    rows = []
+    skipped, artifacts = {}, {}
     with tempfile.TemporaryDirectory(prefix="wordlm-bench-") as tmp:
-        for variant in tqdm(cfg.variants, desc="bench", unit="variant"):
+        for variant in tqdm(cfg.variants, desc="prepare", unit="variant", leave=False):
             if ckpt.quant is not None and not variant.startswith("wordlm-"):
-                rows.append(Row(variant, "skipped", "needs a float checkpoint"))
+                skipped[variant] = "needs a float checkpoint"
                 continue
-            try:
-                artifact = make_artifact(variant, ckpt, Path(tmp))
-                rows.append(measure(variant, artifact, ids, cfg, data_dir))
-                log.info("%s: %.0f tokens/s, loss %.4f", variant, rows[-1].eval_tokens_per_s, rows[-1].loss)
-            except WordLMError as e:  # an optional runtime is missing, or this variant cannot run here
+            try:  # an optional runtime may be missing, or this variant cannot run this checkpoint
+                artifacts[variant] = make_artifact(variant, ckpt, Path(tmp))
+            except WordLMError as e:
                 log.warning("%s skipped: %s", variant, e)
-                rows.append(Row(variant, "skipped", str(e)))
+                skipped[variant] = str(e)
+        measured = {r.variant: r for r in measure_all(artifacts, ids, cfg, data_dir)}
+    rows = [measured.get(v) or Row(v, "skipped", skipped[v]) for v in cfg.variants]
     add_ratios(rows)
     return {**environment(cfg, ckpt), "results": [asdict(r) for r in rows]}
 
