@@ -74,3 +74,13 @@ def test_bad_checkpoints_give_clear_errors(tiny_ckpt, tmp_path, corrupt, message
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(WordLMError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_written_files_get_normal_permissions(tiny_ckpt, tmp_path):
+    import os
+
+    save_checkpoint(load_checkpoint(tiny_ckpt), tmp_path / "c")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "c" / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask
