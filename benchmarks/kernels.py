@@ -21,7 +21,7 @@ rng = np.random.default_rng(0)
 
 def session(nodes, inputs, outputs, inits):
     g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -149,8 +149,60 @@ def lstm_variants(layers=5, E=512, H=256, S=25):
     return rows
 
 
+def loss_head_variants(M=25):
+    """The loss over [25, V] logits in the graph: ReduceLogSumExp vs LogSoftmax + GatherElements."""
+    x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, N])
+    t_in = helper.make_tensor_value_info("t", TensorProto.INT64, [M, 1])
+    y_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    lse = session(
+        [
+            helper.make_node("ReduceLogSumExp", ["x", "ax"], ["l"], keepdims=1),
+            helper.make_node("GatherElements", ["x", "t"], ["g"], axis=1),
+            helper.make_node("Sub", ["l", "g"], ["y"]),
+        ],
+        [x_in, t_in],
+        [y_out],
+        {"ax": np.array([1])},
+    )
+    lsm = session(
+        [
+            helper.make_node("LogSoftmax", ["x"], ["l"], axis=-1),
+            helper.make_node("GatherElements", ["l", "t"], ["g"], axis=1),
+            helper.make_node("Neg", ["g"], ["y"]),
+        ],
+        [x_in, t_in],
+        [y_out],
+        {},
+    )
+    feeds = {"x": rng.standard_normal((M, N)).astype(np.float32), "t": rng.integers(0, N, (M, 1))}
+    return [
+        (f"loss head: {name}, [25, {N}]", timeit(sess, feeds), float("nan"))
+        for name, sess in (("ReduceLogSumExp - GatherElements", lse), ("LogSoftmax + GatherElements", lsm))
+    ]
+
+
+def sampling_variants():
+    """Drawing one word from p[V]: np.cumsum + searchsorted vs wordlm's two-level inverse CDF."""
+    from wordlm.engines.wordlm_ort import inverse_cdf
+
+    p = rng.random(N).astype(np.float32)
+    p /= p.sum()
+    rows = []
+    for name, fn in (
+        ("np.cumsum + searchsorted", lambda: np.searchsorted(np.cumsum(p), 0.5)),
+        ("two-level inverse CDF (wordlm)", lambda: inverse_cdf(p, 0.5)),
+    ):
+        ts = []
+        for _ in range(300):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        rows.append((f"sampling: {name}, V = {N}", float("nan"), statistics.median(ts) * 1e3))
+    return rows
+
+
 if __name__ == "__main__":
-    rows = decoder_variants() + lstm_variants()
+    rows = decoder_variants() + lstm_variants() + loss_head_variants() + sampling_variants()
     lines = [
         f"# Kernel timings (onnxruntime {ort.__version__}, one thread, median ms)",
         "",
@@ -159,7 +211,10 @@ if __name__ == "__main__":
         "| kernel | 25 rows / steps | 1 row / step |",
         "|---|---|---|",
     ]
-    lines += [f"| {n} | {a:.3f} | {b:.3f} |" for n, a, b in rows]
+    def ms(x):
+        return "-" if x != x else f"{x:.3f}"  # nan: not measured for this shape
+
+    lines += [f"| {n} | {ms(a)} | {ms(b)} |" for n, a, b in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(__file__).with_name("kernels.md").write_text(text)

@@ -173,7 +173,9 @@ class WordLMEngine(Engine):
             return b.op("Add", b.op("MatMul", x, b.const("dec_wt", self._float(name).T)), bias)
         q, s = self._codes_scales(name)
         group = K // s.shape[1]
-        if spec.bits == 8 and group == K and (rows != 1 or not _pow2(K)):
+        # One scale per row: int8 DynamicQuantizeMatMul is the fastest kernel for many rows (4-bit codes
+        # are exact int8 codes too), MatMulNBits for one row (benchmarks/kernels.md).
+        if group == K and (rows != 1 or not _pow2(K)):
             return b.op(
                 "DynamicQuantizeMatMul",
                 x,
