@@ -211,6 +211,7 @@ if __name__ == "__main__":
         "| kernel | 25 rows / steps | 1 row / step |",
         "|---|---|---|",
     ]
+
     def ms(x):
         return "-" if x != x else f"{x:.3f}"  # nan: not measured for this shape
 

@@ -32,12 +32,10 @@ def default_checkpoint(path: str | None) -> Path:
 
 def _engine_for(args):
     from wordlm.checkpoint import load_checkpoint
-    from wordlm.engines import load_engine
+    from wordlm.engines import default_engine, load_engine
 
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
-    # default: the fp32 reference for float checkpoints, wordlm's engine for quantized ones
-    name = args.engine or ("torch" if ckpt.quant is None else "wordlm")
-    return ckpt, load_engine(name, ckpt, threads=args.threads)
+    return ckpt, load_engine(args.engine or default_engine(ckpt), ckpt, threads=args.threads)
 
 
 def cmd_import_tutorial(args) -> None:
@@ -183,6 +181,16 @@ def cmd_bench(args) -> None:
         Console(width=None if sys.stdout.isatty() else 200).print(rich_table(doc))
 
 
+def cmd_serve(args) -> None:
+    from wordlm.errors import require
+
+    require("fastapi", "serve")
+    require("uvicorn", "serve")
+    from wordlm.serve import serve
+
+    serve(default_checkpoint(args.checkpoint), args.host, args.port, args.engine, args.threads)
+
+
 def cmd_demo(args) -> None:
     from wordlm.demo import run_demo
 
@@ -288,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--out", help="write results.json, results.md and plots here")
     sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("serve", help="HTTP server: OpenAI-compatible completions, next words, scores, a web page")
+    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        help="default: torch for float checkpoints, wordlm for quantized ones",
+    )
+    sp.add_argument("--threads", type=int, default=1, help="CPU threads of the engine (default 1)")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
     sp.add_argument("checkpoint", nargs="?")

@@ -13,9 +13,9 @@ class WordLMError(Exception):
     """A user-facing error: the message is one line, meant to be read by a person."""
 
 
-def require(module: str) -> ModuleType:
+def require(module: str, extra: str = "onnx") -> ModuleType:
     """Import an optional runtime, or say in one line how to install it (instead of an ImportError)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise WordLMError(f"{module} is not installed; pip install 'wordlm[onnx]'") from None
+        raise WordLMError(f"{module} is not installed; pip install 'wordlm[{extra}]'") from None

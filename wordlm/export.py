@@ -53,6 +53,7 @@ def _torch_export(ckpt: Checkpoint) -> bytes:
         # The legacy exporter's deprecation notice, and its LSTM batch-size warning, which does not
         # apply here: h0 and c0 are graph inputs.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the LSTM's shape checks, traced as constants
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size")
         torch.onnx.export(
             model,

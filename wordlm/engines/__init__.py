@@ -76,6 +76,11 @@ ENGINES: dict[str, str] = {
 }
 
 
+def default_engine(ckpt) -> str:
+    """The fp32 reference for float checkpoints, wordlm's engine for quantized ones."""
+    return "torch" if ckpt.quant is None else "wordlm"
+
+
 def load_engine(name: str, ckpt, threads: int = 1) -> Engine:
     """Build engine `name` for a loaded checkpoint, using `threads` CPU threads."""
     if name not in ENGINES:
