@@ -10,18 +10,23 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[onnx,dev]"
+	$(BIN)/python -m pip install -q -e ".[onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test lint format
+.PHONY: install demo test lint format chromium
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
 demo: $(STAMP)
 	$(BIN)/wordlm demo $(if $(FULL),--full,) $(CKPT)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+# the serve page test drives the system's Chromium (Debian's package; it is skipped without one)
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the serve page test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check wordlm tests benchmarks

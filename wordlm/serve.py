@@ -1,0 +1,313 @@
+"""`wordlm serve`: an HTTP server over one checkpoint and one engine.
+
+- `POST /v1/completions` and `GET /v1/models` follow OpenAI's API, so OpenAI's client works unchanged
+  (streaming included);
+- `POST /v1/next-words` (the keyboard case) and `POST /v1/score` (loss, perplexity, per-word
+  log-probabilities) are wordlm's;
+- `GET /` is a small page that suggests next words while a person types.
+
+Requests share nothing: each has its own recurrent state and its own torch.Generator, and endpoints
+are plain functions that FastAPI runs in its threadpool, so a slow generation never blocks the event
+loop. Every client mistake is a 4xx in OpenAI's error shape; a 500 means a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wordlm import __version__
+from wordlm.checkpoint import Checkpoint, load_checkpoint
+from wordlm.data import EOS, Vocab
+from wordlm.engines import Engine, default_engine, load_engine
+from wordlm.errors import WordLMError
+from wordlm.generate import detokenize, encode_prompt, generate_ids
+from wordlm.sampling import Sampling
+from wordlm.serve_schema import (
+    MAX_BODY_BYTES,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ErrorBody,
+    ErrorDetail,
+    Health,
+    ModelCard,
+    ModelList,
+    NextWords,
+    NextWordsRequest,
+    Score,
+    ScoreRequest,
+    Usage,
+    WordLogprob,
+    WordProb,
+)
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+ERRORS = {
+    400: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
+
+
+def _printable(text: str) -> str:
+    """A lone surrogate from the request (JSON allows "\\ud800") would make the response unencodable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    detail = ErrorDetail(message=_printable(message), type=kind, param=None if param is None else _printable(param))
+    body = ErrorBody(error=detail)
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes (413) before anything parses it: the JSON parser
+    would otherwise hold a body of any size in memory. The body read here is replayed to the app."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._too_big(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await self._too_big(scope, receive, send)
+                return
+        first: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:
+            return first.pop() if first else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(413, f"request body over {self.limit} bytes")(scope, receive, send)
+
+
+def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        reason = next(e.get("ctx", {}).get("error", "") for e in errors if e["type"] == "json_invalid")
+        return error_response(400, f"request body is not valid JSON ({reason})".replace(" ()", ""))
+    parts, params = [], []
+    for e in errors:
+        where = ".".join(str(p) for p in e["loc"][1:]) or "body"  # loc[0] is "body"
+        parts.append(f"{where}: {e['msg']}")
+        params.append(where)
+    return error_response(422, "; ".join(parts), params[0])
+
+
+def _wordlm_error(_: Request, exc: WordLMError) -> JSONResponse:
+    return error_response(422, str(exc))
+
+
+def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail))
+
+
+def context_ids(vocab: Vocab, text: str) -> list[int]:
+    """The ids a text leaves the model in; an empty text is the start of a line (`<eos>`)."""
+    ids = encode_prompt(vocab, text)
+    if ids:
+        return ids
+    if EOS not in vocab:
+        raise WordLMError(f"text is empty and the vocabulary has no {EOS} to start from")
+    return [vocab.stoi[EOS]]
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Characters at the end of `text` that may be the start of a stop string, so not yet sendable."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+class ChoiceRun:
+    """One choice of a completion: `deltas()` yields its text as it becomes safe to send (never a
+    part of a stop string), after which `finish_reason` and `tokens` are final.
+
+    The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop; only the
+    space between the prompt and the first word is added here, as OpenAI's completions do.
+    """
+
+    def __init__(self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None) -> None:
+        self.engine, self.vocab, self.req, self.seed = engine, vocab, req, seed
+        self.finish_reason = "length"
+        self.tokens = 0
+
+    def deltas(self) -> Iterator[str]:
+        req, stops = self.req, self.req.stop
+        sampling = Sampling(temperature=req.temperature, top_p=req.top_p)
+        ids = generate_ids(
+            self.engine, self.vocab, req.max_tokens, prompt=req.prompt, sampling=sampling, seed=self.seed
+        )
+        space = " " if req.prompt and not req.prompt[-1].isspace() else ""
+        text, sent = "", 0
+        for piece in detokenize(self.vocab.itos[i] for i in ids):
+            if not text and not piece.startswith("\n"):
+                piece = space + piece
+            text += piece
+            self.tokens += 1
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self.finish_reason = "stop"
+                if cut > sent:
+                    yield text[sent:cut]
+                return
+            safe = len(text) - _held_back(text, stops)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if len(text) > sent:
+            yield text[sent:]
+
+
+def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
+    """The server's app for one loaded checkpoint and engine (no I/O here: tests pass their own)."""
+    vocab = ckpt.vocab
+    model_id = ckpt.path.name if ckpt.path is not None else "wordlm"
+    created = int(ckpt.path.stat().st_mtime) if ckpt.path is not None else int(time.time())
+    app = FastAPI(
+        title="wordlm",
+        version=__version__,
+        description="A word-level LSTM language model: OpenAI-compatible completions, next words, scores.",
+    )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(WordLMError, _wordlm_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    def health() -> Health:
+        return Health(model=model_id, engine=engine.name)
+
+    @app.get("/v1/models")
+    def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model_id, created=created)])
+
+    @app.get("/v1/models/{model}", responses=ERRORS)
+    def model(model: str) -> ModelCard:
+        if model != model_id:
+            raise HTTPException(404, f"model {model!r} not found; this server serves {model_id!r}")
+        return ModelCard(id=model_id, created=created)
+
+    @app.post("/v1/completions", responses=ERRORS)
+    def completions(req: CompletionRequest) -> Completion:
+        """Sampled continuations of the prompt (`stream`: server-sent events, then `data: [DONE]`)."""
+        if req.model is not None and req.model != model_id:
+            raise HTTPException(404, f"model {req.model!r} not found; this server serves {model_id!r}")
+        prompt_tokens = len(encode_prompt(vocab, req.prompt))  # an unknown word fails here, before streaming
+        runs = [ChoiceRun(engine, vocab, req, None if req.seed is None else req.seed + i) for i in range(req.n)]
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+
+        def usage() -> Usage:
+            done = sum(r.tokens for r in runs)
+            return Usage(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
+
+        if not req.stream:
+            texts = ["".join(r.deltas()) for r in runs]
+            choices = [
+                CompletionChoice(text=t, index=i, finish_reason=r.finish_reason)
+                for i, (t, r) in enumerate(zip(texts, runs, strict=True))
+            ]
+            return Completion(**head, choices=choices, usage=usage())
+
+        with_usage = req.stream_options is not None and req.stream_options.include_usage
+
+        def event(choices: list[CompletionChoice], use: Usage | None = None) -> str:
+            chunk = Completion(**head, choices=choices, usage=use)
+            return f"data: {chunk.model_dump_json(exclude=None if with_usage else {'usage'})}\n\n"
+
+        def events() -> Iterator[str]:
+            for i, r in enumerate(runs):
+                for delta in r.deltas():
+                    yield event([CompletionChoice(text=delta, index=i, finish_reason=None)])
+                yield event([CompletionChoice(text="", index=i, finish_reason=r.finish_reason)])
+            if with_usage:
+                yield event([], usage())
+            yield "data: [DONE]\n\n"
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.post("/v1/next-words", responses=ERRORS)
+    def next_words(req: NextWordsRequest) -> NextWords:
+        """The k most likely next words after the text, with their probabilities."""
+        ids = torch.tensor(context_ids(vocab, req.text), dtype=torch.int64).view(-1, 1)
+        logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
+        top = torch.topk(logprobs[0].double(), min(req.k, len(vocab)))
+        words = [
+            WordProb(word=vocab.itos[i], prob=math.exp(lp), logprob=lp)
+            for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+        return NextWords(model=model_id, words=words)
+
+    @app.post("/v1/score", responses=ERRORS)
+    def score(req: ScoreRequest) -> Score:
+        """How likely the model finds the text: every word after the first, given those before it."""
+        ids = encode_prompt(vocab, req.text)
+        if len(ids) < 2:
+            raise WordLMError(f"text has {len(ids)} word(s); scoring needs at least 2")
+        seq = torch.tensor(ids, dtype=torch.int64).view(-1, 1)
+        nll, _ = engine.token_nll(seq[:-1], seq[1:], engine.init_state(1))
+        nll = nll.double().view(-1).tolist()
+        loss = sum(nll) / len(nll)
+        words = [WordLogprob(word=vocab.itos[i], logprob=-x) for i, x in zip(ids[1:], nll, strict=True)]
+        return Score(model=model_id, loss=loss, perplexity=math.exp(loss), tokens=len(nll), words=words)
+
+    return app
+
+
+def warm_up(engine: Engine) -> None:
+    """Run each kind of call once, so that what an engine builds on first use (wordlm's ONNX
+    sessions) is built before the first request rather than by several concurrent ones."""
+    ids = torch.zeros((2, 1), dtype=torch.int64)
+    engine.token_nll(ids[:1], ids[1:], engine.init_state(1))
+    engine.next_logprobs(ids, engine.init_state(1))
+    engine.sample_next(ids, engine.init_state(1), Sampling(), torch.Generator())
+
+
+def serve(
+    path: str | Path, host: str = "127.0.0.1", port: int = 8000, engine_name: str | None = None, threads: int = 1
+) -> None:
+    """Load the checkpoint and engine (default: torch for float checkpoints, wordlm for quantized
+    ones), warm the engine up, then serve until interrupted."""
+    import uvicorn
+
+    ckpt = load_checkpoint(path)
+    engine = load_engine(engine_name or default_engine(ckpt), ckpt, threads=threads)
+    warm_up(engine)
+    log.info("serving %s with engine %s (%d thread(s)) on http://%s:%d/", ckpt.path, engine.name, threads, host, port)
+    uvicorn.run(create_app(ckpt, engine), host=host, port=port, log_level="info")

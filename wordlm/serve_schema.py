@@ -1,0 +1,165 @@
+"""Request and response bodies of `wordlm serve`, and the limits on what a request may ask for.
+
+The completion and model bodies follow OpenAI's schema field for field, so that OpenAI's own client
+works unchanged; the other bodies are wordlm's. Every bound lives here, as a constant, so that the
+OpenAPI schema, the validation and the tests agree on it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused (413) before it is parsed
+MAX_WORDS = 2000  # words (line breaks count as one) in a prompt or a text
+MAX_TOKENS = 512  # words generated per choice
+MAX_N = 8  # choices per completion
+MAX_K = 100  # next-word suggestions per request
+MAX_STOPS, MAX_STOP_CHARS = 4, 100  # OpenAI allows up to 4 stop sequences
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, what torch.Generator.manual_seed takes
+
+
+def word_count(text: str) -> int:
+    """Words as the model sees them: whitespace-separated, plus one `<eos>` per line break."""
+    return len(text.split()) + text.count("\n")
+
+
+def _bounded(text: str) -> str:
+    n = word_count(text)
+    if n > MAX_WORDS:
+        raise ValueError(f"text has {n} words; the limit is {MAX_WORDS}")
+    return text
+
+
+BoundedText = Annotated[str, AfterValidator(_bounded)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _as_list(stop: object) -> object:
+    """OpenAI takes null, one stop string or a list: all become a list here, so that an error names
+    the string at fault rather than each branch of a union."""
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else stop
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stops = Annotated[
+    list[StopString],
+    Field(max_length=MAX_STOPS),
+    BeforeValidator(_as_list, json_schema_input_type=str | list[str] | None),
+]
+
+
+class Request(BaseModel):
+    """Unknown fields are refused, as OpenAI does: a parameter that would be silently ignored (echo,
+    logprobs, best_of, penalties...) would make a client believe it had an effect."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Request):
+    include_usage: bool = False
+
+
+class CompletionRequest(Request):
+    model: str | None = Field(None, description="the id from /v1/models (optional: the server has one model)")
+    prompt: BoundedText = Field("", description="text to continue; empty: start as after a line break")
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS, description="words to generate per choice")
+    temperature: Finite = Field(1.0, gt=0, le=100)
+    top_p: Finite = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="choice i is sampled with seed + i")
+    stop: Stops = Field([], description="stop when the text contains one of these (which is cut off)")
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256, description="accepted and ignored (OpenAI's end-user id)")
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["length", "stop"] | None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    """A whole completion, or (with `stream`) one server-sent chunk of it."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "wordlm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class NextWordsRequest(Request):
+    text: BoundedText = Field("", description="the text so far; empty: the first word of a line")
+    k: int = Field(10, ge=1, le=MAX_K, description="how many words")
+
+
+class WordProb(BaseModel):
+    word: str
+    prob: float
+    logprob: float
+
+
+class NextWords(BaseModel):
+    model: str
+    words: list[WordProb] = Field(description="most likely first")
+
+
+class ScoreRequest(Request):
+    text: BoundedText = Field(description="at least 2 words; each word after the first is scored")
+
+
+class WordLogprob(BaseModel):
+    word: str = Field(description="the vocabulary word scored (`<unk>` for an unknown word)")
+    logprob: float
+
+
+class Score(BaseModel):
+    model: str
+    loss: float = Field(description="mean negative log-likelihood per scored word, nats")
+    perplexity: float
+    tokens: int = Field(description="words scored")
+    words: list[WordLogprob]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    engine: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, so that its client raises an error carrying the message."""
+
+    error: ErrorDetail
