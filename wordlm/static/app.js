@@ -78,7 +78,7 @@ async function suggest() {
       (w) => w.word !== UNK && (!partial || (w.word !== EOS && w.word.toLowerCase().startsWith(prefix))),
     );
     render(words.slice(0, SHOWN));
-    setStatus("");
+    if (statusLine.classList.contains("error")) setStatus(""); // the server answers again
   } catch (err) {
     if (err.name !== "AbortError") setStatus(err.message, true);
   }
@@ -102,6 +102,7 @@ async function generate(event) {
     });
     const choice = data.choices[0];
     text.value += choice.text;
+    if (/\S$/.test(text.value)) text.value += " "; // ready for the next word's suggestions
     setStatus(`${data.usage.completion_tokens} words generated (finish: ${choice.finish_reason})`);
     schedule(0);
   } catch (err) {
