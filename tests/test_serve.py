@@ -26,7 +26,7 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.data import load_corpus
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.generate import encode_prompt, generate_text
+from wordlm.generate import detokenize, encode_prompt, generate_ids
 from wordlm.model import LSTMLM, preset
 from wordlm.sampling import Sampling
 from wordlm.serve import create_app
@@ -76,8 +76,9 @@ def no_unk_client(tmp_path_factory):
 
 
 def cli_text(engine, ckpt, words, seed, **sampling) -> str:
-    """What `wordlm generate` samples, as a completion of PROMPT (which adds the separating space)."""
-    text = "".join(generate_text(engine, ckpt.vocab, words, prompt=PROMPT, sampling=Sampling(**sampling), seed=seed))
+    """The words `wordlm generate` samples, as a completion of PROMPT: with a space before the first."""
+    ids = generate_ids(engine, ckpt.vocab, words, prompt=PROMPT, sampling=Sampling(**sampling), seed=seed)
+    text = "".join(detokenize(ckpt.vocab.itos[i] for i in ids))
     return text if text.startswith("\n") else " " + text
 
 

@@ -62,6 +62,10 @@ ERRORS = {
     413: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
+STREAM = {
+    "description": "the completion; with `stream`, server-sent events of Completion chunks, then `data: [DONE]`",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
 
 
 def _printable(text: str) -> str:
@@ -115,9 +119,10 @@ class BodyLimit:
 
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    if any(e["type"] == "json_invalid" for e in errors):
-        reason = next(e.get("ctx", {}).get("error", "") for e in errors if e["type"] == "json_invalid")
-        return error_response(400, f"request body is not valid JSON ({reason})".replace(" ()", ""))
+    bad_json = [e for e in errors if e["type"] == "json_invalid"]
+    if bad_json:
+        reason = bad_json[0].get("ctx", {}).get("error")
+        return error_response(400, "request body is not valid JSON" + (f" ({reason})" if reason else ""))
     parts, params = [], []
     for e in errors:
         where = ".".join(str(p) for p in e["loc"][1:]) or "body"  # loc[0] is "body"
@@ -223,7 +228,7 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
             raise HTTPException(404, f"model {model!r} not found; this server serves {model_id!r}")
         return ModelCard(id=model_id, created=created)
 
-    @app.post("/v1/completions", responses=ERRORS)
+    @app.post("/v1/completions", responses={**ERRORS, 200: STREAM})
     def completions(req: CompletionRequest) -> Completion:
         """Sampled continuations of the prompt (`stream`: server-sent events, then `data: [DONE]`)."""
         if req.model is not None and req.model != model_id:

@@ -52,18 +52,18 @@ Stops = Annotated[
 ]
 
 
-class Request(BaseModel):
+class RequestBody(BaseModel):
     """Unknown fields are refused, as OpenAI does: a parameter that would be silently ignored (echo,
     logprobs, best_of, penalties...) would make a client believe it had an effect."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class StreamOptions(Request):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
-class CompletionRequest(Request):
+class CompletionRequest(RequestBody):
     model: str | None = Field(None, description="the id from /v1/models (optional: the server has one model)")
     prompt: BoundedText = Field("", description="text to continue; empty: start as after a line break")
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS, description="words to generate per choice")
@@ -113,7 +113,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class NextWordsRequest(Request):
+class NextWordsRequest(RequestBody):
     text: BoundedText = Field("", description="the text so far; empty: the first word of a line")
     k: int = Field(10, ge=1, le=MAX_K, description="how many words")
 
@@ -129,7 +129,7 @@ class NextWords(BaseModel):
     words: list[WordProb] = Field(description="most likely first")
 
 
-class ScoreRequest(Request):
+class ScoreRequest(RequestBody):
     text: BoundedText = Field(description="at least 2 words; each word after the first is scored")
 
 
