@@ -159,7 +159,7 @@ class ChoiceRun:
     part of a stop string), after which `finish_reason` and `tokens` are final.
 
     The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop; only the
-    space between the prompt and the first word is added here, as OpenAI's completions do.
+    space between the prompt and the first word is added here, so that prompt + text reads as one.
     """
 
     def __init__(self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None) -> None:
@@ -195,10 +195,10 @@ class ChoiceRun:
 
 
 def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
-    """The server's app for one loaded checkpoint and engine (no I/O here: tests pass their own)."""
+    """The server's app for one loaded checkpoint and engine (it loads nothing: tests pass their own)."""
     vocab = ckpt.vocab
     model_id = ckpt.path.name if ckpt.path is not None else "wordlm"
-    created = int(ckpt.path.stat().st_mtime) if ckpt.path is not None else int(time.time())
+    created = int(time.time())  # OpenAI's "created" of a model: here, when this server took it up
     app = FastAPI(
         title="wordlm",
         version=__version__,
