@@ -53,7 +53,8 @@ def test_ratios_are_computed_against_the_baselines(doc):
     assert r["eval_speedup"] == pytest.approx(w["eval_tokens_per_s"] / base["eval_tokens_per_s"])
     assert r["size"] == pytest.approx(w["size_bytes"] / base["size_bytes"])
     assert r["gen_p50"] == pytest.approx(w["gen_p50_ms"] / base["gen_p50_ms"])
-    assert rows["torch"]["ratios"]["vs_torch"]["eval_speedup"] == pytest.approx(1.0)
+    # the tutorial's figures: dynamic int8 is smaller than fp32 (79.7 vs 113.9 MB at full size)
+    assert rows["torch-dynamic"]["ratios"]["vs_torch"]["size"] < 1
 
 
 def test_add_ratios_by_hand():

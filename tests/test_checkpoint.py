@@ -17,6 +17,7 @@ def test_round_trip_preserves_everything(tiny_ckpt, tmp_path):
     again = load_checkpoint(tmp_path / "c")
     assert again.config == ck.config and again.vocab.itos == ck.vocab.itos
     assert all(again.tensors[k].dtype == torch.float16 for k in again.tensors)
+    assert all(torch.equal(again.tensors[k], ck.tensors[k]) for k in ck.tensors)
     assert build_model(again).encoder.weight.dtype == torch.float32
 
 
@@ -84,3 +85,14 @@ def test_written_files_get_normal_permissions(tiny_ckpt, tmp_path):
     os.umask(mask)
     assert (tmp_path / "c").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "c" / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_swap_killed_between_its_renames_is_recovered(tiny_ckpt, tmp_path):
+    """The state of a process killed after moving the old copy aside: the next reader puts it back."""
+    import os
+
+    save_checkpoint(load_checkpoint(tiny_ckpt), tmp_path / "c")
+    os.replace(tmp_path / "c", tmp_path / ".c.old-999999999")  # a pid that is not running
+    (tmp_path / ".c.999999999-x.tmp").mkdir()  # and its half-written new copy
+    assert load_checkpoint(tmp_path / "c").config.vocab_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

@@ -10,7 +10,6 @@ import torch
 from conftest import run_cli
 
 from wordlm.checkpoint import build_model, load_checkpoint
-from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.engines.wordlm_ort import inverse_cdf
@@ -46,7 +45,8 @@ def test_logits_and_state_agree_with_reference(models, corpus, name):
             assert torch.allclose(lf, lr, atol=1e-4)
         else:  # int8 activations inside the kernels add a little noise on top of the weights'
             assert snr_db(lr, lf) > 30
-    assert np.allclose(sf[0], sr[0].numpy(), atol=1e-4 if name == "float" else 0.05)
+    for a, b in zip(sf, sr, strict=True):  # h and c
+        assert np.allclose(a, b.numpy(), atol=1e-4 if name == "float" else 0.05)
 
 
 @pytest.mark.parametrize("name", list(SCHEMES))
@@ -108,9 +108,3 @@ def test_cli_quantize_then_eval_and_generate(trained_ckpt, corpus_dir, tmp_path)
     assert r.returncode != 0 and "--engine wordlm" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("quantize", str(trained_ckpt), "--scheme", "int3", "--out", str(tmp_path / "x"))
     assert r.returncode != 0 and "unknown scheme" in r.stderr
-
-
-def test_split_is_encoded_with_the_checkpoint_vocab(trained_ckpt, corpus_dir):
-    ck = load_checkpoint(trained_ckpt)
-    ids = load_split(ck.vocab, "valid", corpus_dir)
-    assert int(ids.max()) < len(ck.vocab)

@@ -93,6 +93,9 @@ def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):
 
     resumed = _train_cli(corpus_dir, run, "--save-every", "1", "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    # it continued from the saved batch instead of starting over
+    assert f"resuming {run} at epoch 1, batch {killed_at['batch']}" in resumed.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["best", "state"]  # no half-written copies left
     a, b = _weights(tmp_path / "ref"), _weights(run)
     for k in a:
         if k.startswith("model."):

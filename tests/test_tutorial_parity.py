@@ -44,13 +44,14 @@ class LSTMModel(nn.Module):
         )
 
 
-def tutorial_evaluate(model_, data, bptt=25):
-    data_source = data.view(1, -1).t().contiguous()  # batchify(data, 1)
+def tutorial_evaluate(model_, data, bptt=25, eval_batch_size=1):
+    nbatch = data.size(0) // eval_batch_size  # batchify(data, eval_batch_size)
+    data_source = data.narrow(0, 0, nbatch * eval_batch_size).view(eval_batch_size, -1).t().contiguous()
     ntokens = model_.encoder.weight.size(0)
     criterion = nn.CrossEntropyLoss()
     model_.eval()
     total_loss = 0.0
-    hidden = model_.init_hidden(1)
+    hidden = model_.init_hidden(eval_batch_size)
     with torch.no_grad():
         for i in range(0, data_source.size(0) - 1, bptt):
             seq_len = min(bptt, len(data_source) - 1 - i)
@@ -115,6 +116,18 @@ def test_dynamic_int8_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
     assert abs(got["loss"] - expected) < 1e-4
     # int8 changes the numbers a little, not a lot
     assert abs(got["loss"] - tutorial_evaluate(model, load_corpus(corpus_dir).test)) < 0.2
+
+
+def test_batched_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
+    """Batch > 1 (what training validates with) is the tutorial's evaluate() with eval_batch_size > 1."""
+    from wordlm.checkpoint import load_checkpoint
+    from wordlm.engines import load_engine
+    from wordlm.evaluate import evaluate
+
+    model, _ = tutorial_pth
+    test = load_corpus(corpus_dir).test
+    got = evaluate(load_engine("torch", load_checkpoint(imported)), test, bptt=10, batch_size=4)
+    assert abs(got.loss - tutorial_evaluate(model, test, bptt=10, eval_batch_size=4)) < 1e-4
 
 
 def test_tutorial_architecture_sizes_match_tutorial():

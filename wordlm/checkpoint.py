@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from wordlm.data import Vocab, load_corpus
 from wordlm.errors import WordLMError
-from wordlm.fileio import atomic_write_dir
+from wordlm.fileio import atomic_write_dir, settle_dir
 from wordlm.model import LSTMLM, ModelConfig, expected_shapes
 
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:
     def fill(tmp: Path) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt.tensors.items()}
         (tmp / WEIGHTS).write_bytes(save(tensors, metadata={"format": "wordlm"}))
-        (tmp / VOCAB).write_text("".join(w + "\n" for w in ckpt.vocab.itos), encoding="utf-8")
+        (tmp / VOCAB).write_text(ckpt.vocab.to_text(), encoding="utf-8")
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     path = atomic_write_dir(out, fill, marker=CONFIG)
@@ -94,7 +94,7 @@ def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
+    path = settle_dir(path)
     if not path.is_dir():
         raise WordLMError(f"{path}: no such checkpoint directory")
     for name in (CONFIG, WEIGHTS, VOCAB):
@@ -109,16 +109,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise WordLMError(f"{path / CONFIG}: format_version {version!r}, this wordlm reads {FORMAT_VERSION}")
     try:
         model_cfg = ModelConfig.from_dict(config["model"])
-        vocab_info = config["vocab"]
-        quant = config["quantization"]
-        meta = config.get("meta", {})
-    except (KeyError, TypeError) as e:
-        raise WordLMError(f"{path / CONFIG}: malformed ({e!r})") from None
-    try:
-        words = (path / VOCAB).read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise WordLMError(f"{path / VOCAB}: not UTF-8 text") from None
-    vocab = Vocab(words[:-1] if words and words[-1] == "" else words)
+        vocab_info, quant, meta = config["vocab"], config["quantization"], config.get("meta", {})
+        if not isinstance(vocab_info, dict) or not isinstance(quant, dict | None):
+            raise TypeError("vocab must be an object, quantization an object or null")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise WordLMError(f"{path / CONFIG}: malformed ({e})") from None
+    vocab = read_vocab(path / VOCAB)
     if len(vocab) != vocab_info.get("size") or vocab.sha256 != vocab_info.get("sha256"):
         raise WordLMError(
             f"{path / VOCAB}: vocabulary mismatch ({len(vocab)} words, config says {vocab_info.get('size')};"
@@ -134,6 +130,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise WordLMError(f"{path / WEIGHTS}: corrupt or truncated safetensors file ({e})") from None
     validate_tensors(tensors, tensor_spec(model_cfg, quant), str(path / WEIGHTS))
     return Checkpoint(config=model_cfg, vocab=vocab, tensors=tensors, quant=quant, meta=meta, path=path)
+
+
+def read_vocab(path: Path) -> Vocab:
+    """A vocab.txt (one word per line, in id order)."""
+    try:
+        return Vocab.from_text(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise WordLMError(f"{path}: not UTF-8 text") from None
 
 
 def build_model(ckpt: Checkpoint) -> LSTMLM:

@@ -16,18 +16,21 @@ log = logging.getLogger("wordlm")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "wikitext2-lstm"
 
 
-def default_checkpoint(path: str | None) -> Path:
-    """The named checkpoint, else $WORDLM_MODEL, else the shipped models/wikitext2-lstm."""
+def default_checkpoint(path: str | None, required: bool = True) -> Path | None:
+    """The named checkpoint, else $WORDLM_MODEL, else the shipped models/wikitext2-lstm; when none
+    of these exists, an error (or None where the caller can do without one)."""
     if path:
         return Path(path)
     if os.environ.get("WORDLM_MODEL"):
         return Path(os.environ["WORDLM_MODEL"])
-    if not DEFAULT_MODEL.is_dir():
-        raise WordLMError(
-            f"no checkpoint given and the default {DEFAULT_MODEL} is missing; "
-            "name one (e.g. runs/x/best) or set WORDLM_MODEL"
-        )
-    return DEFAULT_MODEL
+    if DEFAULT_MODEL.is_dir():
+        return DEFAULT_MODEL
+    if not required:
+        return None
+    raise WordLMError(
+        f"no checkpoint given and the default {DEFAULT_MODEL} is missing; "
+        "name one (e.g. runs/x/best) or set WORDLM_MODEL"
+    )
 
 
 def _engine_for(args):
@@ -55,7 +58,9 @@ def cmd_train(args) -> None:
     from wordlm.data import load_corpus
     from wordlm.train import TrainConfig, train
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise WordLMError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         preset=args.preset,
@@ -93,15 +98,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from wordlm.data import load_split
+    from wordlm.data import load_split, prefix
     from wordlm.evaluate import evaluate
 
     ckpt, engine = _engine_for(args)
     ids = load_split(ckpt.vocab, args.split, args.data)
-    if args.max_tokens is not None:
-        if args.max_tokens < 2:
-            raise WordLMError("--max-tokens must be at least 2")
-        ids = ids[: args.max_tokens]
+    ids = prefix(ids, args.max_tokens)
     res = evaluate(engine, ids, bptt=args.bptt, batch_size=args.batch_size, progress=not args.json)
     out = {
         **res.to_dict(),
@@ -194,11 +196,8 @@ def cmd_serve(args) -> None:
 def cmd_demo(args) -> None:
     from wordlm.demo import run_demo
 
-    path = (
-        None
-        if not args.checkpoint and not DEFAULT_MODEL.is_dir() and "WORDLM_MODEL" not in os.environ
-        else (default_checkpoint(args.checkpoint))
-    )
+    # no checkpoint anywhere: the demo runs an untrained tutorial-architecture model and says so
+    path = default_checkpoint(args.checkpoint, required=False)
     run_demo(path, max_tokens=None if args.full else args.max_tokens, words=args.words, seed=args.seed)
 
 
@@ -330,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except WordLMError as e:
         print(f"wordlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written, a full disk, a closed pipe
+        if isinstance(e, BrokenPipeError):  # e.g. `wordlm generate | head`: the reader has gone
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        print(f"wordlm {args.command}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wordlm {args.command}: interrupted", file=sys.stderr)

@@ -63,6 +63,15 @@ class Vocab:
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[i] for i in ids]
 
+    def to_text(self) -> str:
+        """One word per line, in id order: vocab.txt, and the vocabulary in exported ONNX metadata."""
+        return "".join(w + "\n" for w in self.itos)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        words = text.split("\n")
+        return cls(words[:-1] if words and words[-1] == "" else words)
+
 
 def tokenize_line(line: str) -> list[str]:
     return line.split() + [EOS]
@@ -108,11 +117,6 @@ class Corpus:
     valid: torch.Tensor
     test: torch.Tensor
 
-    def split(self, name: str) -> torch.Tensor:
-        if name not in SPLITS:
-            raise WordLMError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
-        return getattr(self, name)
-
 
 def load_corpus(data_dir: str | Path | None = None) -> Corpus:
     """Build the vocabulary over train, valid, test (in that order) and encode every split.
@@ -133,6 +137,15 @@ def load_split(vocab: Vocab, split: str, data_dir: str | Path | None = None) -> 
         raise WordLMError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     path = _split_path(data_dir, split)
     return torch.tensor(vocab.encode(read_words(path)), dtype=torch.int64)
+
+
+def prefix(ids: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
+    """The first `max_tokens` ids (all of them for None): --max-tokens of eval, bench and demo."""
+    if max_tokens is None:
+        return ids
+    if max_tokens < 2:
+        raise WordLMError(f"--max-tokens must be at least 2, got {max_tokens}")
+    return ids[:max_tokens]
 
 
 def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wordlm.checkpoint import Checkpoint, build_model, load_checkpoint
-from wordlm.data import load_corpus, load_split
+from wordlm.data import load_corpus, load_split, prefix
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
 from wordlm.generate import generate_text
@@ -44,8 +44,7 @@ def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60,
     console.print("".join(generate_text(engines[0], ckpt.vocab, words, seed=seed)), highlight=False)
 
     ids = load_split(ckpt.vocab, "test")
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
+    ids = prefix(ids, max_tokens)
     console.rule(f"test split, {ids.numel():,} tokens, bptt 25, batch 1, 1 thread")
     rows = []
     for engine in engines:

@@ -129,7 +129,7 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
         "vocab_sha256": ckpt.vocab.sha256,
         "num_layers": str(ckpt.config.num_layers),
         "hidden_dim": str(ckpt.config.hidden_dim),
-        "vocab": "".join(w + "\n" for w in ckpt.vocab.itos),
+        "vocab": ckpt.vocab.to_text(),
     }
 
 
@@ -143,17 +143,15 @@ def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
     onnx = require("onnx")
     if ckpt.quant is not None:
         if quantize_dynamic:
-            raise WordLMError("--quantize-dynamic applies to float checkpoints; this one is already quantized")
+            raise WordLMError("quantize_dynamic applies to float checkpoints; this one is already quantized")
         from wordlm.engines.wordlm_ort import WordLMEngine
 
-        model = onnx.load_from_string(WordLMEngine(ckpt).build("logits"))
-        for key, value in metadata(ckpt).items():
-            model.metadata_props.add(key=key, value=value)
-        return model.SerializeToString()
-    model_bytes = _torch_export(ckpt)
-    check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))
-    if quantize_dynamic:
-        model_bytes = _quantize_dynamic(model_bytes)
+        model_bytes = WordLMEngine(ckpt).build("logits")
+    else:
+        model_bytes = _torch_export(ckpt)
+        check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))
+        if quantize_dynamic:
+            model_bytes = _quantize_dynamic(model_bytes)
     model = onnx.load_from_string(model_bytes)
     for key, value in metadata(ckpt).items():
         model.metadata_props.add(key=key, value=value)

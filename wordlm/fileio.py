@@ -44,23 +44,54 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def settle_dir(path: str | Path) -> Path:
+    """Finish what a killed `atomic_write_dir` left: if it died between its two renames, put the
+    previous copy back in place; remove temporary copies that no running write owns."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return path
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.replace(olds.pop(), path)
+    for stale in olds + list(path.parent.glob(f".{path.name}.*.tmp")):
+        # names: .NAME.old-PID and .NAME.PID-RANDOM.tmp
+        rest = stale.name[len(path.name) + 2 :]
+        pid = rest.removeprefix("old-").split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live process is writing it
+        shutil.rmtree(stale, ignore_errors=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_dir(path: str | Path, fill: Callable[[Path], None], marker: str) -> Path:
     """Build a directory with `fill(tmp_dir)`, then swap it into `path`.
 
     An existing `path` is replaced only if it holds `marker` (so a checkpoint never overwrites a
-    folder that is not one); the old copy is removed only after the new one is in place.
+    folder that is not one); the old copy is removed only after the new one is in place, and
+    `settle_dir` restores it if the process dies between the two renames.
     """
-    path = Path(path)
+    path = settle_dir(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / marker).exists())):
         raise WordLMError(f"refusing to overwrite {path}: it exists and is not a wordlm directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         fill(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _fsync_dir(tmp)
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"

@@ -58,9 +58,11 @@ def generate_ids(
         ids = torch.tensor([[word]], dtype=torch.int64)
 
 
-def detokenize(words: Iterator[str]) -> Iterator[str]:
-    """Words -> text pieces: spaces between words, a line break at `<eos>`."""
-    at_line_start = True
+def detokenize(words: Iterator[str], at_line_start: bool = True) -> Iterator[str]:
+    """Words -> text pieces: spaces between words, a line break at `<eos>`.
+
+    `at_line_start=False` continues a text that ends mid-line: the first word gets its space.
+    """
     for w in words:
         if w == EOS:
             at_line_start = True
@@ -72,4 +74,7 @@ def detokenize(words: Iterator[str]) -> Iterator[str]:
 
 def generate_text(engine: Engine, vocab: Vocab, num_words: int, **kwargs) -> Iterator[str]:
     """Text pieces of a sampled continuation, ready to stream."""
-    return detokenize(vocab.itos[i] for i in generate_ids(engine, vocab, num_words, **kwargs))
+    prompt = kwargs.get("prompt")
+    continues_line = bool(prompt and prompt.strip()) and not prompt.endswith("\n")
+    words = (vocab.itos[i] for i in generate_ids(engine, vocab, num_words, **kwargs))
+    return detokenize(words, at_line_start=not continues_line)

@@ -29,6 +29,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise WordLMError(f"model config must be an object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         missing = names - d.keys()
         unknown = d.keys() - names
@@ -99,13 +101,13 @@ class LSTMLM(nn.Module):
         """
         if scheme not in ("tutorial", "scaled"):
             raise WordLMError(f"unknown init scheme {scheme!r}; choose tutorial or scaled")
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        emb_range = 0.1 if scheme == "tutorial" else 1.0
+        nn.init.uniform_(self.encoder.weight, -emb_range, emb_range)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
         if scheme == "tutorial":
             self.rnn.reset_parameters()
             return
-        nn.init.uniform_(self.encoder.weight, -1.0, 1.0)
         h = self.cfg.hidden_dim
         for name, p in self.rnn.named_parameters():
             with torch.no_grad():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
@@ -27,7 +28,7 @@ from wordlm.data import Corpus, batchify, bptt_batches
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
-from wordlm.fileio import atomic_write_dir
+from wordlm.fileio import atomic_write_dir, settle_dir
 from wordlm.model import LSTMLM, ModelConfig, preset, repackage_hidden
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,25 @@ class TrainConfig:
         )
 
     def check(self) -> None:
-        for name in ("lr", "clip", "batch_size", "bptt", "epochs", "lr_decay", "save_every"):
-            if getattr(self, name) <= 0:
-                raise WordLMError(f"--{name.replace('_', '-')} must be positive")
+        positive = (
+            "lr",
+            "clip",
+            "batch_size",
+            "bptt",
+            "epochs",
+            "lr_decay",
+            "save_every",
+            "eval_batch_size",
+            "emb_dim",
+            "hidden_dim",
+            "num_layers",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise WordLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -89,6 +106,7 @@ def _save_state(
     model: LSTMLM,
     hidden: tuple[torch.Tensor, torch.Tensor],
     opt: torch.optim.Optimizer,
+    vocab_sha256: str,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors["hidden.h"], tensors["hidden.c"] = hidden
@@ -100,7 +118,12 @@ def _save_state(
         for k, v in pstate.items():
             if isinstance(v, torch.Tensor):
                 tensors[f"optim.{pid}.{k}"] = v
-    doc = {"train_config": asdict(cfg), "run": asdict(st), "optim_groups": opt_sd["param_groups"]}
+    doc = {
+        "train_config": asdict(cfg),
+        "run": asdict(st),
+        "optim_groups": opt_sd["param_groups"],
+        "vocab_sha256": vocab_sha256,
+    }
 
     def fill(tmp: Path) -> None:
         tensors_cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -110,14 +133,19 @@ def _save_state(
     atomic_write_dir(run_dir / "state", fill, marker=STATE_MARKER)
 
 
-def _load_state(run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim.Optimizer, device: str):
+def _load_state(
+    run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim.Optimizer, device: str, vocab_sha256: str
+):
     state_dir = run_dir / "state"
     try:
         doc = json.loads((state_dir / STATE_MARKER).read_text(encoding="utf-8"))
         tensors = load_file(state_dir / "state.safetensors")
-    except (OSError, ValueError) as e:
-        raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e})") from None
-    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and doc["train_config"].get(k) != v)
+        saved_cfg, saved_vocab = doc["train_config"], doc.get("vocab_sha256")  # absent from early development states
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e!r})") from None
+    if saved_vocab is not None and saved_vocab != vocab_sha256:
+        raise WordLMError(f"cannot resume {run_dir}: it was trained on another corpus (vocabulary differs)")
+    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != v)
     if diff:
         raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -150,9 +178,13 @@ def train(
     """
     cfg.check()
     run_dir = Path(run_dir)
+    if max_minutes is not None and max_minutes <= 0:
+        raise WordLMError(f"--max-minutes must be positive, got {max_minutes}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise WordLMError(f"--device must be cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WordLMError("--device cuda: no CUDA device is available on this machine")
-    has_state = (run_dir / "state" / STATE_MARKER).exists()
+    has_state = (settle_dir(run_dir / "state") / STATE_MARKER).exists()
     if resume and not has_state:
         raise WordLMError(f"--resume: {run_dir} has no training state to resume")
     if not resume and has_state:
@@ -165,7 +197,7 @@ def train(
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     if resume:
-        st, hidden = _load_state(run_dir, cfg, model, opt, device)
+        st, hidden = _load_state(run_dir, cfg, model, opt, device, corpus.vocab.sha256)
         log.info("resuming %s at epoch %d, batch %d", run_dir, st.epoch, st.batch)
     else:
         st, hidden = RunState(lr=cfg.lr), model.init_hidden(cfg.batch_size)
@@ -179,7 +211,7 @@ def train(
 
     def checkpoint_state() -> None:
         st.elapsed_s = elapsed0 + time.monotonic() - t_start
-        _save_state(run_dir, cfg, st, model, hidden, opt)
+        _save_state(run_dir, cfg, st, model, hidden, opt, corpus.vocab.sha256)
 
     while st.epoch <= cfg.epochs:
         for g in opt.param_groups:

@@ -87,5 +87,6 @@ def load_engine(name: str, ckpt, threads: int = 1) -> Engine:
         raise WordLMError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if threads < 1:
         raise WordLMError("--threads must be at least 1")
+    torch.set_num_threads(threads)  # every engine runs some torch (the reference, or loss and sampling)
     module, factory = ENGINES[name].split(":")
     return getattr(importlib.import_module(module), factory)(ckpt, threads)

@@ -52,10 +52,8 @@ class OrtEngine(Engine):
 
 
 def fp32_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:
-    torch.set_num_threads(threads)  # the loss and sampling over the logits still run in torch
     return OrtEngine(onnx_bytes(ckpt), name="onnxruntime", threads=threads)
 
 
 def int8_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:
-    torch.set_num_threads(threads)
     return OrtEngine(onnx_bytes(ckpt, quantize_dynamic=True), name="onnxruntime-int8", threads=threads)

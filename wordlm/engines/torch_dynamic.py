@@ -32,5 +32,4 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
-    torch.set_num_threads(threads)
     return TorchEngine(quantize_dynamic_int8(build_model(ckpt)), name="torch-dynamic", threads=threads)

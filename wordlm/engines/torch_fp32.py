@@ -40,5 +40,4 @@ class TorchEngine(Engine):
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
-    torch.set_num_threads(threads)
     return TorchEngine(build_model(ckpt), threads=threads)

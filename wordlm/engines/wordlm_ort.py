@@ -105,7 +105,9 @@ class WordLMEngine(Engine):
         last = b.const("ax_last", np.array([-1]))
         sbe = b.const("shape_sbe", np.array([0, 0, self.cfg.emb_dim]))
         if spec.bits == 8:
-            rows = b.op("Cast", b.op("Gather", b.const("emb_q", self._codes_scales(name)[0]), ids), to=1)
+            rows = b.op(
+                "Cast", b.op("Gather", b.const("emb_q", codes(self.ckpt.tensors, name, spec).numpy()), ids), to=1
+            )
         else:  # packed 4-bit: low nibble = even column; codes are offset by 8
             packed = b.op("Gather", b.const("emb_q4", self.ckpt.tensors[f"{name}.qweight"].numpy()), ids)
             lo = b.op("BitwiseAnd", packed, b.const("mask", np.array(15, np.uint8)))
@@ -300,7 +302,7 @@ def inverse_cdf(p: np.ndarray, u: float, block: int = 256) -> int:
     than the whole model step; this takes ~20 us.
     """
     full = p.size // block * block
-    sums = np.append(p[:full].reshape(-1, block).sum(1), p[full:].sum())
+    sums = np.append(p[:full].reshape(-1, block).sum(1, dtype=np.float64), p[full:].sum(dtype=np.float64))
     cum = np.cumsum(sums, dtype=np.float64)
     target = u * cum[-1]
     r = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)

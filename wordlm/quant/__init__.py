@@ -33,8 +33,10 @@ class QSpec:
     def check(self, where: str) -> None:
         if self.bits not in (None, 4, 8):
             raise WordLMError(f"{where}: bits must be 4, 8 or null (float), got {self.bits}")
-        if self.group_size is not None and (self.group_size < 2 or self.group_size % 2):
-            raise WordLMError(f"{where}: group size must be an even number >= 2, got {self.group_size}")
+        g = self.group_size
+        if g is not None and (not isinstance(g, int) or g < 16 or g & (g - 1)):
+            # what ONNX Runtime's block-wise kernels take (MatMulNBits: a power of two >= 16)
+            raise WordLMError(f"{where}: group size must be a power of two >= 16, got {g!r}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Scheme:
             out[f"{name}.scales"] = ((n, k // group), (torch.float16,))
         return out
 
-    def quantize(self, tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    def quantize(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name, w in tensors.items():
             spec = self.spec_for(name)
@@ -167,7 +169,7 @@ def quantize_checkpoint(ckpt, scheme: Scheme):
     if ckpt.quant is not None:
         raise WordLMError(f"checkpoint is already quantized ({ckpt.quant['scheme']}); quantize a float one")
     scheme.check()
-    tensors = scheme.quantize(ckpt.tensors, ckpt.config)
+    tensors = scheme.quantize(ckpt.tensors)
     meta = {**ckpt.meta, "quantized_from": str(ckpt.path) if ckpt.path else None}
     return Checkpoint(ckpt.config, ckpt.vocab, tensors, quant=scheme.to_dict(), meta=meta)
 
