@@ -26,7 +26,7 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.data import load_corpus
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.generate import detokenize, encode_prompt, generate_ids
+from wordlm.generate import encode_prompt, generate_text
 from wordlm.model import LSTMLM, preset
 from wordlm.sampling import Sampling
 from wordlm.serve import create_app
@@ -76,10 +76,8 @@ def no_unk_client(tmp_path_factory):
 
 
 def cli_text(engine, ckpt, words, seed, **sampling) -> str:
-    """The words `wordlm generate` samples, as a completion of PROMPT: with a space before the first."""
-    ids = generate_ids(engine, ckpt.vocab, words, prompt=PROMPT, sampling=Sampling(**sampling), seed=seed)
-    text = "".join(detokenize(ckpt.vocab.itos[i] for i in ids))
-    return text if text.startswith("\n") else " " + text
+    """What `wordlm generate` prints after PROMPT."""
+    return "".join(generate_text(engine, ckpt.vocab, words, prompt=PROMPT, sampling=Sampling(**sampling), seed=seed))
 
 
 # ---- OpenAI's client, live server ----
@@ -93,6 +91,14 @@ def test_completion_is_the_cli_sample_and_reproducible(oai, engine, ckpt):
     assert a.choices[0].text == b.choices[0].text == cli_text(engine, ckpt, 12, 3, temperature=0.9, top_p=0.95)
     assert a.choices[0].finish_reason == "length" and a.choices[0].index == 0 and a.choices[0].logprobs is None
     assert (a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.total_tokens) == (4, 12, 16)
+
+
+def test_one_space_between_prompt_and_completion(client):
+    for prompt, lead in [("the cat", " "), ("the cat ", ""), ("the cat\n", ""), ("", "")]:
+        for seed in range(3):
+            body = {"prompt": prompt, "max_tokens": 1, "seed": seed}
+            text = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+            assert text == "\n" or (text.startswith(lead) and text[len(lead)] != " "), (prompt, text)
 
 
 def test_streaming_concatenates_to_the_same_text(oai, base_url):

@@ -158,8 +158,9 @@ class ChoiceRun:
     """One choice of a completion: `deltas()` yields its text as it becomes safe to send (never a
     part of a stop string), after which `finish_reason` and `tokens` are final.
 
-    The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop; only the
-    space between the prompt and the first word is added here, so that prompt + text reads as one.
+    The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop. A prompt
+    that ends in whitespace gets no space before the first word (`wordlm generate` would add one):
+    prompt + text reads as one text.
     """
 
     def __init__(self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None) -> None:
@@ -173,11 +174,9 @@ class ChoiceRun:
         ids = generate_ids(
             self.engine, self.vocab, req.max_tokens, prompt=req.prompt, sampling=sampling, seed=self.seed
         )
-        space = " " if req.prompt and not req.prompt[-1].isspace() else ""
+        mid_line = bool(req.prompt) and not req.prompt[-1].isspace()
         text, sent = "", 0
-        for piece in detokenize(self.vocab.itos[i] for i in ids):
-            if not text and not piece.startswith("\n"):
-                piece = space + piece
+        for piece in detokenize((self.vocab.itos[i] for i in ids), at_line_start=not mid_line):
             text += piece
             self.tokens += 1
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
