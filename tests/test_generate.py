@@ -6,7 +6,7 @@ import torch
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.generate import detokenize, generate_ids, generate_text
+from wordlm.generate import context_ids, detokenize, generate_ids, generate_text
 from wordlm.sampling import Sampling, sample
 
 
@@ -28,7 +28,8 @@ def test_top_k_1_is_greedy(engine_vocab):
     ids = list(generate_ids(e, v, 10, prompt="the cat", sampling=Sampling(top_k=1), seed=0))
     # replay greedily by hand
     state = e.init_state(1)
-    x = torch.tensor(v.encode(["the", "cat"])).view(-1, 1)
+    x = torch.tensor(context_ids(v, "the cat")).view(-1, 1)
+    assert x[0, 0] == v.stoi["<eos>"]  # a text starts as after a line break
     for expected in ids:
         lp, state = e.next_logprobs(x, state)
         assert int(lp[0].argmax()) == expected

@@ -26,7 +26,7 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.data import load_corpus
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.generate import encode_prompt, generate_text
+from wordlm.generate import context_ids, encode_prompt, generate_text
 from wordlm.model import LSTMLM, preset
 from wordlm.sampling import Sampling
 from wordlm.serve import create_app
@@ -173,7 +173,7 @@ def test_next_words_agree_with_the_engine(client, engine, ckpt):
     r = client.post("/v1/next-words", json={"text": PROMPT, "k": 5})
     assert r.status_code == 200
     words = r.json()["words"]
-    ids = torch.tensor(encode_prompt(ckpt.vocab, PROMPT)).view(-1, 1)
+    ids = torch.tensor(context_ids(ckpt.vocab, PROMPT)).view(-1, 1)  # <eos>, then the prompt
     logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
     top = torch.topk(logprobs[0], 5)
     assert [w["word"] for w in words] == [ckpt.vocab.itos[i] for i in top.indices.tolist()]

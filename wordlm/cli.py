@@ -104,7 +104,7 @@ def cmd_eval(args) -> None:
     ckpt, engine = _engine_for(args)
     ids = load_split(ckpt.vocab, args.split, args.data)
     ids = prefix(ids, args.max_tokens)
-    res = evaluate(engine, ids, bptt=args.bptt, batch_size=args.batch_size, progress=not args.json)
+    res = evaluate(engine, ids, bptt=args.bptt, batch_size=args.batch_size, progress=not args.json, warmup=True)
     out = {
         **res.to_dict(),
         "engine": engine.name,

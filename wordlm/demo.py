@@ -55,7 +55,7 @@ def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60,
     console.rule(f"test split, {ids.numel():,} tokens, bptt 25, batch 1, 1 thread")
     rows = []
     for engine in engines:
-        res = evaluate(engine, ids, bptt=25, batch_size=1, progress=True)
+        res = evaluate(engine, ids, bptt=25, batch_size=1, progress=True, warmup=True)
         rows.append({"engine": engine.name, "size_bytes": engine.size_bytes, **res.to_dict()})
     base = rows[0]
     table = Table("engine", "size (MB)", "loss", "ppl", "seconds", "tokens/s", "size ratio", "speed-up")

@@ -27,18 +27,27 @@ class EvalResult:
 
 
 def evaluate(
-    engine: Engine, ids: torch.Tensor, bptt: int = 25, batch_size: int = 1, progress: bool = False
+    engine: Engine,
+    ids: torch.Tensor,
+    bptt: int = 25,
+    batch_size: int = 1,
+    progress: bool = False,
+    warmup: bool = False,
 ) -> EvalResult:
     """Mean NLL of every next token of `ids` (1-D), as the tutorial's `evaluate()` computes it.
 
     With batch_size 1 (the tutorial's), this is the sum of NLL over the len(ids) - 1 targets divided
-    by their number; for larger batches the text is batchified first, as in training.
+    by their number; for larger batches the text is batchified first, as in training. `warmup` runs
+    the first chunk once, untimed and from a fresh state, so that an engine's first-use setup (graph
+    building, weight packing) is not charged to the timed pass.
     """
     if bptt < 1 or batch_size < 1:
         raise WordLMError("bptt and batch size must be at least 1")
     source = batchify(ids, batch_size)  # [n, batch]
     if source.size(0) < 2:
         raise WordLMError(f"{ids.numel()} tokens are too few to evaluate at batch size {batch_size}")
+    if warmup:
+        engine.nll(*next(bptt_batches(source, bptt)), engine.init_state(batch_size))
     state = engine.init_state(batch_size)
     total, count = 0.0, 0
     n_chunks = math.ceil((source.size(0) - 1) / bptt)

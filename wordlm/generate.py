@@ -25,6 +25,12 @@ def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:
     return vocab.encode(words)
 
 
+def context_ids(vocab: Vocab, prompt: str) -> list[int]:
+    """What the model reads before predicting: `<eos>` (every line of the corpus starts after one,
+    so a text starts as after a line break), then the prompt's words."""
+    return ([vocab.stoi[EOS]] if EOS in vocab else []) + encode_prompt(vocab, prompt)
+
+
 def generate_ids(
     engine: Engine,
     vocab: Vocab,
@@ -33,10 +39,10 @@ def generate_ids(
     sampling: Sampling | None = None,
     seed: int | None = None,
 ) -> Iterator[int]:
-    """Yield `num_words` sampled word ids, one at a time, continuing `prompt`.
+    """Yield `num_words` sampled word ids, one at a time, continuing `prompt` (see `context_ids`).
 
-    Without a prompt the text starts as after a line break (`<eos>`), or, for a vocabulary without
-    one, from a random word, as the tutorial does.
+    With neither a prompt nor an `<eos>` in the vocabulary, it starts from a random word, as the
+    tutorial does.
     """
     if num_words < 1:
         raise WordLMError(f"number of words must be at least 1, got {num_words}")
@@ -44,12 +50,7 @@ def generate_ids(
     sampling.check()
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-    if prompt and prompt.strip():
-        context = encode_prompt(vocab, prompt)
-    elif EOS in vocab:
-        context = [vocab.stoi[EOS]]
-    else:
-        context = [int(torch.randint(len(vocab), (1,), generator=gen))]
+    context = context_ids(vocab, prompt or "") or [int(torch.randint(len(vocab), (1,), generator=gen))]
     state = engine.init_state(1)
     ids = torch.tensor(context, dtype=torch.int64).view(-1, 1)  # [seq, 1]
     for _ in range(num_words):
@@ -75,6 +76,6 @@ def detokenize(words: Iterator[str], at_line_start: bool = True) -> Iterator[str
 def generate_text(engine: Engine, vocab: Vocab, num_words: int, **kwargs) -> Iterator[str]:
     """Text pieces of a sampled continuation, ready to stream."""
     prompt = kwargs.get("prompt")
-    continues_line = bool(prompt and prompt.strip()) and not prompt.endswith("\n")
+    continues_line = bool(prompt and prompt.strip()) and not prompt[-1].isspace()
     words = (vocab.itos[i] for i in generate_ids(engine, vocab, num_words, **kwargs))
     return detokenize(words, at_line_start=not continues_line)

@@ -33,7 +33,7 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import EOS, Vocab
 from wordlm.engines import Engine, default_engine, load_engine
 from wordlm.errors import WordLMError
-from wordlm.generate import detokenize, encode_prompt, generate_ids
+from wordlm.generate import context_ids, detokenize, encode_prompt, generate_ids
 from wordlm.sampling import Sampling
 from wordlm.serve_schema import (
     MAX_BODY_BYTES,
@@ -137,16 +137,6 @@ def _wordlm_error(_: Request, exc: WordLMError) -> JSONResponse:
 
 def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail))
-
-
-def context_ids(vocab: Vocab, text: str) -> list[int]:
-    """The ids a text leaves the model in; an empty text is the start of a line (`<eos>`)."""
-    ids = encode_prompt(vocab, text)
-    if ids:
-        return ids
-    if EOS not in vocab:
-        raise WordLMError(f"text is empty and the vocabulary has no {EOS} to start from")
-    return [vocab.stoi[EOS]]
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -269,7 +259,10 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
     @app.post("/v1/next-words", responses=ERRORS)
     def next_words(req: NextWordsRequest) -> NextWords:
         """The k most likely next words after the text, with their probabilities."""
-        ids = torch.tensor(context_ids(vocab, req.text), dtype=torch.int64).view(-1, 1)
+        context = context_ids(vocab, req.text)
+        if not context:
+            raise WordLMError(f"text is empty and the vocabulary has no {EOS} to start from")
+        ids = torch.tensor(context, dtype=torch.int64).view(-1, 1)
         logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
         top = torch.topk(logprobs[0].double(), min(req.k, len(vocab)))
         words = [

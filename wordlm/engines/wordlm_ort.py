@@ -16,6 +16,7 @@ One graph per task ("nll", "logits", "next", "sample"), built and loaded on firs
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ class WordLMEngine(Engine):
         self.scheme: Scheme | None = scheme_from_dict(ckpt.quant) if ckpt.quant else None
         self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
         self._sessions: dict[str, object] = {}
+        self._build_lock = threading.Lock()  # a server's threads may ask for the same graph at once
         require("onnx"), require("onnxruntime")
 
     @property
@@ -249,14 +251,21 @@ class WordLMEngine(Engine):
         return b.model(inputs, outputs)
 
     def _session(self, task: str):
-        if task not in self._sessions:
-            ort = require("onnxruntime")
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.log_severity_level = 3
-            self._sessions[task] = ort.InferenceSession(self.build(task), so, providers=["CPUExecutionProvider"])
-        return self._sessions[task]
+        session = self._sessions.get(task)
+        if session is None:
+            with self._build_lock:
+                if task not in self._sessions:
+                    self._sessions[task] = self._new_session(task)
+                session = self._sessions[task]
+        return session
+
+    def _new_session(self, task: str):
+        ort = require("onnxruntime")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        return ort.InferenceSession(self.build(task), so, providers=["CPUExecutionProvider"])
 
     # ---- the Engine interface ----
     def init_state(self, batch_size: int) -> State:
