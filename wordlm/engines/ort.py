@@ -16,6 +16,23 @@ from wordlm.errors import require
 from wordlm.export import OUTPUTS, onnx_bytes
 
 
+def ort_session(model_bytes: bytes, threads: int):
+    """An ONNX Runtime CPU session over serialized bytes: `threads` intra-op threads, operators in
+    sequence (what every ORT-based engine here runs on, so that they compare like for like)."""
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: ORT's shape-merge warnings are noise here
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def zero_state(num_layers: int, batch_size: int, hidden_dim: int) -> State:
+    """(h, c) of zeros as numpy arrays [num_layers, batch, hidden]: the ORT engines' state."""
+    shape = (num_layers, batch_size, hidden_dim)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
 class OrtEngine(Engine):
     """Runs serialized ONNX bytes as wordlm.export writes them (inputs ids, h0, c0).
 
@@ -24,12 +41,7 @@ class OrtEngine(Engine):
     """
 
     def __init__(self, model_bytes: bytes, *, name: str, threads: int = 1) -> None:
-        ort = require("onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model_bytes, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.name, self.threads = name, threads
         self.vocab_size = int(meta["vocab_size"])
@@ -41,8 +53,7 @@ class OrtEngine(Engine):
         return self._size_bytes
 
     def init_state(self, batch_size: int) -> State:
-        shape = (self.num_layers, batch_size, self.hidden_dim)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return zero_state(self.num_layers, batch_size, self.hidden_dim)
 
     def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, c = state

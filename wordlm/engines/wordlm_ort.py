@@ -23,6 +23,7 @@ import torch
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
+from wordlm.engines.ort import ort_session, zero_state
 from wordlm.errors import WordLMError, require
 from wordlm.quant import QSpec, Scheme, codes, scheme_from_dict
 from wordlm.sampling import Sampling
@@ -260,17 +261,11 @@ class WordLMEngine(Engine):
         return session
 
     def _new_session(self, task: str):
-        ort = require("onnxruntime")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        return ort.InferenceSession(self.build(task), so, providers=["CPUExecutionProvider"])
+        return ort_session(self.build(task), self.threads)
 
     # ---- the Engine interface ----
     def init_state(self, batch_size: int) -> State:
-        shape = (self.cfg.num_layers, batch_size, self.cfg.hidden_dim)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return zero_state(self.cfg.num_layers, batch_size, self.cfg.hidden_dim)
 
     def _run(self, task: str, ids: torch.Tensor, state: State, **extra) -> tuple[np.ndarray, State]:
         feeds = {
