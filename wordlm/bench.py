@@ -120,10 +120,12 @@ def percentile(xs: list[float], q: float) -> float:
 
 def probe_rss(variant: str, artifact: Path, split: str, tokens: int, data_dir: str | None) -> int | None:
     """Peak RSS (bytes) of a fresh process that loads the variant and evaluates `tokens` tokens."""
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a
+    # big process would report its parent's peak
     code = (
-        "import json, resource; from wordlm.bench import _probe; "
+        "from wordlm.bench import _probe, peak_rss_bytes; "
         f"_probe({variant!r}, {str(artifact)!r}, {split!r}, {tokens}, {data_dir!r}); "
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))"
+        "print(peak_rss_bytes())"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
@@ -135,6 +137,14 @@ def probe_rss(variant: str, artifact: Path, split: str, tokens: int, data_dir: s
         log.warning("RSS probe of %s failed (%s); its peak RSS is left empty", variant, r.stderr.strip()[-300:])
         return None
     return int(r.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise WordLMError("peak RSS needs Linux's /proc/self/status")
 
 
 def _probe(variant: str, artifact: str, split: str, tokens: int, data_dir: str | None) -> None:
