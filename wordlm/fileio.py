@@ -50,16 +50,18 @@ def settle_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         return path
+
+    def owned_by_live_writer(p: Path) -> bool:  # names: .NAME.old-PID and .NAME.PID-RANDOM.tmp
+        pid = p.name[len(path.name) + 2 :].removeprefix("old-").split("-")[0]
+        return pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))
+
     olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    olds = [p for p in olds if not owned_by_live_writer(p)]  # a live writer finishes its own swap
     if olds and not path.exists():
         os.replace(olds.pop(), path)
     for stale in olds + list(path.parent.glob(f".{path.name}.*.tmp")):
-        # names: .NAME.old-PID and .NAME.PID-RANDOM.tmp
-        rest = stale.name[len(path.name) + 2 :]
-        pid = rest.removeprefix("old-").split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue  # another live process is writing it
-        shutil.rmtree(stale, ignore_errors=True)
+        if not owned_by_live_writer(stale):
+            shutil.rmtree(stale, ignore_errors=True)
     return path
 
 
