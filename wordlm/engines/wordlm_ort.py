@@ -103,7 +103,7 @@ class WordLMEngine(Engine):
         spec, name = self._spec("encoder.weight"), "encoder.weight"
         if spec is None:
             return b.op("Gather", b.const("emb", self._float(name)), ids)
-        scales = self.ckpt.tensors[f"{name}.scales"].float().numpy()  # [V, G]
+        scales = self._float(f"{name}.scales")  # [V, G]
         group = self.cfg.emb_dim // scales.shape[1]
         last = b.const("ax_last", np.array([-1]))
         sbe = b.const("shape_sbe", np.array([0, 0, self.cfg.emb_dim]))
