@@ -18,7 +18,13 @@ from wordlm.quant import dequantize_checkpoint, get_scheme, quantize_checkpoint
 from wordlm.quant.primitives import snr_db
 from wordlm.sampling import Sampling
 
-SCHEMES = {"float": None, "int8": get_scheme("int8"), "int4": get_scheme("int4", group_size=16)}
+# int8 and int4 with one scale per decoder row take the native fused decoder; groups of 16 the graph's
+SCHEMES = {
+    "float": None,
+    "int8": get_scheme("int8"),
+    "int4": get_scheme("int4", group_size=16),
+    "int4-row": get_scheme("int4", group_size=32),
+}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,22 @@ def test_fused_loss_and_next_logprobs_agree_with_reference(models, corpus, name)
     lr, _ = ref.next_logprobs(corpus.test[:9].view(-1, 1), ref.init_state(1))
     assert lf.shape == lr.shape == (1, len(corpus.vocab))
     assert torch.allclose(lf, lr, atol=1e-4 if name == "float" else 0.05)
+
+
+def test_native_decoder_runs_per_row_decoders_and_agrees_with_the_graph(models, corpus):
+    _, engines = models
+    assert engines["int4"][0]._native_decoder() is None
+    ids = corpus.test[:61]
+    chunk, targets = ids[:-1].view(-1, 2), ids[1:].view(-1, 2)
+    for name in ("int8", "int4-row"):
+        fast = engines[name][0]
+        assert fast._native_decoder() is not None
+        native_nll, (h, _) = fast.token_nll(chunk, targets, fast.init_state(2))
+        graph_nll, (gh, _) = fast._run("nll", chunk, fast.init_state(2), targets=targets.numpy())
+        assert native_nll.shape == targets.shape
+        diff = np.abs(native_nll.numpy() - graph_nll)  # 7-bit rows vs 8-bit tensor activations
+        assert diff.max() < 0.05 and diff.mean() < 0.01
+        assert np.array_equal(h, gh)  # the same LSTM graph
 
 
 def test_quantized_loss_stays_close_to_fp32(models, corpus):

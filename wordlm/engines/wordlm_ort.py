@@ -6,11 +6,14 @@ them with ONNX Runtime's MLAS kernels, chosen by measurement (benchmarks/kernels
   GEMM inside the op), or ONNX `LSTM` for float weights;
 - decoder: `DynamicQuantizeMatMul` (per-row int8) for many rows, `MatMulNBits` (8- or 4-bit,
   block-wise) for one row and for 4-bit weights;
-- the loss (log-softmax gathered at the target) and the softmax at a temperature happen in the graph,
-  so that 33,278 logits per token never travel back to Python for the loss; sampling draws from the
-  returned probabilities by inverse CDF in numpy.
+- the loss of evaluation: for an int8 or 4-bit decoder with one scale per row, wordlm's native
+  fused kernel (wordlm/native: an int8 GEMM folding each block of logits into a running
+  log-sum-exp, so the logits never reach memory); otherwise the log-softmax gathered at the target
+  in the graph. Either way 33,278 logits per token never travel back to Python for the loss;
+- the softmax at a temperature happens in the graph; sampling draws from the returned probabilities
+  by inverse CDF in numpy.
 
-One graph per task ("nll", "logits", "next", "sample"), built and loaded on first use.
+One graph per task ("hidden", "nll", "logits", "next", "sample"), built and loaded on first use.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
 from wordlm.engines.ort import ort_session, zero_state
 from wordlm.errors import WordLMError, require
+from wordlm.native import PackedDecoder, decoder_nll, pack_decoder
 from wordlm.quant import QSpec, Scheme, codes, scheme_from_dict
 from wordlm.sampling import Sampling
 
 log = logging.getLogger(__name__)
-TASKS = ("nll", "logits", "next", "sample")
+TASKS = ("hidden", "nll", "logits", "next", "sample")
 
 
 class GraphBuilder:
@@ -80,6 +84,7 @@ class WordLMEngine(Engine):
         self.scheme: Scheme | None = scheme_from_dict(ckpt.quant) if ckpt.quant else None
         self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
         self._sessions: dict[str, object] = {}
+        self._native: PackedDecoder | None = None
         self._build_lock = threading.Lock()  # a server's threads may ask for the same graph at once
         require("onnx"), require("onnxruntime")
 
@@ -228,7 +233,10 @@ class WordLMEngine(Engine):
         out, hn, cn = self._lstm(b, self._embedding(b, "ids"), "h0", "c0")  # out: [S, B, H]
         f32 = onnx.TensorProto.FLOAT
         outputs = [("hn", hn, f32, state_shape), ("cn", cn, f32, state_shape)]
-        if task in ("nll", "logits"):
+        if task == "hidden":  # the top layer's output, for the native decoder
+            hidden = b.op("Reshape", out, b.const("shape_mh", np.array([-1, H])))
+            outputs.insert(0, ("hidden", hidden, f32, ["rows", H]))
+        elif task in ("nll", "logits"):
             logits = self._decoder(b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))), None)  # [S*B, V]
             if task == "logits":
                 shape = b.op("Concat", b.op("Shape", "ids"), b.const("v", np.array([V])), axis=0)
@@ -281,10 +289,30 @@ class WordLMEngine(Engine):
         logits, state = self._run("logits", ids, state)
         return torch.from_numpy(logits), state
 
+    def _native_decoder(self) -> PackedDecoder | None:
+        """The decoder packed for the native fused kernel, or None where it does not apply (float
+        weights, or more than one scale per row)."""
+        spec = self._spec("decoder.weight")
+        if spec is None or self.ckpt.tensors["decoder.weight.scales"].shape[1] != 1 or self.cfg.hidden_dim % 4:
+            return None
+        if self._native is None:
+            with self._build_lock:
+                if self._native is None:
+                    q, s = self._codes_scales("decoder.weight")
+                    self._native = pack_decoder(q, s[:, 0], self._float("decoder.bias"))
+        return self._native
+
     def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """NLL of every target [seq, batch], computed in the graph."""
-        nll, state = self._run("nll", ids, state, targets=np.ascontiguousarray(targets.numpy(), dtype=np.int64))
-        return torch.from_numpy(nll), state
+        """NLL of every target [seq, batch]: the LSTM in ONNX Runtime, then the native fused decoder and
+        loss; or all of it in the graph."""
+        tgt = np.ascontiguousarray(targets.numpy(), dtype=np.int64)
+        dec = self._native_decoder()
+        if dec is None:
+            nll, state = self._run("nll", ids, state, targets=tgt)
+            return torch.from_numpy(nll), state
+        hidden, state = self._run("hidden", ids, state)
+        nll, _ = decoder_nll(hidden, dec, tgt.reshape(-1))
+        return torch.from_numpy(nll.reshape(tgt.shape)), state
 
     def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         logprobs, state = self._run("next", ids, state)
