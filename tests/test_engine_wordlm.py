@@ -68,20 +68,25 @@ def test_fused_loss_and_next_logprobs_agree_with_reference(models, corpus, name)
     assert torch.allclose(lf, lr, atol=1e-4 if name == "float" else 0.05)
 
 
-def test_native_decoder_runs_per_row_decoders_and_agrees_with_the_graph(models, corpus):
+def test_native_kernels_run_per_row_schemes_close_to_the_reference(models, corpus):
     _, engines = models
-    assert engines["int4"][0]._native_decoder() is None
-    ids = corpus.test[:61]
+    assert engines["float"][0]._native_weights() is None and engines["int4"][0]._native_weights() is None
+    ids = corpus.test[:201]
     chunk, targets = ids[:-1].view(-1, 2), ids[1:].view(-1, 2)
     for name in ("int8", "int4-row"):
-        fast = engines[name][0]
-        assert fast._native_decoder() is not None
-        native_nll, (h, _) = fast.token_nll(chunk, targets, fast.init_state(2))
-        graph_nll, (gh, _) = fast._run("nll", chunk, fast.init_state(2), targets=targets.numpy())
-        assert native_nll.shape == targets.shape
-        diff = np.abs(native_nll.numpy() - graph_nll)  # 7-bit rows vs 8-bit tensor activations
-        assert diff.max() < 0.05 and diff.mean() < 0.01
-        assert np.array_equal(h, gh)  # the same LSTM graph
+        fast, ref = engines[name]
+        assert fast._native_weights() is not None
+        state = fast.init_state(2)
+        native_nll, (h, c) = fast.token_nll(chunk, targets, state)
+        ref_nll, (rh, rc) = ref.token_nll(chunk, targets, ref.init_state(2))
+        graph_nll, _ = fast._run("nll", chunk, state, targets=targets.numpy())
+        assert native_nll.shape == targets.shape and h.shape == state[0].shape
+        # per token, the native kernels' 7-bit activations err ~1.5x as much as ORT's 8-bit ones (the
+        # means agree: test_fused_loss_and_next_logprobs_agree_with_reference)
+        err, graph_err = (np.abs(x - ref_nll.numpy()) for x in (native_nll.numpy(), graph_nll))
+        assert err.mean() < 0.03 and err.max() < 0.3 and err.mean() < 2.5 * graph_err.mean()
+        assert np.abs(h - rh.numpy()).max() < 0.1 and np.abs(c - rc.numpy()).max() < 0.2
+        assert not state[0].any()  # the caller's state is not modified
 
 
 def test_quantized_loss_stays_close_to_fp32(models, corpus):

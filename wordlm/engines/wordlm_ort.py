@@ -6,20 +6,22 @@ them with ONNX Runtime's MLAS kernels, chosen by measurement (benchmarks/kernels
   GEMM inside the op), or ONNX `LSTM` for float weights;
 - decoder: `DynamicQuantizeMatMul` (per-row int8) for many rows, `MatMulNBits` (8- or 4-bit,
   block-wise) for one row and for 4-bit weights;
-- the loss of evaluation: for an int8 or 4-bit decoder with one scale per row, wordlm's native
-  fused kernel (wordlm/native: an int8 GEMM folding each block of logits into a running
-  log-sum-exp, so the logits never reach memory); otherwise the log-softmax gathered at the target
-  in the graph. Either way 33,278 logits per token never travel back to Python for the loss;
+- evaluation (the loss) of checkpoints with an int8 LSTM and a decoder with one scale per row (the
+  `int8` and `int4` schemes) runs on wordlm's native kernels instead (wordlm/native: the LSTM's int8
+  GEMMs and cell, and a decoder GEMM that folds each block of logits into a running log-sum-exp, so
+  the logits never reach memory); other checkpoints compute the log-softmax gathered at the target in
+  the graph. Either way 33,278 logits per token never travel back to Python for the loss;
 - the softmax at a temperature happens in the graph; sampling draws from the returned probabilities
   by inverse CDF in numpy.
 
-One graph per task ("hidden", "nll", "logits", "next", "sample"), built and loaded on first use.
+One graph per task ("nll", "logits", "next", "sample"), built and loaded on first use.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,12 +30,12 @@ from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
 from wordlm.engines.ort import ort_session, zero_state
 from wordlm.errors import WordLMError, require
-from wordlm.native import PackedDecoder, decoder_nll, pack_decoder
+from wordlm.native import PackedLinear, PackedLSTM, decoder_nll, lstm, pack_linear
 from wordlm.quant import QSpec, Scheme, codes, scheme_from_dict
 from wordlm.sampling import Sampling
 
 log = logging.getLogger(__name__)
-TASKS = ("hidden", "nll", "logits", "next", "sample")
+TASKS = ("nll", "logits", "next", "sample")
 
 
 class GraphBuilder:
@@ -84,7 +86,7 @@ class WordLMEngine(Engine):
         self.scheme: Scheme | None = scheme_from_dict(ckpt.quant) if ckpt.quant else None
         self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
         self._sessions: dict[str, object] = {}
-        self._native: PackedDecoder | None = None
+        self._native: NativeWeights | None = None
         self._build_lock = threading.Lock()  # a server's threads may ask for the same graph at once
         require("onnx"), require("onnxruntime")
 
@@ -233,10 +235,7 @@ class WordLMEngine(Engine):
         out, hn, cn = self._lstm(b, self._embedding(b, "ids"), "h0", "c0")  # out: [S, B, H]
         f32 = onnx.TensorProto.FLOAT
         outputs = [("hn", hn, f32, state_shape), ("cn", cn, f32, state_shape)]
-        if task == "hidden":  # the top layer's output, for the native decoder
-            hidden = b.op("Reshape", out, b.const("shape_mh", np.array([-1, H])))
-            outputs.insert(0, ("hidden", hidden, f32, ["rows", H]))
-        elif task in ("nll", "logits"):
+        if task in ("nll", "logits"):
             logits = self._decoder(b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))), None)  # [S*B, V]
             if task == "logits":
                 shape = b.op("Concat", b.op("Shape", "ids"), b.const("v", np.array([V])), axis=0)
@@ -289,30 +288,53 @@ class WordLMEngine(Engine):
         logits, state = self._run("logits", ids, state)
         return torch.from_numpy(logits), state
 
-    def _native_decoder(self) -> PackedDecoder | None:
-        """The decoder packed for the native fused kernel, or None where it does not apply (float
-        weights, or more than one scale per row)."""
-        spec = self._spec("decoder.weight")
-        if spec is None or self.ckpt.tensors["decoder.weight.scales"].shape[1] != 1 or self.cfg.hidden_dim % 4:
+    def _native_weights(self) -> NativeWeights | None:
+        """The weights packed for the native kernels, or None where they do not apply: float weights,
+        a 4-bit LSTM, more than one scale per row, or sizes the kernels do not take."""
+        L, H = self.cfg.num_layers, self.cfg.hidden_dim
+        lstm = [f"rnn.weight_{kind}_l{layer}" for layer in range(L) for kind in ("ih", "hh")]
+        for name in ("decoder.weight", *lstm):
+            spec = self._spec(name)
+            if spec is None or self.ckpt.tensors[f"{name}.scales"].shape[1] != 1 or (name in lstm and spec.bits != 8):
+                return None
+        if H % 4 or self.cfg.emb_dim % 4:
             return None
         if self._native is None:
             with self._build_lock:
                 if self._native is None:
-                    q, s = self._codes_scales("decoder.weight")
-                    self._native = pack_decoder(q, s[:, 0], self._float("decoder.bias"))
+                    self._native = self._pack_native()
         return self._native
 
+    def _pack_native(self) -> NativeWeights:
+        def linear(weight: str, bias: str) -> PackedLinear:
+            q, s = self._codes_scales(weight)
+            return pack_linear(q, s[:, 0], self._float(bias))
+
+        layers = [
+            tuple(linear(f"rnn.weight_{k}_l{layer}", f"rnn.bias_{k}_l{layer}") for k in ("ih", "hh"))
+            for layer in range(self.cfg.num_layers)
+        ]
+        spec = self._spec("encoder.weight")
+        table = self.ckpt.tensors["encoder.weight"] if spec is None else self.ckpt.tensors["encoder.weight.qweight"]
+        scales = None if spec is None else self._float("encoder.weight.scales")
+        return NativeWeights(
+            decoder=linear("decoder.weight", "decoder.bias"),
+            lstm=PackedLSTM(layers),
+            emb=table.float().numpy() if spec is None else table.numpy(),
+            emb_scales=scales,
+            emb_bits=None if spec is None else spec.bits,
+        )
+
     def token_nll(self, ids: torch.Tensor, targets: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """NLL of every target [seq, batch]: the LSTM in ONNX Runtime, then the native fused decoder and
-        loss; or all of it in the graph."""
+        """NLL of every target [seq, batch]: on the native kernels where they apply, else in the graph."""
         tgt = np.ascontiguousarray(targets.numpy(), dtype=np.int64)
-        dec = self._native_decoder()
-        if dec is None:
+        w = self._native_weights()
+        if w is None:
             nll, state = self._run("nll", ids, state, targets=tgt)
             return torch.from_numpy(nll), state
-        hidden, state = self._run("hidden", ids, state)
-        nll, _ = decoder_nll(hidden, dec, tgt.reshape(-1))
-        return torch.from_numpy(nll.reshape(tgt.shape)), state
+        y, h, c = lstm(w.embed(ids.numpy()), w.lstm, *state)
+        nll, _ = decoder_nll(y.reshape(-1, self.cfg.hidden_dim), w.decoder, tgt.reshape(-1))
+        return torch.from_numpy(nll.reshape(tgt.shape)), (h, c)
 
     def next_logprobs(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         logprobs, state = self._run("next", ids, state)
@@ -325,6 +347,28 @@ class WordLMEngine(Engine):
         inv_t = np.array([1.0 / sampling.temperature], np.float32)
         probs, state = self._run("sample", ids, state, inv_temperature=inv_t)
         return inverse_cdf(probs[0], u), state
+
+
+@dataclass
+class NativeWeights:
+    """A checkpoint as the native kernels take it (built once per engine, on first use)."""
+
+    decoder: PackedLinear
+    lstm: PackedLSTM
+    emb: np.ndarray  # float32 [V, E], int8 codes [V, E] or packed 4-bit [V, E / 2]
+    emb_scales: np.ndarray | None  # float32 [V, G]
+    emb_bits: int | None
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """ids [S, B] -> float32 [S, B, E]: the rows dequantized exactly as the graph's embedding does."""
+        rows = self.emb[ids]
+        if self.emb_bits is None:
+            return rows
+        if self.emb_bits == 4:  # low nibble = even column, offset by 8 (wordlm.quant.primitives)
+            rows = np.stack([rows & 15, rows >> 4], axis=-1).reshape(*ids.shape, -1).astype(np.int8) - 8
+        g = self.emb_scales.shape[1]
+        grouped = rows.astype(np.float32).reshape(*ids.shape, g, -1) * self.emb_scales[ids][..., None]
+        return grouped.reshape(*ids.shape, -1)
 
 
 def inverse_cdf(p: np.ndarray, u: float, block: int = 256) -> int:

@@ -1,8 +1,8 @@
-"""wordlm's native kernels, built by `pip install` from decoder.c and called through ctypes.
+"""wordlm's native kernels, built by `pip install` from kernels.c and called through ctypes.
 
-One fused kernel for now: the int8 decoder GEMM and the loss of evaluation (decoder.c says how and
-why). `reference_logits` is its slow numpy reference: the same integer arithmetic, which the kernel's
-logits equal bit for bit (tests/test_native.py).
+Two operations for evaluation (kernels.c says how and why): the int8 decoder GEMM with the loss fused,
+and an int8 LSTM stack. `reference_linear` and `reference_lstm` are their slow numpy references,
+the same integer arithmetic: the GEMMs equal it bit for bit (tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -14,20 +14,23 @@ import numpy as np
 
 from wordlm.errors import WordLMError
 
-PANEL = 16  # rows of W per packed panel (decoder.c: NR)
+PANEL = 16  # rows of W per packed panel (kernels.c: NR)
 _f32, _i32, _i64, _i8 = (np.ctypeslib.ndpointer(t, flags="C") for t in (np.float32, np.int32, np.int64, np.int8))
 
 
 def _library() -> ctypes.CDLL:
     try:
-        from wordlm.native import _decoder
+        from wordlm.native import _kernels
     except ImportError as e:  # a source tree that was never installed
         raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
-    lib = ctypes.CDLL(_decoder.__file__)
+    lib = ctypes.CDLL(_kernels.__file__)
     lib.wl_best_isa.restype = ctypes.c_int
     lib.wl_decoder_nll.restype = ctypes.c_int
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.wl_decoder_nll.argtypes = [_f32, i64, i64, ptr, i64, i64, _f32, _i32, _f32, ptr, ptr, ptr, ctypes.c_int]
+    lib.wl_lstm.restype = ctypes.c_int
+    # raw addresses: ndpointer's checks cost ~40 us per call, more than a layer's step
+    lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, ctypes.c_int]
     return lib
 
 
@@ -41,7 +44,7 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-ISAS = ("portable", "avx2", "avx512-vnni")  # decoder.c's kernels, by wl_best_isa's number
+ISAS = ("portable", "avx2", "avx512-vnni")  # kernels.c's kernels, by wl_best_isa's number
 
 
 def best_isa() -> str:
@@ -50,8 +53,8 @@ def best_isa() -> str:
 
 
 @dataclass
-class PackedDecoder:
-    """Decoder weights as the kernel reads them: int8 codes in panels of 16 rows, [N/16][K/4][16][4]."""
+class PackedLinear:
+    """Weights [N, K] as the kernels read them: int8 codes in panels of 16 rows, [N/16][K/4][16][4]."""
 
     panels: np.ndarray  # int8, flat, 64-byte aligned
     scales: np.ndarray  # float32 [n_pad]
@@ -71,11 +74,11 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes]
 
 
-def pack_decoder(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedDecoder:
-    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedDecoder."""
+def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLinear:
+    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear."""
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
-        raise WordLMError(f"native decoder: needs int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
+        raise WordLMError(f"native kernels: need int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
     n_pad = -(-n // PANEL) * PANEL
     padded = np.zeros((n_pad, k), np.int8)
     padded[:n] = q
@@ -88,7 +91,7 @@ def pack_decoder(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedD
         out[:n] = v
         return out
 
-    return PackedDecoder(
+    return PackedLinear(
         panels=panels,
         scales=pad(scales, np.float32),
         sums=pad(q.astype(np.int32).sum(1), np.int32),
@@ -99,7 +102,7 @@ def pack_decoder(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedD
 
 
 def decoder_nll(
-    x: np.ndarray, dec: PackedDecoder, targets: np.ndarray | None, logits: bool = False, isa: str | None = None
+    x: np.ndarray, dec: PackedLinear, targets: np.ndarray | None, logits: bool = False, isa: str | None = None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """x float32 [M, K] -> (nll [M] of targets [M] or None, logits [M, N] when asked for, or None).
 
@@ -128,11 +131,56 @@ def decoder_nll(
         None if tgt is None else tgt.ctypes.data,
         None if nll is None else nll.ctypes.data,
         None if out is None else out.ctypes.data,
-        ISAS.index(isa) if isa else len(ISAS),
+        _isa(isa),
     )
     if rc != 0:
         raise WordLMError("native decoder: bad arguments (a target outside the vocabulary?)")
     return nll, out
+
+
+def _isa(isa: str | None) -> int:
+    return ISAS.index(isa) if isa else len(ISAS)
+
+
+@dataclass
+class PackedLSTM:
+    """A stack of LSTM layers for the kernels: (W_ih with b_ih, W_hh with b_hh) per layer, and the
+    arrays of their addresses that `wl_lstm` takes (built once)."""
+
+    layers: list[tuple[PackedLinear, PackedLinear]]
+
+    def __post_init__(self) -> None:
+        self._args = []  # W_ih's panels, scales, sums, biases, then W_hh's: one address per layer each
+        for i in (0, 1):
+            for field in ("panels", "scales", "sums", "bias"):
+                arr = (ctypes.c_void_p * len(self.layers))(*(getattr(p[i], field).ctypes.data for p in self.layers))
+                self._args.append(arr)
+
+    @property
+    def hidden(self) -> int:
+        return self.layers[0][1].k
+
+
+def lstm(
+    x: np.ndarray, packed: PackedLSTM, h: np.ndarray, c: np.ndarray, isa: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 LSTM stack: x [S, B, in] and state h, c [L, B, H] -> (y [S, B, H] of the top layer, h, c).
+
+    Torch's gate order; h and c are not modified (new arrays come back).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    steps, batch, in_dim = x.shape
+    n_layers, hidden = len(packed.layers), packed.hidden
+    if packed.layers[0][0].k != in_dim or h.shape != (n_layers, batch, hidden) or c.shape != h.shape:
+        raise WordLMError(f"native LSTM: shapes do not fit (x {list(x.shape)}, h {list(h.shape)})")
+    h = np.array(h, np.float32, order="C")  # copies: the kernel updates them in place
+    c = np.array(c, np.float32, order="C")
+    y = np.empty((steps, batch, hidden), np.float32)
+    addr = [a.ctypes.data for a in (x, h, c, y)]
+    rc = lib().wl_lstm(addr[0], steps, batch, in_dim, hidden, n_layers, *packed._args, *addr[1:], _isa(isa))
+    if rc != 0:
+        raise WordLMError("native LSTM: bad arguments (sizes must be multiples of 4, 4 x hidden of 16)")
+    return y, h, c
 
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,9 +196,35 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return u, s, zp
 
 
-def reference_logits(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The kernel's arithmetic, slowly: logits [M, N] of x [M, K] and codes q [N, K]."""
+def reference_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The kernels' GEMM, slowly: y [M, N] of x [M, K] and codes q [N, K] (the decoder's logits)."""
     u, s, zp = quantize_activations(x)
     acc = u.astype(np.int64) @ q.astype(np.int64).T - zp[:, None].astype(np.int64) * q.astype(np.int64).sum(1)
     scale = (s[:, None] * scales.astype(np.float32)[None, :]).astype(np.float32)
     return (acc.astype(np.float32) * scale + bias.astype(np.float32)).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1 / (1 + np.exp(-x))).astype(np.float32)
+
+
+def reference_lstm(
+    x: np.ndarray, layers: list[tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]], h: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`lstm`, slowly; layers hold ((codes, scales, bias) of W_ih, the same of W_hh) per layer."""
+    steps, batch, _ = x.shape
+    hidden = h.shape[-1]
+    hs, cs = [], []
+    for layer, (wih, whh) in enumerate(layers):
+        xproj = reference_linear(x.reshape(steps * batch, -1), *wih).reshape(steps, batch, 4 * hidden)
+        hl, cl, ys = h[layer].astype(np.float32), c[layer].astype(np.float32), []
+        for t in range(steps):
+            g = xproj[t] + reference_linear(hl, *whh)
+            i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
+            cl = (_sigmoid(f) * cl + _sigmoid(i) * np.tanh(gg)).astype(np.float32)
+            hl = (_sigmoid(o) * np.tanh(cl)).astype(np.float32)
+            ys.append(hl)
+        x = np.stack(ys)
+        hs.append(hl)
+        cs.append(cl)
+    return x, np.stack(hs), np.stack(cs)

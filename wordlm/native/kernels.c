@@ -1,23 +1,25 @@
-/* wordlm native kernels: the decoder and the loss of evaluation, fused.
+/* wordlm native kernels: int8 GEMMs for the LSTM and the decoder of evaluation, with the loss fused.
  *
- * logits[m, n] = x[m, :] . W[n, :] + b[n] for M rows of LSTM output x and N = 33,278 words, then the
- * negative log-likelihood of one target per row. The int8 GEMM writes each block of logits to a small
- * buffer that stays in L1 and folds it into a running log-sum-exp, so the M x N logits never reach
+ * The decoder: logits[m, n] = x[m, :] . W[n, :] + b[n] for M rows of LSTM output x and N = 33,278
+ * words, then the negative log-likelihood of one target per row. Each block of logits goes to a small
+ * buffer that stays in L1 and is folded into a running log-sum-exp, so the M x N logits never reach
  * memory and no separate log-softmax pass reads them back (benchmarks/quant.md).
+ * The LSTM: one layer over all steps; the input projection of every step is one GEMM, then per step
+ * the recurrent GEMM of the batch's h and the cell, vectorised.
  *
- * Arithmetic (the numpy reference in wordlm/native/__init__.py computes exactly the same logits):
- * - weights: int8 codes q[n, k] in [-128, 127] with one float scale per row, packed by
- *   `pack_weights` into panels of 16 rows: [N/16][K/4][16][4] bytes;
+ * Arithmetic (the numpy reference in wordlm/native/__init__.py computes exactly the same GEMMs):
+ * - weights: int8 codes q[n, k] in [-128, 127] with one float scale per row, packed by `pack_linear`
+ *   into panels of 16 rows: [N/16][K/4][16][4] bytes;
  * - activations: per row, asymmetric 7-bit, u = clamp(rint(x * inv_s) + zp, 0, 127) with
  *   s = (max(x, 0) - min(x, 0)) / 127. Seven bits because the AVX2 int8 product (vpmaddubsw) adds
  *   pairs of u8 x s8 products in int16: 127 * 128 * 2 = 32,512 cannot saturate, where full u8
  *   activations could (the saturation ONNX Runtime documents for its AVX2 u8s8 kernels);
- * - acc = sum_k u * q - zp * sum_k q (exact, int32); logit = (float)acc * (s * w_scale) + b, with
- *   no fused multiply-add (built with -ffp-contract=off), so both kernels and numpy agree bit for bit.
+ * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
+ *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit.
  *
- * Three kernels, the best the CPU has chosen at run time: AVX-512 VNNI, AVX2, portable C. All produce
- * identical logits; the exp in the log-sum-exp differs (a polynomial with AVX2, libm in C) by ~1e-7
- * relative.
+ * Three kernels, the best the CPU has chosen at run time: AVX-512 VNNI, AVX2, portable C. The GEMMs
+ * are identical; exp (in the log-sum-exp and the LSTM's sigmoid and tanh) is a polynomial in the
+ * vector kernels and libm in C, ~1e-7 relative apart.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,7 +42,7 @@
 /* ---- activations ---- */
 
 /* x[m, k] -> u[m, k] (7-bit codes), scale[m], zp[m] */
-static void quantize_rows(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp) {
+static inline __attribute__((always_inline)) void quantize_body(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp) {
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
         float lo = 0.f, hi = 0.f;
@@ -60,6 +62,10 @@ static void quantize_rows(const float *x, int64_t m, int64_t k, uint8_t *u, floa
         scale[r] = s;
         zp[r] = zpi;
     }
+}
+
+static void quantize_rows_c(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp) {
+    quantize_body(x, m, k, u, scale, zp);
 }
 
 /* ---- the running log-sum-exp of one row over blocks of logits ---- */
@@ -93,7 +99,7 @@ static void lse_block_c(lse_t *l, const float *z, int64_t len) {
 
 /* ---- portable kernel ---- */
 
-static void logits_block_c(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+static void qgemm_c(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
                            const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
                            const float *bias, float *z /* [rows][panels * NR] */) {
     int64_t width = panels * NR;
@@ -110,6 +116,17 @@ static void logits_block_c(const uint8_t *u, int64_t rows, int64_t k, const int8
                 z[r * width + p * NR + c] = (float)acc * (ascale[r] * wscale[n]) + bias[n];
             }
         }
+    }
+}
+
+static float sigmoid_c(float x) { return 1.f / (1.f + expf(-x)); }
+
+static void cell_c(const float *g, int64_t hidden, float *h, float *c) {
+    for (int64_t j = 0; j < hidden; j++) {
+        float i = sigmoid_c(g[j]), f = sigmoid_c(g[hidden + j]), gg = tanhf(g[2 * hidden + j]);
+        float o = sigmoid_c(g[3 * hidden + j]);
+        c[j] = f * c[j] + i * gg;
+        h[j] = o * tanhf(c[j]);
     }
 }
 
@@ -152,7 +169,7 @@ static inline AVX2 __attribute__((always_inline)) void micro(const uint8_t *u, i
     }
 }
 
-static AVX2 void logits_block_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+static AVX2 void qgemm_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
                                    const float *ascale, const int32_t *zp, const float *wscale,
                                    const int32_t *wsum, const float *bias, float *z) {
     int64_t width = panels * NR;
@@ -207,10 +224,50 @@ static inline VNNI __attribute__((always_inline)) void micro_vnni(const uint8_t 
     }
 }
 
-static VNNI void logits_block_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+/* one row (the LSTM's recurrent step at batch 1): four panels at a time, so that four independent
+ * vpdpbusd chains hide its latency and share each broadcast (one panel at a time ran ~2x slower) */
+static inline VNNI void epilogue_vnni(__m512i acc, float ascale, int32_t zp, const float *wscale,
+                                      const int32_t *wsum, const float *bias, float *z) {
+    __m512i exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_loadu_si512(wsum)));
+    __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ascale), _mm512_loadu_ps(wscale));
+    _mm512_storeu_ps(z, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sc), _mm512_loadu_ps(bias)));
+}
+
+static VNNI void gemv_vnni(const uint8_t *u, int64_t k, const int8_t *wp, int64_t panels, float ascale, int32_t zp,
+                           const float *wscale, const int32_t *wsum, const float *bias, float *z) {
+    int64_t p = 0, stride = k * NR;
+    for (; p + 4 <= panels; p += 4) {
+        const int8_t *w = wp + p * stride;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k4 = 0; k4 < k / 4; k4++) {
+            int32_t four;
+            memcpy(&four, u + k4 * 4, 4);
+            __m512i a = _mm512_set1_epi32(four);
+            a0 = _mm512_dpbusd_epi32(a0, a, _mm512_load_si512((const void *)(w + k4 * 64)));
+            a1 = _mm512_dpbusd_epi32(a1, a, _mm512_load_si512((const void *)(w + stride + k4 * 64)));
+            a2 = _mm512_dpbusd_epi32(a2, a, _mm512_load_si512((const void *)(w + 2 * stride + k4 * 64)));
+            a3 = _mm512_dpbusd_epi32(a3, a, _mm512_load_si512((const void *)(w + 3 * stride + k4 * 64)));
+        }
+        int64_t n = p * NR;
+        epilogue_vnni(a0, ascale, zp, wscale + n, wsum + n, bias + n, z + n);
+        epilogue_vnni(a1, ascale, zp, wscale + n + 16, wsum + n + 16, bias + n + 16, z + n + 16);
+        epilogue_vnni(a2, ascale, zp, wscale + n + 32, wsum + n + 32, bias + n + 32, z + n + 32);
+        epilogue_vnni(a3, ascale, zp, wscale + n + 48, wsum + n + 48, bias + n + 48, z + n + 48);
+    }
+    for (; p < panels; p++) {
+        int64_t n = p * NR;
+        micro_vnni(u, k, wp + p * stride, 1, &ascale, &zp, wscale + n, wsum + n, bias + n, z + n, panels * NR);
+    }
+}
+
+static VNNI void qgemm_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
                                    const float *ascale, const int32_t *zp, const float *wscale,
                                    const int32_t *wsum, const float *bias, float *z) {
     int64_t width = panels * NR;
+    if (rows == 1) {
+        gemv_vnni(u, k, wp, panels, *ascale, *zp, wscale, wsum, bias, z);
+        return;
+    }
     for (int64_t p = 0; p < panels; p++) {
         const int8_t *panel = wp + p * k * NR;
         int64_t n = p * NR;
@@ -301,6 +358,36 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) { /* len: 
     l->sum += (double)_mm512_reduce_add_ps(s);
 }
 
+/* the same code vectorised by the compiler (vroundps is exact rint: identical codes) */
+static AVX2 void quantize_rows_avx2(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp) {
+    quantize_body(x, m, k, u, scale, zp);
+}
+
+static inline AVX2 __m256 sigmoid_avx2(__m256 x) { /* 1 / (1 + e^-x) from e = e^-|x| <= 1 */
+    const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+    __m256 e = exp_avx2(_mm256_sub_ps(zero, _mm256_andnot_ps(_mm256_set1_ps(-0.f), x)));
+    __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    return _mm256_blendv_ps(_mm256_mul_ps(e, r), r, _mm256_cmp_ps(x, zero, _CMP_GE_OQ));
+}
+
+static inline AVX2 __m256 tanh_avx2(__m256 x) { /* sign(x) (1 - e) / (1 + e), e = e^-2|x| */
+    const __m256 one = _mm256_set1_ps(1.f);
+    __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.f));
+    __m256 e = exp_avx2(_mm256_mul_ps(_mm256_xor_ps(x, sign), _mm256_set1_ps(-2.f)));
+    return _mm256_or_ps(_mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e)), sign);
+}
+
+/* the LSTM cell for one batch row: gates g[4H] in torch's order (i, f, g, o); h, c [H] updated */
+static AVX2 void cell_avx2(const float *g, int64_t hidden, float *h, float *c) {
+    for (int64_t j = 0; j < hidden; j += 8) {
+        __m256 i = sigmoid_avx2(_mm256_loadu_ps(g + j)), f = sigmoid_avx2(_mm256_loadu_ps(g + hidden + j));
+        __m256 gg = tanh_avx2(_mm256_loadu_ps(g + 2 * hidden + j)), o = sigmoid_avx2(_mm256_loadu_ps(g + 3 * hidden + j));
+        __m256 cn = _mm256_add_ps(_mm256_mul_ps(f, _mm256_loadu_ps(c + j)), _mm256_mul_ps(i, gg));
+        _mm256_storeu_ps(c + j, cn);
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(o, tanh_avx2(cn)));
+    }
+}
+
 static int best_isa(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
@@ -312,6 +399,61 @@ static int best_isa(void) {
 #else
 static int best_isa(void) { return 0; }
 #endif
+
+/* ---- dispatch ---- */
+
+static void quantize_rows(int isa, const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp) {
+#ifdef WL_X86
+    if (isa) {
+        quantize_rows_avx2(x, m, k, u, scale, zp);
+        return;
+    }
+#endif
+    quantize_rows_c(x, m, k, u, scale, zp);
+}
+
+/* rows (<= MR) of 7-bit codes x the panels of W -> z[rows][panels * NR] */
+static void qgemm(int isa, const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                  const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum, const float *bias,
+                  float *z) {
+#ifdef WL_X86
+    if (isa == 2) {
+        qgemm_vnni(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z);
+        return;
+    }
+    if (isa == 1) {
+        qgemm_avx2(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z);
+        return;
+    }
+#endif
+    qgemm_c(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z);
+}
+
+/* out[m, n] = x[m, k] (quantized per row) . W^T + b, n a multiple of 16 (no padding); u, ascale, zp:
+ * scratch for m rows */
+static void qlinear(int isa, const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, const float *wscale,
+                    const int32_t *wsum, const float *bias, float *out, uint8_t *u, float *ascale, int32_t *zp) {
+    quantize_rows(isa, x, m, k, u, ascale, zp);
+    for (int64_t r0 = 0; r0 < m; r0 += MR) {
+        int64_t rows = m - r0 < MR ? m - r0 : MR;
+        qgemm(isa, u + r0 * k, rows, k, wp, n / NR, ascale + r0, zp + r0, wscale, wsum, bias, out + r0 * n);
+    }
+}
+
+static void cell(int isa, const float *g, int64_t hidden, float *h, float *c) {
+#ifdef WL_X86
+    if (isa && hidden % 8 == 0) {
+        cell_avx2(g, hidden, h, c);
+        return;
+    }
+#endif
+    cell_c(g, hidden, h, c);
+}
+
+static int pick_isa(int isa) {
+    int best = best_isa();
+    return isa < best ? isa : best;
+}
 
 /* ---- the exported entry points (called through ctypes) ---- */
 
@@ -328,8 +470,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     if (m < 1 || k < 4 || k % 4 || n < 1 || n_pad % NR || n_pad < n || ((uintptr_t)wp & 63)) return -1;
     for (int64_t r = 0; r < m; r++)
         if (targets && (targets[r] < 0 || targets[r] >= n)) return -1;
-    int best = best_isa();
-    isa = isa < best ? isa : best;
+    isa = pick_isa(isa);
     uint8_t *u = malloc((size_t)(m * k));
     float *ascale = malloc(sizeof(float) * (size_t)m);
     int32_t *zp = malloc(sizeof(int32_t) * (size_t)m);
@@ -339,7 +480,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
         free(u), free(ascale), free(zp), free(lse), free(z);
         return -1;
     }
-    quantize_rows(x, m, k, u, ascale, zp);
+    quantize_rows(isa, x, m, k, u, ascale, zp);
     for (int64_t r = 0; r < m; r++) lse_init(&lse[r]);
     for (int64_t n0 = 0; n0 < n_pad; n0 += NB) {
         int64_t panels = (n_pad - n0 < NB ? n_pad - n0 : NB) / NR;
@@ -347,18 +488,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
         const int8_t *block = wp + n0 * k;
         for (int64_t r0 = 0; r0 < m; r0 += MR) {
             int64_t rows = m - r0 < MR ? m - r0 : MR;
-            const uint8_t *ur = u + r0 * k;
-#ifdef WL_X86
-            if (isa == 2)
-                logits_block_vnni(ur, rows, k, block, panels, ascale + r0, zp + r0, wscale + n0, wsum + n0,
-                                  bias + n0, z);
-            else if (isa == 1)
-                logits_block_avx2(ur, rows, k, block, panels, ascale + r0, zp + r0, wscale + n0, wsum + n0,
-                                  bias + n0, z);
-            else
-#endif
-                logits_block_c(ur, rows, k, block, panels, ascale + r0, zp + r0, wscale + n0, wsum + n0, bias + n0,
-                               z);
+            qgemm(isa, u + r0 * k, rows, k, block, panels, ascale + r0, zp + r0, wscale + n0, wsum + n0, bias + n0, z);
             for (int64_t r = 0; r < rows; r++) {
                 const float *zr = z + r * width;
                 lse_t *l = &lse[r0 + r];
@@ -382,8 +512,62 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     return 0;
 }
 
+/* One LSTM layer over steps x batch inputs x[steps, batch, in_dim]: y[steps, batch, hidden] and the
+ * state h, c [batch, hidden] (read, then updated in place). */
+static int lstm_layer(int isa, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden,
+                      const int8_t *wih, const float *wih_scale, const int32_t *wih_sum, const float *b_ih,
+                      const int8_t *whh, const float *whh_scale, const int32_t *whh_sum, const float *b_hh, float *h,
+                      float *c, float *y) {
+    int64_t g4 = 4 * hidden, rows = steps * batch, widest = in_dim > hidden ? in_dim : hidden;
+    float *xproj = malloc(sizeof(float) * (size_t)(rows * g4)), *gates = malloc(sizeof(float) * (size_t)(batch * g4));
+    uint8_t *u = malloc((size_t)(rows * widest));
+    float *ascale = malloc(sizeof(float) * (size_t)rows);
+    int32_t *zp = malloc(sizeof(int32_t) * (size_t)rows);
+    int ok = xproj && gates && u && ascale && zp;
+    if (ok) {
+        qlinear(isa, x, rows, in_dim, wih, g4, wih_scale, wih_sum, b_ih, xproj, u, ascale, zp); /* all steps */
+        for (int64_t t = 0; t < steps; t++) {
+            qlinear(isa, h, batch, hidden, whh, g4, whh_scale, whh_sum, b_hh, gates, u, ascale, zp);
+            const float *xp = xproj + t * batch * g4;
+            for (int64_t i = 0; i < batch * g4; i++) gates[i] = xp[i] + gates[i];
+            for (int64_t b = 0; b < batch; b++) cell(isa, gates + b * g4, hidden, h + b * hidden, c + b * hidden);
+            memcpy(y + t * batch * hidden, h, sizeof(float) * (size_t)(batch * hidden));
+        }
+    }
+    free(xproj), free(gates), free(u), free(ascale), free(zp);
+    return ok ? 0 : -1;
+}
+
+/* A stack of LSTM layers (torch's gate order) over x[steps, batch, in_dim]: y[steps, batch, hidden] of
+ * the top layer, and the state h, c [layers, batch, hidden] (read, then updated in place). Per layer
+ * l: W_ih [4H, in] (in = in_dim for the first layer, hidden above) and W_hh [4H, hidden] packed as
+ * for the decoder (4H a multiple of 16), with their scales, code sums and biases [4H].
+ * Returns 0, or -1 for a bad argument or no memory. */
+int wl_lstm(const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t layers,
+            const int8_t *const *wih, const float *const *wih_scale, const int32_t *const *wih_sum,
+            const float *const *b_ih, const int8_t *const *whh, const float *const *whh_scale,
+            const int32_t *const *whh_sum, const float *const *b_hh, float *h, float *c, float *y, int isa) {
+    if (steps < 1 || batch < 1 || layers < 1 || in_dim % 4 || hidden % 4 || (4 * hidden) % NR) return -1;
+    for (int64_t l = 0; l < layers; l++)
+        if (((uintptr_t)wih[l] & 63) || ((uintptr_t)whh[l] & 63)) return -1;
+    isa = pick_isa(isa);
+    float *buf = layers > 1 ? malloc(sizeof(float) * (size_t)(steps * batch * hidden)) : NULL;
+    if (layers > 1 && !buf) return -1;
+    const float *in = x;
+    int rc = 0;
+    for (int64_t l = 0; l < layers && rc == 0; l++) {
+        float *out = (layers - 1 - l) % 2 == 0 ? y : buf; /* alternate, so that the top layer writes y */
+        rc = lstm_layer(isa, in, steps, batch, l ? hidden : in_dim, hidden, wih[l], wih_scale[l], wih_sum[l], b_ih[l],
+                        whh[l], whh_scale[l], whh_sum[l], b_hh[l], h + l * batch * hidden, c + l * batch * hidden,
+                        out);
+        in = out;
+    }
+    free(buf);
+    return rc;
+}
+
 /* A Python module only so that the library is built and found like any extension; the functions
  * above are called through ctypes (wordlm/native/__init__.py). */
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decoder", "wordlm's native decoder kernels", -1, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "wordlm's native kernels", -1, NULL};
 
-PyMODINIT_FUNC PyInit__decoder(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
