@@ -1,8 +1,10 @@
-"""Kernel choices for the wordlm engine: ONNX Runtime decoder and LSTM ops, one thread, medians.
+"""Kernel choices for the wordlm engine: ONNX Runtime's decoder and LSTM ops, and wordlm's native
+kernels (each instruction set this CPU runs), one thread, medians.
 
 Run: .venv/bin/python benchmarks/kernels.py  (writes benchmarks/kernels.md)
 Decoder-sized matmul x[M, 256] @ W[256, 33278] at M = 25 (an eval chunk) and M = 1 (a generated
-token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph.
+token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph or one call of
+the native kernel.
 """
 
 from __future__ import annotations
@@ -181,6 +183,84 @@ def loss_head_variants(M=25):
     ]
 
 
+def native_variants(layers=5, E=512, H=256):
+    """wordlm's native kernels: the fused decoder + loss (against ORT's decoder, LogSoftmax and gather in
+    one graph) and the int8 LSTM stack, at every instruction set this CPU runs."""
+    from wordlm import native
+
+    q = rng.integers(-127, 128, (N, K), dtype=np.int8)
+    scales = np.full(N, 0.002, np.float32)
+    bias = np.zeros(N, np.float32)
+    dec = native.pack_linear(q, scales, bias)
+
+    def lstm_layer(i):
+        return native.pack_linear(
+            rng.integers(-127, 128, (4 * H, i), dtype=np.int8),
+            np.full(4 * H, 0.01, np.float32),
+            np.zeros(4 * H, np.float32),
+        )
+
+    stack = native.PackedLSTM([(lstm_layer(E if layer == 0 else H), lstm_layer(H)) for layer in range(layers)])
+    state = np.zeros((layers, 1, H), np.float32)
+    ort_dec = session(
+        [
+            helper.make_node("DynamicQuantizeMatMul", ["x", "q", "s", "", "b"], ["y"], domain="com.microsoft"),
+            helper.make_node("LogSoftmax", ["y"], ["l"], axis=-1),
+            helper.make_node("GatherElements", ["l", "t"], ["g"], axis=1),
+        ],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", K]),
+            helper.make_tensor_value_info("t", TensorProto.INT64, ["M", 1]),
+        ],
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, None)],
+        {"q": np.ascontiguousarray(q.T), "s": scales, "b": bias},
+    )
+
+    def clock(fn, reps):
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1e3
+
+    x = {m: np.tanh(rng.standard_normal((m, K))).astype(np.float32) for m in (25, 1)}
+    t = {m: rng.integers(0, N, m) for m in (25, 1)}
+    rows = [
+        (
+            "decoder + loss: int8 DynamicQuantizeMatMul + LogSoftmax + GatherElements (ORT)",
+            *(
+                clock(lambda m=m: ort_dec.run(None, {"x": x[m], "t": t[m][:, None]}), r)
+                for m, r in ((25, 30), (1, 200))
+            ),
+        )
+    ]
+    for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
+        rows.append(
+            (
+                f"decoder + loss: wordlm native, fused, {isa}",
+                *(
+                    clock(lambda m=m, isa=isa: native.decoder_nll(x[m], dec, t[m], isa=isa), r)
+                    for m, r in ((25, 30), (1, 200))
+                ),
+            )
+        )
+    for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
+        xs = {s: rng.standard_normal((s, 1, E)).astype(np.float32) for s in (25, 1)}
+        rows.append(
+            (
+                f"int8 LSTM: wordlm native, {isa}, {layers} layers",
+                *(
+                    clock(lambda s=s, xs=xs, isa=isa: native.lstm(xs[s], stack, state, state, isa=isa), r)
+                    for s, r in ((25, 30), (1, 200))
+                ),
+            )
+        )
+    return rows
+
+
 def sampling_variants():
     """Drawing one word from p[V]: np.cumsum + searchsorted vs wordlm's two-level inverse CDF."""
     from wordlm.engines.wordlm_ort import inverse_cdf
@@ -202,11 +282,14 @@ def sampling_variants():
 
 
 if __name__ == "__main__":
-    rows = decoder_variants() + lstm_variants() + loss_head_variants() + sampling_variants()
+    from wordlm import native
+
+    rows = decoder_variants() + lstm_variants() + loss_head_variants() + native_variants() + sampling_variants()
     lines = [
         f"# Kernel timings (onnxruntime {ort.__version__}, one thread, median ms)",
         "",
-        "Produced by `.venv/bin/python benchmarks/kernels.py`.",
+        "Produced by `.venv/bin/python benchmarks/kernels.py`. The best instruction set of this CPU for "
+        f"wordlm's native kernels: {native.best_isa()} (ONNX Runtime picks its own kernels at run time too).",
         "",
         "| kernel | 25 rows / steps | 1 row / step |",
         "|---|---|---|",
