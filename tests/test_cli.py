@@ -59,8 +59,7 @@ def test_unknown_prompt_word_without_unk(tmp_path):
 @pytest.mark.parametrize(
     "args, text",
     [
-        (["generate", "{ckpt}", "--temperature", "0"], "temperature must be > 0"),
-        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be > 0"),
+        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be >= 0"),
         (["generate", "{ckpt}", "--words", "0"], "at least 1"),
         (["eval", "{tmp}/missing"], "no such checkpoint"),
         (["eval", "{tmp}"], "not a wordlm checkpoint"),

@@ -50,6 +50,13 @@ def test_low_temperature_concentrates_on_the_mode():
     assert {sample(lp, Sampling(temperature=0.01), g) for _ in range(100)} == {0}
 
 
+def test_temperature_zero_is_greedy():
+    lp = torch.log(torch.tensor([0.2, 0.45, 0.35]))
+    g = torch.Generator().manual_seed(0)
+    assert {sample(lp, Sampling(temperature=0, top_p=0.5), g) for _ in range(20)} == {1}
+    assert not Sampling(temperature=0).plain  # engines' fused samplers divide by the temperature
+
+
 def test_detokenize_breaks_lines_at_eos():
     assert "".join(detokenize(iter(["a", "b", "<eos>", "c", "<eos>", "<eos>", "d"]))) == "a b\nc\n\nd"
 
@@ -57,7 +64,7 @@ def test_detokenize_breaks_lines_at_eos():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sampling=Sampling(temperature=0)), "temperature must be > 0"),
+        (dict(sampling=Sampling(temperature=-0.5)), "temperature must be >= 0"),
         (dict(sampling=Sampling(top_p=1.5)), "top-p"),
         (dict(sampling=Sampling(top_k=-1)), "top-k"),
     ],

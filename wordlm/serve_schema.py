@@ -67,7 +67,7 @@ class CompletionRequest(RequestBody):
     model: str | None = Field(None, description="the id from /v1/models (optional: the server has one model)")
     prompt: BoundedText = Field("", description="text to continue; empty: start as after a line break")
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS, description="words to generate per choice")
-    temperature: Finite = Field(1.0, gt=0, le=100)
+    temperature: Finite = Field(1.0, ge=0, le=100)  # 0: greedy
     top_p: Finite = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="choice i is sampled with seed + i")
     stop: Stops = Field([], description="stop when the text contains one of these (which is cut off)")
