@@ -54,6 +54,20 @@ def test_training_lowers_validation_loss(corpus, tmp_path):
     assert meta["epochs"] >= 1 and meta["val_loss"] == pytest.approx(min(losses))
 
 
+def test_bf16_training_learns_and_can_be_switched_on_resume(corpus, tmp_path):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=5, seed=1)
+    train(cfg, corpus, tmp_path / "run")
+    bf16 = TrainConfig(preset="tiny", epochs=3, batch_size=4, bptt=8, lr=5, seed=1, precision="bf16")
+    st = train(bf16, corpus, tmp_path / "run", resume=True)
+    losses = [h["val_loss"] for h in st.history]
+    assert len(losses) == 3 and losses[-1] < losses[0] < 4.0
+    hidden = _weights(tmp_path / "run")["hidden.h"]
+    assert hidden.dtype == torch.float32  # the saved state stays fp32
+    with pytest.raises(WordLMError, match="precision"):
+        TrainConfig(precision="fp8").check()
+
+
 def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):
     ref = _train_cli(corpus_dir, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr

@@ -77,6 +77,7 @@ def cmd_train(args) -> None:
         lr_decay=args.lr_decay,
         seed=args.seed,
         save_every=args.save_every,
+        precision=args.precision,
     )
     corpus = load_corpus(args.data)
     command = "wordlm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -242,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--save-every", type=int, default=200, help="batches between resumable saves")
     sp.add_argument("--max-minutes", type=float, help="stop (state saved) after this many minutes")
     sp.add_argument("--resume", action="store_true")
+    sp.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: bfloat16 autocast for forward and loss, weights and optimizer fp32 (faster where the CPU or "
+        "GPU has bf16 units; may be switched on --resume)",
+    )
     sp.add_argument("--device", default="cpu")
     sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     sp.set_defaults(func=cmd_train)

@@ -34,7 +34,7 @@ from wordlm.model import LSTMLM, ModelConfig, preset, repackage_hidden
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
 # settings that a resumed run may change: train longer, save more or less often
-RESUMABLE_CHANGES = ("epochs", "save_every")
+RESUMABLE_CHANGES = ("epochs", "save_every", "precision")
 
 
 @dataclass
@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = 1111
     eval_batch_size: int = 10
     save_every: int = 200  # batches between resumable state saves
+    # "bf16": forward and loss under bfloat16 autocast (weights, gradients and the optimizer stay fp32);
+    # measured 1.4x faster per step on this CPU (AVX-512 BF16); "fp32": the tutorial's arithmetic
+    precision: str = "fp32"
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return preset(
@@ -85,6 +88,8 @@ class TrainConfig:
                 raise WordLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.precision not in ("fp32", "bf16"):
+            raise WordLMError(f"--precision must be fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass
@@ -206,6 +211,7 @@ def train(
     valid_data = corpus.valid.to(device)
     n_batches = math.ceil((train_data.size(0) - 1) / cfg.bptt)
     criterion = nn.CrossEntropyLoss()
+    autocast = dict(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     t_start, elapsed0 = time.monotonic(), st.elapsed_s
 
@@ -224,8 +230,10 @@ def train(
                 continue
             hidden = repackage_hidden(hidden)
             opt.zero_grad(set_to_none=True)
-            logits, hidden = model(ids, hidden)
-            loss = criterion(logits.view(-1, model_cfg.vocab_size), targets.reshape(-1))
+            with torch.autocast(**autocast):
+                logits, hidden = model(ids, hidden)
+                loss = criterion(logits.view(-1, model_cfg.vocab_size).float(), targets.reshape(-1))
+            hidden = tuple(h.float() for h in hidden)  # the carried state stays fp32 (and so does its save)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
