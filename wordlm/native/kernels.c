@@ -84,14 +84,19 @@ static void lse_init(lse_t *l) {
 
 static void lse_finish(const lse_t *l, float *nll) { *nll = (float)(log(l->sum) + (double)l->max - l->target); }
 
-/* fold z[0..len) (words n0..n0+len) into l; returns the block's max for the caller's rescaling */
-static void lse_block_c(lse_t *l, const float *z, int64_t len) {
-    float bmax = -INFINITY;
-    for (int64_t i = 0; i < len; i++) bmax = z[i] > bmax ? z[i] : bmax;
+/* a block's max above the running one: rescale the sum to the new max */
+static void lse_raise_max(lse_t *l, float bmax) {
     if (bmax > l->max) {
         l->sum *= exp((double)l->max - (double)bmax);
         l->max = bmax;
     }
+}
+
+/* fold a block of logits z[0..len) into l */
+static void lse_block_c(lse_t *l, const float *z, int64_t len) {
+    float bmax = -INFINITY;
+    for (int64_t i = 0; i < len; i++) bmax = z[i] > bmax ? z[i] : bmax;
+    lse_raise_max(l, bmax);
     double s = 0.0;
     for (int64_t i = 0; i < len; i++) s += expf(z[i] - l->max);
     l->sum += s;
@@ -318,16 +323,12 @@ static AVX2 void lse_block_avx2(lse_t *l, const float *z, int64_t len) { /* len:
     __m256 vm = _mm256_set1_ps(-INFINITY);
     for (int64_t i = 0; i < len; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(z + i));
     float bmax = hmax(vm);
-    if (bmax > l->max) {
-        l->sum *= exp((double)l->max - (double)bmax);
-        l->max = bmax;
-    }
+    lse_raise_max(l, bmax);
     __m256 m = _mm256_set1_ps(l->max), s = _mm256_setzero_ps();
     for (int64_t i = 0; i < len; i += 8) s = _mm256_add_ps(s, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(z + i), m)));
     l->sum += (double)hsum(s);
 }
 
-/* 2: AVX-512 VNNI, 1: AVX2, 0: portable C */
 /* exp(x) for x <= 0 with AVX-512: 2^t, t = x log2(e), as 2^frac(t) (a degree-6 polynomial) scaled
  * by 2^round(t) with vscalefps, which also takes care of t < -126 (0). ~3 ulp where it matters
  * (|x| < 20); 16 lanes and ~10 instructions, against ~17 for 8 lanes above. */
@@ -349,10 +350,7 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) { /* len: 
     __m512 vm = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < len; i += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(z + i));
     float bmax = _mm512_reduce_max_ps(vm);
-    if (bmax > l->max) {
-        l->sum *= exp((double)l->max - (double)bmax);
-        l->max = bmax;
-    }
+    lse_raise_max(l, bmax);
     __m512 m = _mm512_set1_ps(l->max), s = _mm512_setzero_ps();
     for (int64_t i = 0; i < len; i += 16) s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
     l->sum += (double)_mm512_reduce_add_ps(s);
@@ -388,6 +386,7 @@ static AVX2 void cell_avx2(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
+/* 2: AVX-512 VNNI, 1: AVX2, 0: portable C */
 static int best_isa(void) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
