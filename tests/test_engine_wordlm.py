@@ -70,12 +70,12 @@ def test_fused_loss_and_next_logprobs_agree_with_reference(models, corpus, name)
 
 def test_native_kernels_run_per_row_schemes_close_to_the_reference(models, corpus):
     _, engines = models
-    assert engines["float"][0]._native_weights() is None and engines["int4"][0]._native_weights() is None
+    assert engines["float"][0].eval_kernels == engines["int4"][0].eval_kernels == "onnxruntime"
     ids = corpus.test[:201]
     chunk, targets = ids[:-1].view(-1, 2), ids[1:].view(-1, 2)
     for name in ("int8", "int4-row"):
         fast, ref = engines[name]
-        assert fast._native_weights() is not None
+        assert fast._native_weights() is not None and fast.eval_kernels == "native"
         state = fast.init_state(2)
         native_nll, (h, c) = fast.token_nll(chunk, targets, state)
         ref_nll, (rh, rc) = ref.token_nll(chunk, targets, ref.init_state(2))

@@ -305,6 +305,11 @@ class WordLMEngine(Engine):
                     self._native = self._pack_native()
         return self._native
 
+    @property
+    def eval_kernels(self) -> str:
+        """What computes the loss: "native" (wordlm/native) or "onnxruntime" (the "nll" graph)."""
+        return "onnxruntime" if self._native_weights() is None else "native"
+
     def _pack_native(self) -> NativeWeights:
         def linear(weight: str, bias: str) -> PackedLinear:
             q, s = self._codes_scales(weight)
