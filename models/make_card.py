@@ -143,12 +143,13 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", help="the corpus the run was trained on (default: the bundled WikiText-2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     best = load_checkpoint(args.run / "best")
     half = replace(best, tensors={k: v.half() for k, v in best.tensors.items()})
     engine = TorchEngine(build_model(half))  # float32, from the float16 weights
-    corpus = load_corpus()
+    corpus = load_corpus(args.data)
     res = {
         "valid": evaluate(engine, corpus.valid, bptt=25, batch_size=1, progress=True),
         "test": evaluate(engine, corpus.test, bptt=25, batch_size=1, progress=True),
