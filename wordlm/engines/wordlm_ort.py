@@ -87,6 +87,7 @@ class WordLMEngine(Engine):
         self.name = "wordlm" if self.scheme is None else f"wordlm-{self.scheme.name}"
         self._sessions: dict[str, object] = {}
         self._native: NativeWeights | None = None
+        self._native_applies = self._native_kernels_apply()  # decided once: token_nll asks per chunk
         self._build_lock = threading.Lock()  # a server's threads may ask for the same graph at once
         require("onnx"), require("onnxruntime")
 
@@ -288,16 +289,20 @@ class WordLMEngine(Engine):
         logits, state = self._run("logits", ids, state)
         return torch.from_numpy(logits), state
 
-    def _native_weights(self) -> NativeWeights | None:
-        """The weights packed for the native kernels, or None where they do not apply: float weights,
-        a 4-bit LSTM, more than one scale per row, or sizes the kernels do not take."""
+    def _native_kernels_apply(self) -> bool:
+        """Whether the native kernels take this checkpoint: not for float weights, a 4-bit LSTM, more
+        than one scale per row, or sizes the kernels do not take."""
         L, H = self.cfg.num_layers, self.cfg.hidden_dim
         lstm = [f"rnn.weight_{kind}_l{layer}" for layer in range(L) for kind in ("ih", "hh")]
         for name in ("decoder.weight", *lstm):
             spec = self._spec(name)
             if spec is None or self.ckpt.tensors[f"{name}.scales"].shape[1] != 1 or (name in lstm and spec.bits != 8):
-                return None
-        if H % 4 or self.cfg.emb_dim % 4:
+                return False
+        return H % 4 == 0 and self.cfg.emb_dim % 4 == 0
+
+    def _native_weights(self) -> NativeWeights | None:
+        """The weights packed for the native kernels (on first use), or None where they do not apply."""
+        if not self._native_applies:
             return None
         if self._native is None:
             with self._build_lock:

@@ -15,7 +15,6 @@ import numpy as np
 from wordlm.errors import WordLMError
 
 PANEL = 16  # rows of W per packed panel (kernels.c: NR)
-_f32, _i32, _i64, _i8 = (np.ctypeslib.ndpointer(t, flags="C") for t in (np.float32, np.int32, np.int64, np.int8))
 
 
 def _library() -> ctypes.CDLL:
@@ -24,12 +23,13 @@ def _library() -> ctypes.CDLL:
     except ImportError as e:  # a source tree that was never installed
         raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
     lib = ctypes.CDLL(_kernels.__file__)
+    # raw addresses of arrays whose dtype and layout the wrappers below guarantee: ndpointer's checks
+    # cost ~40 us per call, more than a layer's step
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.wl_best_isa.restype = ctypes.c_int
     lib.wl_decoder_nll.restype = ctypes.c_int
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.wl_decoder_nll.argtypes = [_f32, i64, i64, ptr, i64, i64, _f32, _i32, _f32, ptr, ptr, ptr, ctypes.c_int]
+    lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
     lib.wl_lstm.restype = ctypes.c_int
-    # raw addresses: ndpointer's checks cost ~40 us per call, more than a layer's step
     lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, ctypes.c_int]
     return lib
 
@@ -119,15 +119,15 @@ def decoder_nll(
     if tgt is not None and tgt.shape != (m,):
         raise WordLMError(f"native decoder: {m} rows need {m} targets, got {tgt.size}")
     rc = lib().wl_decoder_nll(
-        x,
+        x.ctypes.data,
         m,
         dec.k,
         dec.panels.ctypes.data,
         dec.n,
         dec.n_pad,
-        dec.scales,
-        dec.sums,
-        dec.bias,
+        dec.scales.ctypes.data,
+        dec.sums.ctypes.data,
+        dec.bias.ctypes.data,
         None if tgt is None else tgt.ctypes.data,
         None if nll is None else nll.ctypes.data,
         None if out is None else out.ctypes.data,

@@ -105,8 +105,8 @@ static void lse_block_c(lse_t *l, const float *z, int64_t len) {
 /* ---- portable kernel ---- */
 
 static void qgemm_c(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
-                           const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
-                           const float *bias, float *z /* [rows][panels * NR] */) {
+                    const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                    const float *bias, float *z /* [rows][panels * NR] */) {
     int64_t width = panels * NR;
     for (int64_t p = 0; p < panels; p++) {
         const int8_t *panel = wp + p * k * NR;
@@ -175,8 +175,8 @@ static inline AVX2 __attribute__((always_inline)) void micro(const uint8_t *u, i
 }
 
 static AVX2 void qgemm_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
-                                   const float *ascale, const int32_t *zp, const float *wscale,
-                                   const int32_t *wsum, const float *bias, float *z) {
+                            const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                            const float *bias, float *z) {
     int64_t width = panels * NR;
     for (int64_t p = 0; p < panels; p++) {
         const int8_t *panel = wp + p * k * NR;
@@ -205,6 +205,14 @@ static AVX2 void qgemm_avx2(const uint8_t *u, int64_t rows, int64_t k, const int
  * one 512-bit register holds a panel's 4 inputs x 16 words. */
 #define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
+/* int32 sums of one row and 16 words -> its 16 outputs (the AVX2 kernel's epilogue, 16 lanes wide) */
+static inline VNNI void epilogue_vnni(__m512i acc, float ascale, int32_t zp, const float *wscale,
+                                      const int32_t *wsum, const float *bias, float *z) {
+    __m512i exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_loadu_si512(wsum)));
+    __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ascale), _mm512_loadu_ps(wscale));
+    _mm512_storeu_ps(z, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sc), _mm512_loadu_ps(bias)));
+}
+
 static inline VNNI __attribute__((always_inline)) void micro_vnni(const uint8_t *u, int64_t k, const int8_t *panel,
                                                                   const int rows, const float *ascale,
                                                                   const int32_t *zp, const float *wscale,
@@ -220,24 +228,12 @@ static inline VNNI __attribute__((always_inline)) void micro_vnni(const uint8_t 
             acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(four), w);
         }
     }
-    __m512 ws = _mm512_loadu_ps(wscale), b = _mm512_loadu_ps(bias);
-    __m512i sums = _mm512_loadu_si512((const void *)wsum);
-    for (int r = 0; r < rows; r++) {
-        __m512i exact = _mm512_sub_epi32(acc[r], _mm512_mullo_epi32(_mm512_set1_epi32(zp[r]), sums));
-        __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ascale[r]), ws);
-        _mm512_storeu_ps(z + r * ldz, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sc), b));
-    }
+    for (int r = 0; r < rows; r++) epilogue_vnni(acc[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
 }
 
 /* one row (the LSTM's recurrent step at batch 1): four panels at a time, so that four independent
- * vpdpbusd chains hide its latency and share each broadcast (one panel at a time ran ~2x slower) */
-static inline VNNI void epilogue_vnni(__m512i acc, float ascale, int32_t zp, const float *wscale,
-                                      const int32_t *wsum, const float *bias, float *z) {
-    __m512i exact = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(zp), _mm512_loadu_si512(wsum)));
-    __m512 sc = _mm512_mul_ps(_mm512_set1_ps(ascale), _mm512_loadu_ps(wscale));
-    _mm512_storeu_ps(z, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sc), _mm512_loadu_ps(bias)));
-}
-
+ * vpdpbusd chains hide its latency and share each broadcast (one chain: 148 against 125 us for a
+ * 25-step layer of the tutorial model, benchmarks/quant.md) */
 static VNNI void gemv_vnni(const uint8_t *u, int64_t k, const int8_t *wp, int64_t panels, float ascale, int32_t zp,
                            const float *wscale, const int32_t *wsum, const float *bias, float *z) {
     int64_t p = 0, stride = k * NR;
@@ -266,8 +262,8 @@ static VNNI void gemv_vnni(const uint8_t *u, int64_t k, const int8_t *wp, int64_
 }
 
 static VNNI void qgemm_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
-                                   const float *ascale, const int32_t *zp, const float *wscale,
-                                   const int32_t *wsum, const float *bias, float *z) {
+                            const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                            const float *bias, float *z) {
     int64_t width = panels * NR;
     if (rows == 1) {
         gemv_vnni(u, k, wp, panels, *ascale, *zp, wscale, wsum, bias, z);
