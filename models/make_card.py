@@ -64,6 +64,21 @@ def plot(history: list[dict], test_ppl: float, path: Path) -> None:
     atomic_write(path, png.getvalue())
 
 
+def commands(meta: dict) -> str:
+    """The command lines of the run, each with where it took over."""
+    logged = meta.get("commands") or [{"epoch": 1, "batch": 0, "command": meta["command"]}]
+    lines = [f"from epoch {c['epoch']} batch {c['batch']}: `{c['command']}`" for c in logged]
+    first = logged[0]
+    if (first["epoch"], first["batch"]) != (1, 0):
+        tc = meta["train_config"]
+        lines.insert(
+            0,
+            f"from epoch 1 (not logged: the run began before wordlm logged its commands): `wordlm train --out RUN "
+            f"--epochs {tc['epochs']} --save-every {tc['save_every']}`, continued with `--resume`",
+        )
+    return "<br>".join(lines + ["then `python models/make_card.py RUN --out models/wikitext2-lstm`"])
+
+
 def card(meta: dict, res: dict, size_mb: float) -> str:
     tc, hist = meta["train_config"], meta["history"]
     hours = hist[-1]["elapsed_s"] / 3600
@@ -92,12 +107,7 @@ def card(meta: dict, res: dict, size_mb: float) -> str:
             f"{meta['epochs']} epochs of SGD (the epoch with the best validation loss; lr by epoch: {lrs}), "
             f"clip {tc['clip']}, batch {tc['batch_size']}, bptt {tc['bptt']}, seed {tc['seed']}, init `{tc['init']}`",
         ),
-        (
-            "command",
-            f"`wordlm train --out RUN --epochs {tc['epochs']} --save-every {tc['save_every']}`, continued with "
-            f"`--resume` after each stop (this run's last command: `{meta['command']}`); then "
-            "`python models/make_card.py RUN --out models/wikitext2-lstm`",
-        ),
+        ("commands", commands(meta)),
         (
             "wall time",
             f"{hours:.1f} h of training on {meta['cpu']} ({meta['hardware']}), torch {meta['torch']}, 1-2 CPU "

@@ -119,6 +119,22 @@ def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
+def test_min_improvement_decays_on_a_slow_epoch_and_the_run_logs_its_commands(corpus, tmp_path):
+    torch.set_num_threads(1)
+    kw = dict(preset="tiny", batch_size=4, bptt=8, lr=5, seed=1)
+    st = train(TrainConfig(epochs=2, **kw), corpus, tmp_path / "run", command="first")
+    lrs = [h["lr"] for h in st.history]
+    gains = [st.history[0]["val_loss"] - st.history[1]["val_loss"]]
+    assert lrs == [5, 5] and 0 < gains[0] < 10  # the reference rule: it improved, so no decay
+    # from here on, an epoch gaining less than 10 nats is a plateau: the lr divides by 4 after each
+    st = train(TrainConfig(epochs=4, min_improvement=10, **kw), corpus, tmp_path / "run", resume=True, command="again")
+    assert [h["lr"] for h in st.history] == [5, 5, 5, 5 / 4]  # the lr each epoch trained with
+    assert st.lr == 5 / 16
+    assert [(c["epoch"], c["batch"], c["command"]) for c in st.commands] == [(1, 0, "first"), (3, 0, "again")]
+    with pytest.raises(WordLMError, match="min-improvement"):
+        TrainConfig(min_improvement=-1).check()
+
+
 def test_time_limit_stops_and_resume_finishes(corpus_dir, tmp_path):
     r = _train_cli(corpus_dir, tmp_path / "r", "--max-minutes", "0.0001")
     assert r.returncode == 0 and "continue with --resume" in r.stdout

@@ -75,6 +75,7 @@ def cmd_train(args) -> None:
         bptt=args.bptt,
         epochs=args.epochs,
         lr_decay=args.lr_decay,
+        min_improvement=args.min_improvement,
         seed=args.seed,
         save_every=args.save_every,
         precision=args.precision,
@@ -238,7 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=20)
     sp.add_argument("--bptt", type=int, default=35)
     sp.add_argument("--epochs", type=int, default=6)
-    sp.add_argument("--lr-decay", type=float, default=4.0)
+    sp.add_argument("--lr-decay", type=float, default=4.0, help="divide the learning rate by this on a plateau")
+    sp.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.0,
+        help="a plateau: validation loss improved by less than this (nats) in an epoch; 0: did not improve "
+        "(the reference recipe); may be changed on --resume",
+    )
     sp.add_argument("--seed", type=int, default=1111)
     sp.add_argument("--save-every", type=int, default=200, help="batches between resumable saves")
     sp.add_argument("--max-minutes", type=float, help="stop (state saved) after this many minutes")
