@@ -79,7 +79,7 @@ def commands(meta: dict) -> str:
     return "<br>".join(lines + ["then `python models/make_card.py RUN --out models/wikitext2-lstm`"])
 
 
-def card(meta: dict, res: dict, size_mb: float) -> str:
+def card(meta: dict, res: dict, size_mb: float, note: str | None = None) -> str:
     tc, hist = meta["train_config"], meta["history"]
     hours = hist[-1]["elapsed_s"] / 3600
     rows = [
@@ -140,7 +140,7 @@ protocol. Reproduce the test figure with `wordlm eval --threads 1` (the default 
 split).
 
 ![validation perplexity per epoch](training-curve.png)
-
+{f"{chr(10)}## Notes{chr(10)}{chr(10)}{note}{chr(10)}" if note else ""}
 ## License
 
 The weights are derived from WikiText-2 (CC BY-SA 3.0); they are distributed under the same terms,
@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", help="the corpus the run was trained on (default: the bundled WikiText-2)")
+    ap.add_argument("--note", help="a Notes section for the card: what the run's own records do not say")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     best = load_checkpoint(args.run / "best")
@@ -170,7 +171,7 @@ def main() -> None:
     save_checkpoint(replace(half, meta=meta), args.out)
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
     plot(meta["history"], res["test"]["ppl"], args.out / "training-curve.png")
-    atomic_write(args.out / "README.md", card(meta, res, size_mb))
+    atomic_write(args.out / "README.md", card(meta, res, size_mb, args.note))
     print({k: round(v["loss"], 4) for k, v in res.items()}, f"{size_mb:.1f} MB", file=sys.stderr)
 
 

@@ -293,7 +293,7 @@ def train(
                 "epochs": st.epoch,
                 "val_loss": val.loss,
                 "history": st.history,
-                "hardware": f"{platform.machine()} {platform.processor() or ''} ({device})".strip(),
+                "hardware": " ".join(filter(None, (platform.machine(), platform.processor(), f"({device})"))),
                 "torch": torch.__version__,
             }
             tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -1,0 +1,64 @@
+"""The shipped default model, models/wikitext2-lstm: the tutorial's architecture stored as fp16, better
+than the tutorial's pretrained model on the whole test split, and what commands use by default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors import safe_open
+
+from wordlm.checkpoint import build_model, load_checkpoint, save_checkpoint
+from wordlm.cli import DEFAULT_MODEL
+from wordlm.data import load_split
+from wordlm.engines import ENGINES, load_engine
+from wordlm.evaluate import evaluate
+from wordlm.quant import get_scheme, quantize_checkpoint
+
+TUTORIAL_TEST_LOSS = 5.167  # the tutorial's pretrained model, bptt 25, batch 1
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_checkpoint(DEFAULT_MODEL)
+
+
+def test_it_is_the_tutorial_architecture_stored_as_fp16(shipped):
+    c = shipped.config
+    assert (c.vocab_size, c.emb_dim, c.hidden_dim, c.num_layers, c.dropout) == (33278, 512, 256, 5, 0.5)
+    with safe_open(DEFAULT_MODEL / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert build_model(shipped).decoder.weight.dtype == torch.float32  # upcast on load
+
+
+def test_it_beats_the_tutorial_on_the_whole_test_split(shipped):
+    """wordlm's int8 engine over all 245,569 test tokens (~20 s); its loss is within a hair of the
+    fp32 figure the card quotes, and both are below the tutorial's 5.167."""
+    test = load_split(shipped.vocab, "test")
+    int8 = quantize_checkpoint(shipped, get_scheme("int8"))
+    res = evaluate(load_engine("wordlm", int8), test, bptt=25, batch_size=1)
+    fp32 = shipped.meta["eval"]["test"]["loss"]
+    assert res.tokens == len(test) - 1 == shipped.meta["eval"]["test"]["tokens"]
+    assert abs(res.loss - fp32) < 0.002
+    assert res.loss < TUTORIAL_TEST_LOSS and fp32 < TUTORIAL_TEST_LOSS
+
+
+def test_commands_use_it_when_no_checkpoint_is_named(monkeypatch):
+    monkeypatch.delenv("WORDLM_MODEL", raising=False)
+    r = run_cli("generate", "--words", "12", "--seed", "3", "--prompt", "the king of")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the king of") and len(r.stdout.split()) >= 12
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_engine_runs_an_fp16_checkpoint_like_its_fp32_upcast(engine, tiny_ckpt, corpus, tmp_path):
+    ck = load_checkpoint(tiny_ckpt)
+    ck.tensors = {k: v.half() for k, v in ck.tensors.items()}
+    save_checkpoint(ck, tmp_path / "half")
+    half = load_checkpoint(tmp_path / "half")
+    upcast = load_checkpoint(tmp_path / "half")
+    upcast.tensors = {k: v.float() for k, v in upcast.tensors.items()}
+    if engine == "wordlm":
+        half, upcast = (quantize_checkpoint(c, get_scheme("int8")) for c in (half, upcast))
+    losses = [evaluate(load_engine(engine, c), corpus.test[:400]).loss for c in (half, upcast)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
