@@ -110,8 +110,8 @@ def card(meta: dict, res: dict, size_mb: float, note: str | None = None) -> str:
         ("commands", commands(meta)),
         (
             "wall time",
-            f"{hours:.1f} h of training on {meta['cpu']} ({meta['hardware']}), torch {meta['torch']}, 1-2 CPU "
-            "threads (the machine was shared with other work)",
+            f"{hours:.1f} h of training on {meta['cpu']} ({' '.join(meta['hardware'].split())}), "
+            f"torch {meta['torch']}, 1-2 CPU threads (the machine was shared with other work)",
         ),
         (
             "data",
