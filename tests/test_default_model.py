@@ -3,6 +3,8 @@ than the tutorial's pretrained model on the whole test split, and what commands 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import run_cli
@@ -56,8 +58,7 @@ def test_every_engine_runs_an_fp16_checkpoint_like_its_fp32_upcast(engine, tiny_
     ck.tensors = {k: v.half() for k, v in ck.tensors.items()}
     save_checkpoint(ck, tmp_path / "half")
     half = load_checkpoint(tmp_path / "half")
-    upcast = load_checkpoint(tmp_path / "half")
-    upcast.tensors = {k: v.float() for k, v in upcast.tensors.items()}
+    upcast = replace(half, tensors={k: v.float() for k, v in half.tensors.items()})
     if engine == "wordlm":
         half, upcast = (quantize_checkpoint(c, get_scheme("int8")) for c in (half, upcast))
     losses = [evaluate(load_engine(engine, c), corpus.test[:400]).loss for c in (half, upcast)]
