@@ -1,30 +1,44 @@
-"""wordlm: word-level LSTM language models, from text to a small, fast, quantized model."""
+"""wordlm: word-level recurrent language models, from text to a small, fast, quantized model.
 
-from wordlm.checkpoint import Checkpoint, build_model, import_tutorial, load_checkpoint, save_checkpoint
-from wordlm.data import Corpus, Vocab, load_corpus, load_split
-from wordlm.engines import Engine, load_engine
-from wordlm.errors import WordLMError
-from wordlm.evaluate import EvalResult, evaluate
-from wordlm.model import LSTMLM, ModelConfig, preset
+Names are imported on first use (PEP 562), so that `import wordlm` and `wordlm --help` cost no
+torch, and inference (wordlm.runtime) never loads it.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LSTMLM",
-    "Checkpoint",
-    "Corpus",
-    "Engine",
-    "EvalResult",
-    "ModelConfig",
-    "Vocab",
-    "WordLMError",
-    "build_model",
-    "evaluate",
-    "import_tutorial",
-    "load_checkpoint",
-    "load_corpus",
-    "load_engine",
-    "load_split",
-    "preset",
-    "save_checkpoint",
-]
+# name -> the module that defines it
+_API = {
+    "Checkpoint": "wordlm.checkpoint",
+    "load_checkpoint": "wordlm.checkpoint",
+    "save_checkpoint": "wordlm.checkpoint",
+    "ModelConfig": "wordlm.config",
+    "preset": "wordlm.config",
+    "Corpus": "wordlm.data",
+    "Vocab": "wordlm.data",
+    "load_corpus": "wordlm.data",
+    "load_split": "wordlm.data",
+    "Engine": "wordlm.engines",
+    "load_engine": "wordlm.engines",
+    "WordLMError": "wordlm.errors",
+    "EvalResult": "wordlm.evaluate",
+    "evaluate": "wordlm.evaluate",
+    "import_tutorial": "wordlm.importer",
+    "LSTMLM": "wordlm.model",
+    "build_model": "wordlm.model",
+    "quantize_checkpoint": "wordlm.quantize",
+    "dequantize_checkpoint": "wordlm.quantize",
+    "Runtime": "wordlm.runtime",
+    "Sampling": "wordlm.runtime",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'wordlm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)

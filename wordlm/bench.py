@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_checkpoint
@@ -30,8 +30,9 @@ from wordlm.data import Vocab, load_split, prefix
 from wordlm.engines import Engine, load_engine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
-from wordlm.quant import SCHEMES, get_scheme, quantize_checkpoint
-from wordlm.sampling import Sampling
+from wordlm.quant import SCHEMES, get_scheme
+from wordlm.quantize import quantize_checkpoint
+from wordlm.runtime import Sampling, new_rng
 
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
@@ -82,9 +83,9 @@ def make_artifact(variant: str, ckpt: Checkpoint, workdir: Path) -> Path:
         return export_onnx(ckpt, workdir / f"{variant}.onnx", quantize_dynamic=variant.endswith("int8"))
     if variant.startswith("wordlm-"):
         scheme = variant.removeprefix("wordlm-")
-        if ckpt.quant is not None:
-            if ckpt.quant["scheme"] != scheme:
-                raise WordLMError(f"the checkpoint is quantized as {ckpt.quant['scheme']}, not {scheme}")
+        if ckpt.scheme is not None:
+            if ckpt.scheme.name != scheme:
+                raise WordLMError(f"the checkpoint is quantized as {ckpt.scheme.name}, not {scheme}")
             return ckpt.path
         return save_checkpoint(quantize_checkpoint(ckpt, get_scheme(scheme)), workdir / variant)
     raise WordLMError(f"unknown bench variant {variant!r}; choose from {', '.join(ALL_VARIANTS)}")
@@ -94,7 +95,6 @@ def load_variant(variant: str, artifact: Path, threads: int) -> Engine:
     if variant.startswith("onnxruntime"):
         from wordlm.engines.ort import OrtEngine
 
-        torch.set_num_threads(threads)  # as load_engine does: the baseline's loss over logits runs in torch
         return OrtEngine(artifact.read_bytes(), name=variant, threads=threads)
     name = "wordlm" if variant.startswith("wordlm-") else variant
     return load_engine(name, load_checkpoint(artifact), threads=threads)
@@ -103,11 +103,11 @@ def load_variant(variant: str, artifact: Path, threads: int) -> Engine:
 # ---- measurements ----
 def generation_latency(engine: Engine, n: int, seed: int = 0) -> list[float]:
     """Seconds per generated token at batch 1 (feed the last word, sample the next), after a warm-up."""
-    gen = torch.Generator().manual_seed(seed)
-    state, word, times = engine.init_state(1), 0, []
+    rng = new_rng(seed)
+    state, word, times = engine.init_state(1), np.zeros(1, np.int64), []
     for i in range(n + 10):
         t = time.perf_counter()
-        word, state = engine.sample_next(torch.tensor([[word]]), state, Sampling(), gen)
+        word, state = engine.sample_next(word.reshape(1, 1), state, Sampling(), rng)
         if i >= 10:
             times.append(time.perf_counter() - t)
     return times
@@ -158,7 +158,7 @@ def _probe(variant: str, artifact: str, split: str, tokens: int, data_dir: str |
     evaluate(engine, load_split(vocab, split, data_dir)[:tokens])
 
 
-def measure_all(artifacts: dict[str, Path], ids: torch.Tensor, cfg: BenchConfig, data_dir: str | None) -> list[Row]:
+def measure_all(artifacts: dict[str, Path], ids: np.ndarray, cfg: BenchConfig, data_dir: str | None) -> list[Row]:
     """Measure every variant. Timed passes are interleaved (rep 1 of every variant, then rep 2, ...)
     so that a slow spell of a noisy machine hits all variants alike, not one of them."""
     rows, engines = {}, {}
@@ -192,12 +192,28 @@ def measure_all(artifacts: dict[str, Path], ids: torch.Tensor, cfg: BenchConfig,
             evaluate(multi, ids[:100])
             row.eval_tokens_per_s_all_cores = evaluate(multi, ids).tokens_per_s
             del multi
-            torch.set_num_threads(1)
+            _torch_threads(1)
         else:
             row.eval_tokens_per_s_all_cores = row.eval_tokens_per_s
         if cfg.measure_rss:
-            row.peak_rss_bytes = probe_rss(variant, artifact, cfg.split, min(cfg.rss_tokens, ids.numel()), data_dir)
+            row.peak_rss_bytes = probe_rss(variant, artifact, cfg.split, min(cfg.rss_tokens, len(ids)), data_dir)
     return list(rows.values())
+
+
+def _torch_threads(n: int) -> None:
+    """Give torch's thread pool back to n threads, where torch is loaded at all."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features every figure depends on (DESIGN.md section 4: the machines differ)."""
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return []
+    return sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "asimddp"})
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -218,15 +234,18 @@ def add_ratios(rows: list[Row]) -> None:
 
 
 def environment(cfg: BenchConfig, ckpt: Checkpoint) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    try:
-        import onnxruntime
+    from wordlm import native
 
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        versions["onnxruntime"] = None
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__}
+    for package in ("torch", "onnxruntime"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
     cpu = platform.processor()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -245,6 +264,8 @@ def environment(cfg: BenchConfig, ckpt: Checkpoint) -> dict:
             "machine": platform.machine(),
             "cores": os.cpu_count(),
             "system": platform.system(),
+            "flags": cpu_flags(),
+            "wordlm_kernels": native.active_isa(),
         },
         "versions": versions,
         "settings": {
@@ -264,11 +285,11 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
     if cfg.reps < 1 or cfg.gen_tokens < 1:
         raise WordLMError("--reps and --gen-tokens must be at least 1")
     ids = prefix(load_split(ckpt.vocab, cfg.split, data_dir), cfg.max_tokens)
-    torch.set_num_threads(1)
+    _torch_threads(1)
     skipped, artifacts = {}, {}
     with tempfile.TemporaryDirectory(prefix="wordlm-bench-") as tmp:
         for variant in tqdm(cfg.variants, desc="prepare", unit="variant", leave=False):
-            if ckpt.quant is not None and not variant.startswith("wordlm-"):
+            if ckpt.scheme is not None and not variant.startswith("wordlm-"):
                 skipped[variant] = "needs a float checkpoint"
                 continue
             try:  # an optional runtime may be missing, or this variant cannot run this checkpoint

@@ -42,7 +42,8 @@ def _engine_for(args):
 
 
 def cmd_import_tutorial(args) -> None:
-    from wordlm.checkpoint import import_tutorial, save_checkpoint
+    from wordlm.checkpoint import save_checkpoint
+    from wordlm.importer import import_tutorial
 
     ckpt = import_tutorial(args.state_dict, args.data)
     out = save_checkpoint(ckpt, args.out)
@@ -53,15 +54,15 @@ def cmd_import_tutorial(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
+    from wordlm.errors import require
 
+    torch = require("torch", "torch")
     from wordlm.data import load_corpus
+    from wordlm.runtime import check_threads
     from wordlm.train import TrainConfig, train
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise WordLMError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_threads(args.threads))
     cfg = TrainConfig(
         preset=args.preset,
         emb_dim=args.emb_dim,
@@ -92,9 +93,10 @@ def cmd_train(args) -> None:
         command=command,
     )
     done = st.epoch > cfg.epochs
+    best = Path(args.out) / "best"
     print(
         f"{'finished' if done else 'stopped'} at epoch {min(st.epoch, cfg.epochs)}, batch {st.batch}; "
-        f"best val loss {st.best_val:.4f}; best checkpoint: {Path(args.out) / 'best'}"
+        + (f"best val loss {st.best_val:.4f}; best checkpoint: {best}" if best.is_dir() else "no epoch finished yet")
         + ("" if done else "; continue with --resume")
     )
 
@@ -126,7 +128,7 @@ def cmd_eval(args) -> None:
 
 def cmd_generate(args) -> None:
     from wordlm.generate import generate_text
-    from wordlm.sampling import Sampling
+    from wordlm.runtime import Sampling
 
     ckpt, engine = _engine_for(args)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -152,7 +154,8 @@ def cmd_export(args) -> None:
 
 def cmd_quantize(args) -> None:
     from wordlm.checkpoint import load_checkpoint, save_checkpoint
-    from wordlm.quant import get_scheme, quantize_checkpoint
+    from wordlm.quant import get_scheme
+    from wordlm.quantize import quantize_checkpoint
 
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
     qckpt = quantize_checkpoint(ckpt, get_scheme(args.scheme, group_size=args.group_size))

@@ -1,8 +1,10 @@
 """Text -> ids, exactly as the tutorial (and pytorch/examples word_language_model) does it.
 
 Tokenization: split each line on whitespace and append `<eos>`. Vocabulary: ids in order of first
-appearance over train, then valid, then test (33,278 words for WikiText-2). WikiText-2 is bundled
-(xz, CC BY-SA 3.0, see corpora/wikitext-2/README.md) so that nothing is downloaded at run time.
+appearance over train, then valid, then test (33,278 words for WikiText-2). Ids are numpy int64
+arrays, so that inference never needs torch; training wraps them with `torch.from_numpy`.
+WikiText-2 is bundled (xz, CC BY-SA 3.0, see corpora/wikitext-2/README.md) so that nothing is
+downloaded at run time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from wordlm.errors import WordLMError
 
@@ -110,12 +112,12 @@ def read_words(path: Path) -> list[str]:
 
 @dataclass
 class Corpus:
-    """The three splits as 1-D int64 id tensors, and the vocabulary built over them."""
+    """The three splits as 1-D int64 id arrays, and the vocabulary built over them."""
 
     vocab: Vocab
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
 
 
 def load_corpus(data_dir: str | Path | None = None) -> Corpus:
@@ -127,19 +129,19 @@ def load_corpus(data_dir: str | Path | None = None) -> Corpus:
     splits = {}
     for split in SPLITS:
         words = read_words(_split_path(data_dir, split))
-        splits[split] = torch.tensor([vocab.add(w) for w in words], dtype=torch.int64)
+        splits[split] = np.array([vocab.add(w) for w in words], dtype=np.int64)
     return Corpus(vocab=vocab, **splits)
 
 
-def load_split(vocab: Vocab, split: str, data_dir: str | Path | None = None) -> torch.Tensor:
+def load_split(vocab: Vocab, split: str, data_dir: str | Path | None = None) -> np.ndarray:
     """One split encoded with an existing (a checkpoint's) vocabulary."""
     if split not in SPLITS:
         raise WordLMError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     path = _split_path(data_dir, split)
-    return torch.tensor(vocab.encode(read_words(path)), dtype=torch.int64)
+    return np.array(vocab.encode(read_words(path)), dtype=np.int64)
 
 
-def prefix(ids: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
+def prefix(ids: np.ndarray, max_tokens: int | None) -> np.ndarray:
     """The first `max_tokens` ids (all of them for None): --max-tokens of eval, bench and demo."""
     if max_tokens is None:
         return ids
@@ -148,7 +150,7 @@ def prefix(ids: torch.Tensor, max_tokens: int | None) -> torch.Tensor:
     return ids[:max_tokens]
 
 
-def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batchify(data: np.ndarray, batch_size: int) -> np.ndarray:
     """[n] -> [n // batch_size, batch_size]: column b is the b-th contiguous slice of the text.
 
     Remainder tokens that do not fill a whole row are dropped, as in the tutorial. For the alphabet
@@ -160,12 +162,14 @@ def batchify(data: torch.Tensor, batch_size: int) -> torch.Tensor:
     │ e k q w │
     └ f l r x ┘
     """
-    n = data.size(0) // batch_size
-    return data[: n * batch_size].view(batch_size, n).t().contiguous()
+    n = len(data) // batch_size
+    return np.ascontiguousarray(data[: n * batch_size].reshape(batch_size, n).T)
 
 
-def bptt_batches(source: torch.Tensor, bptt: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Chunks (ids[seq, batch], targets[seq, batch]) with seq <= bptt; targets are ids shifted by one."""
-    for i in range(0, source.size(0) - 1, bptt):
-        seq_len = min(bptt, source.size(0) - 1 - i)
+def bptt_batches(source, bptt: int) -> Iterator[tuple]:
+    """Chunks (ids[seq, batch], targets[seq, batch]) with seq <= bptt; targets are ids shifted by one.
+
+    `source` is a numpy array or a torch tensor (training slices a tensor on its device)."""
+    for i in range(0, len(source) - 1, bptt):
+        seq_len = min(bptt, len(source) - 1 - i)
         yield source[i : i + seq_len], source[i + 1 : i + 1 + seq_len]

@@ -7,18 +7,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from wordlm.checkpoint import Checkpoint, build_model, load_checkpoint
+from wordlm.checkpoint import Checkpoint, load_checkpoint
+from wordlm.config import preset
 from wordlm.data import load_corpus, load_split, prefix
 from wordlm.engines import load_engine
-from wordlm.errors import WordLMError
+from wordlm.errors import WordLMError, require
 from wordlm.evaluate import evaluate
 from wordlm.generate import generate_text
-from wordlm.model import LSTMLM, preset
-from wordlm.quant import get_scheme, quantize_checkpoint
+from wordlm.quant import get_scheme
+from wordlm.quantize import quantize_checkpoint
+
+torch = require("torch", "torch")  # the demo compares with the tutorial's torch paths
+
+from wordlm.model import LSTMLM, build_model, checkpoint_tensors  # noqa: E402
 
 
 def untrained_tutorial_checkpoint(seed: int = 0) -> Checkpoint:
@@ -26,7 +30,7 @@ def untrained_tutorial_checkpoint(seed: int = 0) -> Checkpoint:
     vocab = load_corpus().vocab
     torch.manual_seed(seed)
     model = LSTMLM(preset("tutorial", len(vocab)))
-    return Checkpoint(model.cfg, vocab, model.state_dict(), meta={"note": "untrained"})
+    return Checkpoint(model.cfg, vocab, checkpoint_tensors(model), meta={"note": "untrained"})
 
 
 def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60, seed: int = 0) -> list[dict]:
@@ -52,7 +56,7 @@ def run_demo(path: Path | None, max_tokens: int | None = 20000, words: int = 60,
 
     ids = load_split(ckpt.vocab, "test")
     ids = prefix(ids, max_tokens)
-    console.rule(f"test split, {ids.numel():,} tokens, bptt 25, batch 1, 1 thread")
+    console.rule(f"test split, {len(ids):,} tokens, bptt 25, batch 1, 1 thread")
     rows = []
     for engine in engines:
         res = evaluate(engine, ids, bptt=25, batch_size=1, progress=True, warmup=True)

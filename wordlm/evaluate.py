@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
 from wordlm.data import batchify, bptt_batches
@@ -28,7 +28,7 @@ class EvalResult:
 
 def evaluate(
     engine: Engine,
-    ids: torch.Tensor,
+    ids: np.ndarray,
     bptt: int = 25,
     batch_size: int = 1,
     progress: bool = False,
@@ -44,13 +44,13 @@ def evaluate(
     if bptt < 1 or batch_size < 1:
         raise WordLMError("bptt and batch size must be at least 1")
     source = batchify(ids, batch_size)  # [n, batch]
-    if source.size(0) < 2:
-        raise WordLMError(f"{ids.numel()} tokens are too few to evaluate at batch size {batch_size}")
+    if len(source) < 2:
+        raise WordLMError(f"{len(ids)} tokens are too few to evaluate at batch size {batch_size}")
     if warmup:
         engine.nll(*next(bptt_batches(source, bptt)), engine.init_state(batch_size))
     state = engine.init_state(batch_size)
     total, count = 0.0, 0
-    n_chunks = math.ceil((source.size(0) - 1) / bptt)
+    n_chunks = math.ceil((len(source) - 1) / bptt)
     start = time.perf_counter()
     for chunk, targets in tqdm(
         bptt_batches(source, bptt),
@@ -62,9 +62,11 @@ def evaluate(
     ):
         nll, state = engine.nll(chunk, targets, state)
         total += nll
-        count += targets.numel()
+        count += targets.size
     seconds = time.perf_counter() - start
     loss = total / count
+    if not math.isfinite(loss):
+        raise WordLMError(f"engine {engine.name} computed a loss of {loss}: the model's outputs are not finite")
     return EvalResult(
         loss=loss,
         ppl=math.exp(loss),

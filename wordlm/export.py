@@ -17,9 +17,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-
-from wordlm.checkpoint import FORMAT_VERSION, Checkpoint, build_model
+from wordlm.checkpoint import FORMAT_VERSION, Checkpoint
 from wordlm.errors import WordLMError, require
 from wordlm.fileio import atomic_write
 
@@ -46,6 +44,9 @@ def _torch_export(ckpt: Checkpoint) -> bytes:
     into plain initializers. The dummy batch is 2, not 1, so that a batch size baked into the graph
     by mistake would show up as a shape error in the tests rather than pass unnoticed.
     """
+    torch = require("torch", "torch")
+    from wordlm.model import build_model
+
     model = build_model(ckpt)
     ids = torch.zeros(3, 2, dtype=torch.int64)
     buf = io.BytesIO()
@@ -137,16 +138,16 @@ def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
     """The serialized ONNX model of a checkpoint, checked, with wordlm metadata.
 
     Float checkpoints go through torch's exporter (then, with `quantize_dynamic`, ONNX Runtime's
-    quantizer). Quantized checkpoints are written as the graph wordlm's engine runs (its "logits"
-    task: same inputs and outputs, ONNX Runtime's com.microsoft int8 / 4-bit operators).
+    quantizer). Quantized checkpoints are built as wordlm's own graph (wordlm.onnx_graph: same inputs
+    and outputs, ONNX Runtime's com.microsoft int8 / 4-bit operators).
     """
     onnx = require("onnx")
-    if ckpt.quant is not None:
+    if ckpt.scheme is not None:
         if quantize_dynamic:
             raise WordLMError("quantize_dynamic applies to float checkpoints; this one is already quantized")
-        from wordlm.engines.wordlm_ort import WordLMEngine
+        from wordlm.onnx_graph import QuantizedGraph
 
-        model_bytes = WordLMEngine(ckpt).build("logits")
+        model_bytes = QuantizedGraph(ckpt).build()
     else:
         model_bytes = _torch_export(ckpt)
         check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))

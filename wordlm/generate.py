@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
+import numpy as np
 
 from wordlm.data import EOS, Vocab
 from wordlm.engines import Engine
 from wordlm.errors import WordLMError
-from wordlm.sampling import Sampling
+from wordlm.runtime import Sampling, new_rng
 
 
 def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:
@@ -48,15 +48,14 @@ def generate_ids(
         raise WordLMError(f"number of words must be at least 1, got {num_words}")
     sampling = sampling or Sampling()
     sampling.check()
-    gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-    context = context_ids(vocab, prompt or "") or [int(torch.randint(len(vocab), (1,), generator=gen))]
+    rng = new_rng(seed)
+    context = context_ids(vocab, prompt or "") or [int(rng.integers(len(vocab)))]
     state = engine.init_state(1)
-    ids = torch.tensor(context, dtype=torch.int64).view(-1, 1)  # [seq, 1]
+    ids = np.array(context, np.int64).reshape(-1, 1)  # [seq, 1]
     for _ in range(num_words):
-        word, state = engine.sample_next(ids, state, sampling, gen)
-        yield word
-        ids = torch.tensor([[word]], dtype=torch.int64)
+        words, state = engine.sample_next(ids, state, sampling, rng)
+        yield int(words[0])
+        ids = words.reshape(1, 1)
 
 
 def detokenize(words: Iterator[str], at_line_start: bool = True) -> Iterator[str]:

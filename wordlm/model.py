@@ -1,4 +1,4 @@
-"""The tutorial's word-level LSTM language model, with named presets.
+"""The tutorial's word-level LSTM language model in torch (for training and the torch engines).
 
 Parameter names (`encoder`, `rnn`, `decoder`) are the tutorial's, so that its state_dicts load as they
 are. `forward` returns logits; the loss lives with whoever needs it.
@@ -6,71 +6,14 @@ are. `forward` returns logits; the loss lives with whoever needs it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
+import numpy as np
 import torch
 import torch.nn as nn
 
+from wordlm.config import ModelConfig
 from wordlm.errors import WordLMError
 
 Hidden = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [num_layers, batch, hidden_dim]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    emb_dim: int = 512
-    hidden_dim: int = 256
-    num_layers: int = 5
-    dropout: float = 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        if not isinstance(d, dict):
-            raise WordLMError(f"model config must be an object, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
-        unknown = d.keys() - names
-        if missing or unknown:
-            raise WordLMError(
-                f"model config: missing {sorted(missing)}, unknown {sorted(unknown)}"
-                if missing and unknown
-                else f"model config: {'missing' if missing else 'unknown'} keys {sorted(missing or unknown)}"
-            )
-        return cls(**d)
-
-
-# Sizes only; the vocabulary size always comes from the data.
-PRESETS: dict[str, dict] = {
-    # Embedding(V, 512) -> 5 x LSTM 256 -> Linear(256, V), dropout 0.5: the tutorial's model.
-    "tutorial": dict(emb_dim=512, hidden_dim=256, num_layers=5, dropout=0.5),
-    # For tests and quick experiments.
-    "tiny": dict(emb_dim=16, hidden_dim=16, num_layers=2, dropout=0.1),
-}
-
-
-def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
-    if name not in PRESETS:
-        raise WordLMError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    sizes = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return ModelConfig(vocab_size=vocab_size, **sizes)
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every fp32 parameter name and shape of the model: what a checkpoint must hold."""
-    shapes = {"encoder.weight": (cfg.vocab_size, cfg.emb_dim)}
-    for layer in range(cfg.num_layers):
-        in_dim = cfg.emb_dim if layer == 0 else cfg.hidden_dim
-        shapes[f"rnn.weight_ih_l{layer}"] = (4 * cfg.hidden_dim, in_dim)
-        shapes[f"rnn.weight_hh_l{layer}"] = (4 * cfg.hidden_dim, cfg.hidden_dim)
-        shapes[f"rnn.bias_ih_l{layer}"] = (4 * cfg.hidden_dim,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (4 * cfg.hidden_dim,)
-    shapes["decoder.weight"] = (cfg.vocab_size, cfg.hidden_dim)
-    shapes["decoder.bias"] = (cfg.vocab_size,)
-    return shapes
 
 
 class LSTMLM(nn.Module):
@@ -136,3 +79,17 @@ class LSTMLM(nn.Module):
 def repackage_hidden(h: Hidden) -> Hidden:
     """Detach the hidden state from the graph of the previous chunk (truncated BPTT)."""
     return tuple(t.detach() for t in h)
+
+
+def build_model(ckpt) -> LSTMLM:
+    """The fp32 torch model of a float checkpoint (fp16 weights are upcast), in eval mode."""
+    if ckpt.scheme is not None:
+        raise WordLMError(f"checkpoint is quantized ({ckpt.scheme.name}); run it with --engine wordlm")
+    model = LSTMLM(ckpt.config)
+    model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in ckpt.tensors.items()})
+    return model.eval()
+
+
+def checkpoint_tensors(model: nn.Module) -> dict:
+    """A model's weights as the numpy arrays a Checkpoint holds (fp32, on the CPU)."""
+    return {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}

@@ -6,7 +6,7 @@
   log-probabilities) are wordlm's;
 - `GET /` is a small page that suggests next words while a person types.
 
-Requests share nothing: each has its own recurrent state and its own torch.Generator, and endpoints
+Requests share nothing: each has its own recurrent state and its own random generator, and endpoints
 are plain functions that FastAPI runs in its threadpool, so a slow generation never blocks the event
 loop. Every client mistake is a 4xx in OpenAI's error shape; a 500 means a bug.
 """
@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -34,7 +34,7 @@ from wordlm.data import EOS, Vocab
 from wordlm.engines import Engine, default_engine, load_engine
 from wordlm.errors import WordLMError
 from wordlm.generate import context_ids, detokenize, encode_prompt, generate_ids
-from wordlm.sampling import Sampling
+from wordlm.runtime import Sampling, new_rng
 from wordlm.serve_schema import (
     MAX_BODY_BYTES,
     Completion,
@@ -262,13 +262,13 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
         context = context_ids(vocab, req.text)
         if not context:
             raise WordLMError(f"text is empty and the vocabulary has no {EOS} to start from")
-        ids = torch.tensor(context, dtype=torch.int64).view(-1, 1)
+        ids = np.array(context, np.int64).reshape(-1, 1)
         logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
-        top = torch.topk(logprobs[0].double(), min(req.k, len(vocab)))
-        words = [
-            WordProb(word=vocab.itos[i], prob=math.exp(lp), logprob=lp)
-            for lp, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ]
+        lp = logprobs[0].astype(np.float64)
+        k = min(req.k, len(vocab))
+        top = np.argpartition(-lp, k - 1)[:k]
+        top = top[np.argsort(-lp[top], kind="stable")]
+        words = [WordProb(word=vocab.itos[i], prob=math.exp(lp[i]), logprob=lp[i]) for i in top.tolist()]
         return NextWords(model=model_id, words=words)
 
     @app.post("/v1/score", responses=ERRORS)
@@ -277,9 +277,9 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
         ids = encode_prompt(vocab, req.text)
         if len(ids) < 2:
             raise WordLMError(f"text has {len(ids)} word(s); scoring needs at least 2")
-        seq = torch.tensor(ids, dtype=torch.int64).view(-1, 1)
+        seq = np.array(ids, np.int64).reshape(-1, 1)
         nll, _ = engine.token_nll(seq[:-1], seq[1:], engine.init_state(1))
-        nll = nll.double().view(-1).tolist()
+        nll = nll.astype(np.float64).reshape(-1).tolist()
         loss = sum(nll) / len(nll)
         words = [WordLogprob(word=vocab.itos[i], logprob=-x) for i, x in zip(ids[1:], nll, strict=True)]
         return Score(model=model_id, loss=loss, perplexity=math.exp(loss), tokens=len(nll), words=words)
@@ -288,12 +288,12 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
 
 
 def warm_up(engine: Engine) -> None:
-    """Run each kind of call once, so that what an engine builds on first use (wordlm's ONNX
-    sessions) is built before the first request rather than by several concurrent ones."""
-    ids = torch.zeros((2, 1), dtype=torch.int64)
+    """Run each kind of call once, so that what an engine builds on first use (ORT sessions, torch's
+    kernels) is built before the first request rather than by several concurrent ones."""
+    ids = np.zeros((2, 1), np.int64)
     engine.token_nll(ids[:1], ids[1:], engine.init_state(1))
     engine.next_logprobs(ids, engine.init_state(1))
-    engine.sample_next(ids, engine.init_state(1), Sampling(), torch.Generator())
+    engine.sample_next(ids, engine.init_state(1), Sampling(), new_rng(0))
 
 
 def serve(

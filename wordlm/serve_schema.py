@@ -17,7 +17,7 @@ MAX_TOKENS = 512  # words generated per choice
 MAX_N = 8  # choices per completion
 MAX_K = 100  # next-word suggestions per request
 MAX_STOPS, MAX_STOP_CHARS = 4, 100  # OpenAI allows up to 4 stop sequences
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, what torch.Generator.manual_seed takes
+SEED_MIN, SEED_MAX = 0, 2**63 - 1  # what every client can send; choice i uses seed + i
 
 
 def word_count(text: str) -> int:

@@ -24,12 +24,13 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
+from wordlm.config import ModelConfig, preset
 from wordlm.data import Corpus, batchify, bptt_batches
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
 from wordlm.fileio import atomic_write_dir, settle_dir
-from wordlm.model import LSTMLM, ModelConfig, preset, repackage_hidden
+from wordlm.model import LSTMLM, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
@@ -60,7 +61,8 @@ class TrainConfig:
     eval_batch_size: int = 10
     save_every: int = 200  # batches between resumable state saves
     # "bf16": forward and loss under bfloat16 autocast (weights, gradients and the optimizer stay fp32);
-    # measured 1.4x faster per step on this CPU (AVX-512 BF16); "fp32": the tutorial's arithmetic
+    # measured 1.4x faster per step on an AVX-512 BF16 CPU; a CPU without bf16 support trains in fp32
+    # with a warning (see `cpu_bf16`); "fp32": the tutorial's arithmetic
     precision: str = "fp32"
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -89,11 +91,14 @@ class TrainConfig:
         )
         for name in positive:
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # also refuses NaN
                 raise WordLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.min_improvement < 0:
+        for name in ("lr", "clip", "lr_decay", "min_improvement"):
+            if not math.isfinite(getattr(self, name)):
+                raise WordLMError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        if not self.min_improvement >= 0:
             raise WordLMError(f"--min-improvement must be >= 0, got {self.min_improvement}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
+        if self.dropout is not None and not 0 <= self.dropout < 1:  # NaN fails too
             raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("fp32", "bf16"):
             raise WordLMError(f"--precision must be fp32 or bf16, got {self.precision!r}")
@@ -175,6 +180,21 @@ def _load_state(
     return RunState(**doc["run"]), hidden
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 primitives (the LSTM's among them): AVX-512 (BW, VL, DQ)
+    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (DESIGN.md section 5)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def effective_precision(precision: str, device: str) -> str:
+    """The precision a run can use here: bf16 on a CPU without bf16 falls back to fp32, with a warning
+    (a run resumed on another machine keeps going rather than dying)."""
+    if precision == "bf16" and device == "cpu" and not cpu_bf16():
+        log.warning("--precision bf16: this CPU has no bfloat16 support in oneDNN; training in fp32")
+        return "fp32"
+    return precision
+
+
 def train(
     cfg: TrainConfig,
     corpus: Corpus,
@@ -216,11 +236,16 @@ def train(
         st, hidden = RunState(lr=cfg.lr), model.init_hidden(cfg.batch_size)
     st.commands.append({"epoch": st.epoch, "batch": st.batch, "command": command})
 
-    train_data = batchify(corpus.train, cfg.batch_size).to(device)  # [n, batch]
-    valid_data = corpus.valid.to(device)
+    if len(corpus.train) // cfg.batch_size < 2:
+        raise WordLMError(
+            f"--batch-size {cfg.batch_size} leaves fewer than 2 tokens per stream of the {len(corpus.train)}-token "
+            "training split; use a smaller batch"
+        )
+    train_data = torch.from_numpy(batchify(corpus.train, cfg.batch_size)).to(device)  # [n, batch]
     n_batches = math.ceil((train_data.size(0) - 1) / cfg.bptt)
     criterion = nn.CrossEntropyLoss()
-    autocast = dict(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bf16 = effective_precision(cfg.precision, device) == "bf16"
+    autocast = dict(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     t_start, elapsed0 = time.monotonic(), st.elapsed_s
 
@@ -243,6 +268,11 @@ def train(
                 logits, hidden = model(ids, hidden)
                 loss = criterion(logits.view(-1, model_cfg.vocab_size).float(), targets.reshape(-1))
             hidden = tuple(h.float() for h in hidden)  # the carried state stays fp32 (and so does its save)
+            if not torch.isfinite(loss):  # the last saved state stays as it was
+                raise WordLMError(
+                    f"training diverged at epoch {st.epoch}, batch {st.batch + 1} (loss {loss.item()}); "
+                    "lower --lr or --clip"
+                )
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
@@ -263,7 +293,7 @@ def train(
                 log.info("time limit reached at epoch %d, batch %d; state saved", st.epoch, st.batch)
                 return st
         bar.close()
-        val = evaluate(TorchEngine(model, device=device), valid_data, bptt=cfg.bptt, batch_size=cfg.eval_batch_size)
+        val = evaluate(TorchEngine(model, device=device), corpus.valid, bptt=cfg.bptt, batch_size=cfg.eval_batch_size)
         model.train()
         gain = st.best_val - val.loss  # inf on the first epoch
         improved = gain > 0
@@ -296,8 +326,7 @@ def train(
                 "hardware": " ".join(filter(None, (platform.machine(), platform.processor(), f"({device})"))),
                 "torch": torch.__version__,
             }
-            tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            save_checkpoint(Checkpoint(model_cfg, corpus.vocab, tensors, meta=meta), run_dir / "best")
+            save_checkpoint(Checkpoint(model_cfg, corpus.vocab, checkpoint_tensors(model), meta=meta), run_dir / "best")
         if gain <= cfg.min_improvement:
             st.lr /= cfg.lr_decay
         st.epoch, st.batch = st.epoch + 1, 0

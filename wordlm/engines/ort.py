@@ -8,7 +8,6 @@ that they measure the plain path, not a tuned one.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
@@ -25,12 +24,6 @@ def ort_session(model_bytes: bytes, threads: int):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: ORT's shape-merge warnings are noise here
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
-def zero_state(num_layers: int, batch_size: int, hidden_dim: int) -> State:
-    """(h, c) of zeros as numpy arrays [num_layers, batch, hidden]: the ORT engines' state."""
-    shape = (num_layers, batch_size, hidden_dim)
-    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
 
 class OrtEngine(Engine):
@@ -53,13 +46,14 @@ class OrtEngine(Engine):
         return self._size_bytes
 
     def init_state(self, batch_size: int) -> State:
-        return zero_state(self.num_layers, batch_size, self.hidden_dim)
+        shape = (self.num_layers, batch_size, self.hidden_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
-    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         h, c = state
-        feed = {"ids": np.ascontiguousarray(ids.numpy(), dtype=np.int64), "h0": h, "c0": c}
+        feed = {"ids": np.ascontiguousarray(ids, dtype=np.int64), "h0": h, "c0": c}
         logits, h, c = self.session.run(list(OUTPUTS), feed)
-        return torch.from_numpy(logits), (h, c)
+        return logits, (h, c)
 
 
 def fp32_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:

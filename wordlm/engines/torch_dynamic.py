@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import warnings
 
-import torch
-import torch.nn as nn
-
-from wordlm.checkpoint import Checkpoint, build_model
-from wordlm.engines.torch_fp32 import TorchEngine
+from wordlm.checkpoint import Checkpoint
+from wordlm.engines.torch_fp32 import TorchEngine, torch
 from wordlm.errors import WordLMError
 
 
-def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     """The tutorial's call: dynamic int8 (per-tensor) for every nn.LSTM and nn.Linear."""
     try:
         from torch.ao.quantization import quantize_dynamic
@@ -28,8 +25,11 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization
-        return quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
+    from wordlm.model import build_model
+
+    torch.set_num_threads(threads)
     return TorchEngine(quantize_dynamic_int8(build_model(ckpt)), name="torch-dynamic", threads=threads)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 from functools import cached_property
 
-import torch
+import numpy as np
 
-from wordlm.checkpoint import Checkpoint, build_model
+from wordlm.checkpoint import Checkpoint
 from wordlm.engines import Engine, State
+from wordlm.errors import require
+
+torch = require("torch", "torch")
 
 
 def state_dict_bytes(module: torch.nn.Module) -> int:
@@ -19,7 +22,10 @@ def state_dict_bytes(module: torch.nn.Module) -> int:
 
 
 class TorchEngine(Engine):
-    """Runs an `nn.Module` with the tutorial's forward signature; also used for validation in training."""
+    """Runs an `nn.Module` with the tutorial's forward signature; also used for validation in training.
+
+    Its numpy inputs and state cross into torch without copies (torch.from_numpy) on the CPU.
+    """
 
     def __init__(self, model: torch.nn.Module, *, name: str = "torch", device: str = "cpu", threads: int = 1):
         self.model = model.eval()
@@ -31,13 +37,24 @@ class TorchEngine(Engine):
         return state_dict_bytes(self.model)
 
     def init_state(self, batch_size: int) -> State:
-        return self.model.init_hidden(batch_size)
+        shape = (self.model.cfg.num_layers, batch_size, self.model.cfg.hidden_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logits, (h, c) = self.forward_torch(torch.as_tensor(ids), tuple(torch.as_tensor(s) for s in state))
+        return logits.cpu().numpy(), (h.float().cpu().numpy(), c.float().cpu().numpy())
+
+    @torch.no_grad()
+    def forward_torch(self, ids: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """The same in torch tensors on the model's device (training's validation stays on its GPU)."""
+        state = tuple(s.to(self.device) for s in state)
         logits, state = self.model(ids.to(self.device), state)
         return logits.float(), state
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
+    from wordlm.model import build_model
+
+    torch.set_num_threads(threads)
     return TorchEngine(build_model(ckpt), threads=threads)

@@ -1,20 +1,20 @@
 """Quantization schemes: versioned configs in a registry, over the pure primitives.
 
-The flow is gpt-fast's: quantize the state dict offline (`quantize_checkpoint`, written as a normal
-checkpoint directory whose config.json names the scheme, its version and parameters), then let an
-engine build its kernels from the stored codes at load. Every parameter group (embedding, LSTM,
+The flow is gpt-fast's: quantize the state dict offline (wordlm.quantize, written as a normal
+checkpoint directory whose config.json names the scheme, its version and parameters), then let the
+runtime build its kernels from the stored codes at load. Every parameter group (embedding, LSTM,
 decoder) has its own `QSpec`, so per-layer (mixed) precision is a config, not a new code path.
-`dequantize_checkpoint` is the slow reference: dequantize, then run in fp32.
+Tensors are numpy arrays; nothing here knows about checkpoints (they know about schemes).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import torch
+import numpy as np
 
+from wordlm.config import ModelConfig, expected_shapes
 from wordlm.errors import WordLMError
-from wordlm.model import ModelConfig, expected_shapes
 from wordlm.quant.primitives import dequantize, pack_int4, quantize, unpack_int4
 
 
@@ -78,41 +78,41 @@ class Scheme:
         for name, shape in expected_shapes(cfg).items():
             spec = self.spec_for(name)
             if spec is None:
-                out[name] = (shape, (getattr(torch, self.float_dtype),))
+                out[name] = (shape, (np.dtype(self.float_dtype),))
                 continue
             n, k = shape
             group = spec.group(k)
             if k % group:
                 raise WordLMError(f"scheme {self.name}: group size {group} does not divide {name}'s {k} columns")
-            codes = ((n, k // 2), (torch.uint8,)) if spec.bits == 4 else ((n, k), (torch.int8,))
+            codes = ((n, k // 2), (np.dtype(np.uint8),)) if spec.bits == 4 else ((n, k), (np.dtype(np.int8),))
             out[f"{name}.qweight"] = codes
-            out[f"{name}.scales"] = ((n, k // group), (torch.float16,))
+            out[f"{name}.scales"] = ((n, k // group), (np.dtype(np.float16),))
         return out
 
-    def quantize(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def quantize(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         for name, w in tensors.items():
             spec = self.spec_for(name)
             if spec is None:
-                out[name] = w.to(getattr(torch, self.float_dtype))
+                out[name] = np.asarray(w, self.float_dtype)
                 continue
             q, s = quantize(w, spec.bits, spec.group(w.shape[1]))
             out[f"{name}.qweight"] = pack_int4(q) if spec.bits == 4 else q
             out[f"{name}.scales"] = s
         return out
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    def dequantize(self, tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
         out = {}
         for name in expected_shapes(cfg):
             spec = self.spec_for(name)
             if spec is None:
-                out[name] = tensors[name].float()
+                out[name] = np.asarray(tensors[name], np.float32)
             else:
                 out[name] = dequantize(codes(tensors, name, spec), tensors[f"{name}.scales"])
         return out
 
 
-def codes(tensors: dict[str, torch.Tensor], name: str, spec: QSpec) -> torch.Tensor:
+def codes(tensors: dict[str, np.ndarray], name: str, spec: QSpec) -> np.ndarray:
     """The int8 codes [N, K] of a quantized parameter (unpacked when stored as int4)."""
     q = tensors[f"{name}.qweight"]
     return unpack_int4(q) if spec.bits == 4 else q
@@ -154,31 +154,9 @@ def scheme_from_dict(d: dict) -> Scheme:
         scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"])
     except (KeyError, TypeError) as e:
         raise WordLMError(f"malformed quantization config ({e!r})") from None
-    if name not in SCHEMES:
+    if not isinstance(name, str) or name not in SCHEMES:
         raise WordLMError(f"unknown quantization scheme {name!r}")
-    if version != SCHEMES[name].version:
-        raise WordLMError(f"scheme {name} version {version}; this wordlm reads version {SCHEMES[name].version}")
+    if type(version) is not int or version != SCHEMES[name].version:
+        raise WordLMError(f"scheme {name} version {version!r}; this wordlm reads version {SCHEMES[name].version}")
     scheme.check()
     return scheme
-
-
-def quantize_checkpoint(ckpt, scheme: Scheme):
-    """A float checkpoint -> the same model quantized by `scheme` (a new, unsaved Checkpoint)."""
-    from wordlm.checkpoint import Checkpoint
-
-    if ckpt.quant is not None:
-        raise WordLMError(f"checkpoint is already quantized ({ckpt.quant['scheme']}); quantize a float one")
-    scheme.check()
-    tensors = scheme.quantize(ckpt.tensors)
-    meta = {**ckpt.meta, "quantized_from": str(ckpt.path) if ckpt.path else None}
-    return Checkpoint(ckpt.config, ckpt.vocab, tensors, quant=scheme.to_dict(), meta=meta)
-
-
-def dequantize_checkpoint(ckpt):
-    """The reference: a quantized checkpoint's weights dequantized to fp32 (a float Checkpoint)."""
-    from wordlm.checkpoint import Checkpoint
-
-    if ckpt.quant is None:
-        return ckpt
-    tensors = scheme_from_dict(ckpt.quant).dequantize(ckpt.tensors, ckpt.config)
-    return Checkpoint(ckpt.config, ckpt.vocab, tensors, quant=None, meta=ckpt.meta)

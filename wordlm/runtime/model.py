@@ -1,0 +1,109 @@
+"""The runtime: a checkpoint run on wordlm's native kernels with numpy around them, and no torch.
+
+Every inference operation the CLI, the server and the Python API need, for a batch of B independent
+streams, with the recurrent state as arrays (h, c: float32 [layers, B, hidden]) that go in and come
+out, as rwkv.cpp's C API passes its state: the caller owns it, calls never modify it, and a state can
+be kept, copied or dropped freely. ids and targets are int64 [seq, B].
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from wordlm.checkpoint import Checkpoint
+from wordlm.errors import WordLMError
+from wordlm.runtime.sampling import Sampling, sample
+from wordlm.runtime.weights import pack
+
+State = tuple[np.ndarray, np.ndarray]  # (h, c), each float32 [num_layers, batch, hidden_dim]
+MAX_THREADS = 256
+
+
+def check_threads(threads: int) -> int:
+    """Threads must be a sane positive count: the kernels start that many."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise WordLMError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
+    return threads
+
+
+class Runtime:
+    def __init__(self, ckpt: Checkpoint, threads: int = 1) -> None:
+        self.threads = check_threads(threads)
+        self.config, self.vocab_size = ckpt.config, ckpt.config.vocab_size
+        self.name = "wordlm" if ckpt.scheme is None else f"wordlm-{ckpt.scheme.name}"
+        self.size_bytes = ckpt.size_bytes
+        t = time.perf_counter()
+        self.weights = pack(ckpt)
+        self.pack_seconds = time.perf_counter() - t
+
+    @property
+    def kernels(self) -> str:
+        return self.weights.kernels
+
+    def init_state(self, batch_size: int = 1) -> State:
+        shape = (self.config.num_layers, batch_size, self.config.hidden_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def _check(self, ids: np.ndarray, state: State) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.dtype.kind not in "iu":
+            raise WordLMError(f"ids must be integers [seq >= 1, batch], got {ids.dtype} {list(ids.shape)}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise WordLMError(f"ids must lie in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
+        want = (self.config.num_layers, ids.shape[1], self.config.hidden_dim)
+        if any(np.shape(s) != want for s in state):
+            raise WordLMError(f"state must be two arrays {list(want)} for a batch of {ids.shape[1]}")
+        return ids.astype(np.int64, copy=False)
+
+    def hidden(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """The top LSTM layer's output [seq, B, hidden] and the new state."""
+        ids = self._check(ids, state)
+        w = self.weights
+        y, h, c = w.lstm(w.embedding(ids), *state, threads=self.threads)
+        return y, (h, c)
+
+    def token_nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """NLL (nats, float32) of each of targets[seq, B] given ids[seq, B]; the logits never reach memory."""
+        y, state = self.hidden(ids, state)
+        targets = np.asarray(targets)
+        if targets.shape != y.shape[:2]:
+            raise WordLMError(f"targets {list(targets.shape)} must match ids {list(y.shape[:2])}")
+        if targets.min() < 0 or targets.max() >= self.vocab_size:
+            raise WordLMError(f"targets must lie in [0, {self.vocab_size})")
+        nll = self.weights.decoder.nll(y.reshape(-1, y.shape[-1]), targets.reshape(-1).astype(np.int64), self.threads)
+        return nll.reshape(targets.shape), state
+
+    def nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[float, State]:
+        """Summed NLL (nats) of targets[seq, B]; summed in float64 (float32 would round over a long text)."""
+        nll, state = self.token_nll(ids, targets, state)
+        return float(nll.sum(dtype=np.float64)), state
+
+    def logits(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Logits float32 [seq, B, vocab] of every position."""
+        y, state = self.hidden(ids, state)
+        z = self.weights.decoder.logits(y.reshape(-1, y.shape[-1]), self.threads)
+        return z.reshape(*y.shape[:2], -1), state
+
+    def next_logprobs(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Log-probabilities float32 [B, vocab] of the word after the last position of ids[seq, B]."""
+        y, state = self.hidden(ids, state)
+        return self.weights.decoder.logprobs(y[-1], self.threads), state
+
+    def top_k(self, ids: np.ndarray, state: State, k: int) -> tuple[np.ndarray, np.ndarray, State]:
+        """The k most likely next words per stream: (word ids int64 [B, k], log-probs [B, k]), best first."""
+        lp, state = self.next_logprobs(ids, state)
+        k = min(k, lp.shape[1])
+        part = np.argpartition(-lp, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(-lp, part, 1).argsort(1, kind="stable")
+        words = np.take_along_axis(part, order, 1)
+        return words, np.take_along_axis(lp, words, 1), state
+
+    def sample_next(
+        self, ids: np.ndarray, state: State, sampling: Sampling, rng: np.random.Generator
+    ) -> tuple[np.ndarray, State]:
+        """Feed ids[seq, B] and draw each stream's next word (int64 [B]) from the logits."""
+        y, state = self.hidden(ids, state)
+        z = self.weights.decoder.logits(y[-1], self.threads)  # [B, V]: sampling needs no normalisation
+        return np.array([sample(row, sampling, rng) for row in z], np.int64), state

@@ -1,0 +1,177 @@
+"""A checkpoint's weights as the runtime computes with them: packed once, at load.
+
+Each part has a native form (wordlm/native: int8 codes with one scale per row) and a numpy float form
+for what the kernels do not take (float checkpoints, decoders with several scales per row, sizes the
+kernels do not fit); which one a part got is in `kernels`. Inputs are memory-mapped checkpoint arrays;
+the packed copies replace them, so a loaded model holds its weights once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wordlm import native
+from wordlm.checkpoint import Checkpoint
+from wordlm.errors import WordLMError
+from wordlm.quant import codes
+from wordlm.quant.primitives import dequantize
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow warning for large |x|
+
+
+@dataclass
+class Embedding:
+    """ids -> rows: float32 [V, E], int8 codes [V, E], or 4-bit codes packed [V, E / 2] with scales [V, G]."""
+
+    table: np.ndarray
+    scales: np.ndarray | None = None
+    bits: int | None = None
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        rows = self.table[ids]
+        if self.bits is None:
+            return _f32(rows)
+        if self.bits == 4:  # low nibble = even column, offset by 8 (wordlm.quant.primitives)
+            rows = np.stack([rows & 15, rows >> 4], axis=-1).reshape(*ids.shape, -1).astype(np.int8) - 8
+        scales = _f32(self.scales[ids])[..., None]  # [..., G, 1]
+        return (rows.astype(np.float32).reshape(*ids.shape, scales.shape[-2], -1) * scales).reshape(*ids.shape, -1)
+
+
+class FloatLinear:
+    """y = x W^T + b in float32 (numpy's BLAS): the form of weights the native kernels do not take."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray) -> None:
+        self.w, self.b = np.ascontiguousarray(w, np.float32), _f32(b)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.w.T + self.b
+
+
+@dataclass
+class Decoder:
+    """The output layer: hidden rows x [M, H] -> per-row NLL of targets, logits, or log-sum-exp."""
+
+    packed: native.PackedLinear | None = None  # the native form, or
+    dense: FloatLinear | None = None  # the float one
+
+    def nll(self, x: np.ndarray, targets: np.ndarray, threads: int) -> np.ndarray:
+        if self.packed is not None:
+            return native.decoder_nll(x, self.packed, targets, threads=threads).nll
+        z = self.dense(x).astype(np.float64)
+        return (_logsumexp(z) - z[np.arange(len(z)), targets]).astype(np.float32)
+
+    def logits(self, x: np.ndarray, threads: int) -> np.ndarray:
+        if self.packed is not None:
+            return native.decoder_nll(x, self.packed, None, logits=True, threads=threads).logits
+        return self.dense(x)
+
+    def logprobs(self, x: np.ndarray, threads: int) -> np.ndarray:
+        if self.packed is not None:
+            out = native.decoder_nll(x, self.packed, None, logits=True, lse=True, threads=threads)
+            return out.logits - out.lse[:, None].astype(np.float32)
+        z = self.dense(x)
+        return (z - _logsumexp(z.astype(np.float64))[:, None]).astype(np.float32)
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(1)
+    return m + np.log(np.exp(z - m[:, None]).sum(1))
+
+
+class FloatLSTM:
+    """The LSTM stack in numpy float32 (torch's gate order i, f, g, o)."""
+
+    def __init__(self, layers: list[tuple[FloatLinear, FloatLinear]]) -> None:
+        self.layers = layers
+
+    def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, threads: int):
+        steps, batch, _ = x.shape
+        h, c = h.astype(np.float32, copy=True), c.astype(np.float32, copy=True)
+        for layer, (w_ih, w_hh) in enumerate(self.layers):
+            xproj = w_ih(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)  # every step at once
+            hidden, ys = h.shape[-1], np.empty((steps, batch, h.shape[-1]), np.float32)
+            hl, cl = h[layer], c[layer]
+            for t in range(steps):
+                g = xproj[t] + w_hh(hl)
+                i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
+                cl = _sigmoid(f) * cl + _sigmoid(i) * np.tanh(gg)
+                hl = _sigmoid(o) * np.tanh(cl)
+                ys[t] = hl
+            h[layer], c[layer], x = hl, cl, ys
+        return x, h, c
+
+
+class NativeLSTM:
+    def __init__(self, packed: native.PackedLSTM) -> None:
+        self.packed = packed
+
+    def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, threads: int):
+        return native.lstm(x, self.packed, h, c, threads=threads)
+
+
+@dataclass
+class Weights:
+    embedding: Embedding
+    lstm: NativeLSTM | FloatLSTM
+    decoder: Decoder
+    kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
+
+
+def _finite(name: str, a: np.ndarray) -> None:
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise WordLMError(f"the checkpoint's {name} holds NaN or infinite values; it cannot be run")
+
+
+def pack(ckpt: Checkpoint) -> Weights:
+    """Every part of `ckpt` in the fastest form that computes it exactly (see the module's doc)."""
+    cfg, t, scheme = ckpt.config, ckpt.tensors, ckpt.scheme
+    for name, a in t.items():
+        _finite(name, a)
+
+    def spec(name: str):
+        return scheme.spec_for(name) if scheme else None
+
+    def native_ok(name: str) -> bool:  # int8 (or 4-bit) codes with one scale per row, rows of 4k inputs
+        return spec(name) is not None and t[f"{name}.scales"].shape[1] == 1 and ckpt_shape(name)[1] % 4 == 0
+
+    def ckpt_shape(name: str) -> tuple[int, int]:
+        n, k = t[f"{name}.qweight"].shape
+        return n, k * 2 if spec(name).bits == 4 else k
+
+    def linear(name: str, bias: str, fast: bool):
+        if fast:
+            return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), _f32(t[bias]))
+        s = spec(name)
+        w = _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
+        return FloatLinear(w, t[bias])
+
+    enc = spec("encoder.weight")
+    if enc is None:
+        embedding = Embedding(_f32(t["encoder.weight"]))
+    else:
+        embedding = Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
+
+    names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
+    fast = all(native_ok(w) for w, _ in names) and cfg.hidden_dim % 4 == 0
+    parts = [linear(w, b, fast) for w, b in names]
+    pairs = list(zip(parts[0::2], parts[1::2], strict=True))
+    # all layers natively, or (float weights, sizes the kernels do not take) all in numpy
+    lstm = NativeLSTM(native.PackedLSTM(pairs)) if fast else FloatLSTM(pairs)
+
+    fast_dec = native_ok("decoder.weight")
+    dec = linear("decoder.weight", "decoder.bias", fast_dec)
+    decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
+    isa = native.active_isa() if fast or fast_dec else None
+    kernels = ", ".join(
+        f"{part} {f'native {isa}' if fast else 'numpy float32'}"
+        for part, fast in (("lstm", isinstance(lstm, NativeLSTM)), ("decoder", decoder.packed is not None))
+    )
+    return Weights(embedding, lstm, decoder, kernels)
