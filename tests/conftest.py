@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
+from wordlm.config import preset
 from wordlm.data import load_corpus
-from wordlm.model import LSTMLM, preset
+from wordlm.model import LSTMLM, checkpoint_tensors
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "<unk>"]
 VERBS = ["sat on", "looked at", "ran to", "slept near"]
@@ -60,7 +61,7 @@ def tiny_ckpt(tmp_path_factory, corpus) -> Path:
     torch.manual_seed(0)
     model = LSTMLM(preset("tiny", len(corpus.vocab)))
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_checkpoint(Checkpoint(model.cfg, corpus.vocab, model.state_dict()), out)
+    save_checkpoint(Checkpoint(model.cfg, corpus.vocab, checkpoint_tensors(model)), out)
     return out
 
 

@@ -15,7 +15,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from wordlm.errors import WordLMError
-from wordlm.train import TrainConfig, train
+from wordlm.train import TrainConfig, cpu_bf16, train
 
 ARGS = [
     "--preset",
@@ -54,6 +54,7 @@ def test_training_lowers_validation_loss(corpus, tmp_path):
     assert meta["epochs"] >= 1 and meta["val_loss"] == pytest.approx(min(losses))
 
 
+@pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no bfloat16 support in oneDNN (the fallback is tested)")
 def test_bf16_training_learns_and_can_be_switched_on_resume(corpus, tmp_path):
     torch.set_num_threads(1)
     cfg = TrainConfig(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=5, seed=1)
@@ -64,8 +65,39 @@ def test_bf16_training_learns_and_can_be_switched_on_resume(corpus, tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0] < 4.0
     hidden = _weights(tmp_path / "run")["hidden.h"]
     assert hidden.dtype == torch.float32  # the saved state stays fp32
+
+
+def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_with_a_warning(corpus, tmp_path, monkeypatch, caplog):
+    """Simulated where the CPU has bf16: the run is exactly an fp32 run, and says so."""
+    import wordlm.train
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(wordlm.train, "cpu_bf16", lambda: False)
+    kw = dict(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=5, seed=1)
+    train(TrainConfig(**kw), corpus, tmp_path / "fp32")
+    with caplog.at_level("WARNING", logger="wordlm.train"):
+        train(TrainConfig(**kw, precision="bf16"), corpus, tmp_path / "bf16")
+    assert any("no bfloat16 support" in r.getMessage() and "fp32" in r.getMessage() for r in caplog.records)
+    a, b = _weights(tmp_path / "fp32"), _weights(tmp_path / "bf16")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
     with pytest.raises(WordLMError, match="precision"):
         TrainConfig(precision="fp8").check()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(lr=float("nan")), "--lr must be positive"),
+        (dict(lr=float("inf")), "--lr must be a finite number"),
+        (dict(clip=0.0), "--clip must be positive"),
+        (dict(batch_size=100_000), "--batch-size 100000 leaves fewer than 2 tokens"),
+    ],
+)
+def test_bad_training_values_are_one_line_errors_and_write_nothing(corpus, tmp_path, change, message):
+    cfg = TrainConfig(**{**dict(preset="tiny", epochs=1, batch_size=4, bptt=8, seed=1), **change})
+    with pytest.raises(WordLMError, match=message):
+        train(cfg, corpus, tmp_path / "run")
+    assert not (tmp_path / "run" / "best").exists()
 
 
 def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):

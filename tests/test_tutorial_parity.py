@@ -45,6 +45,7 @@ class LSTMModel(nn.Module):
 
 
 def tutorial_evaluate(model_, data, bptt=25, eval_batch_size=1):
+    data = torch.as_tensor(data)  # wordlm's corpus is numpy; the tutorial's is a tensor
     nbatch = data.size(0) // eval_batch_size  # batchify(data, eval_batch_size)
     data_source = data.narrow(0, 0, nbatch * eval_batch_size).view(eval_batch_size, -1).t().contiguous()
     ntokens = model_.encoder.weight.size(0)
@@ -101,7 +102,7 @@ def test_fp32_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
     expected = tutorial_evaluate(model, load_corpus(corpus_dir).test)
     got = _cli_eval(imported, corpus_dir, "torch")
     assert abs(got["loss"] - expected) < 1e-4
-    assert got["tokens"] == load_corpus(corpus_dir).test.numel() - 1
+    assert got["tokens"] == load_corpus(corpus_dir).test.size - 1
     for key in ("loss", "ppl", "tokens", "seconds", "tokens_per_s", "engine", "size_bytes"):
         assert key in got
 
@@ -134,7 +135,8 @@ def test_tutorial_architecture_sizes_match_tutorial():
     """The tutorial prints 113.9 MB (fp32) and 79.7 MB (quantize_dynamic) for its state_dicts."""
     from wordlm.engines.torch_dynamic import quantize_dynamic_int8
     from wordlm.engines.torch_fp32 import state_dict_bytes
-    from wordlm.model import LSTMLM, preset
+    from wordlm.config import preset
+    from wordlm.model import LSTMLM
 
     model = LSTMLM(preset("tutorial", 33278)).eval()
     assert f"{state_dict_bytes(model) / 1e6:.1f}" == "113.9"

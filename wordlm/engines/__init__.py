@@ -85,7 +85,11 @@ def default_engine(ckpt) -> str:
     runtime when torch is not installed."""
     if ckpt.scheme is not None:
         return "wordlm"
-    return "torch" if importlib.util.find_spec("torch") is not None else "wordlm"
+    try:
+        has_torch = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or a None entry in sys.modules
+        has_torch = False
+    return "torch" if has_torch else "wordlm"
 
 
 def load_engine(name: str, ckpt, threads: int = 1) -> Engine:
