@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wordlm.data import batchify, bptt_batches
-from wordlm.engines import Engine
+from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
 
 

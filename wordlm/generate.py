@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from wordlm.data import EOS, Vocab
-from wordlm.engines import Engine
+from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
 from wordlm.runtime import Sampling, new_rng
 

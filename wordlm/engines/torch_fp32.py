@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines import Engine, State
+from wordlm.engines.base import Engine, State
 from wordlm.errors import require
 
 torch = require("torch", "torch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines import Engine
+from wordlm.engines.base import Engine
 from wordlm.runtime import Runtime, Sampling, State
 
 
