@@ -263,7 +263,7 @@ def native_variants(layers=5, E=512, H=256):
 
 def sampling_variants():
     """Drawing one word from p[V]: np.cumsum + searchsorted vs wordlm's two-level inverse CDF."""
-    from wordlm.engines.wordlm_ort import inverse_cdf
+    from wordlm.runtime.sampling import inverse_cdf
 
     p = rng.random(N).astype(np.float32)
     p /= p.sum()

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
-from wordlm.checkpoint import build_model, load_checkpoint, save_checkpoint
+from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.evaluate import evaluate
-from wordlm.quant import dequantize_checkpoint, get_scheme, quantize_checkpoint
+from wordlm.model import build_model
+from wordlm.quant import get_scheme
+from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 
 VARIANTS = [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128), ("int4", 256)]
 
@@ -34,9 +36,9 @@ def main() -> None:
     torch.set_num_threads(1)
     ck = load_checkpoint(args.checkpoint)
     ids = load_split(ck.vocab, "test")[: args.max_tokens]
-    fp32 = evaluate(load_engine("wordlm", ck), ids).loss  # the float graph: same numbers as torch, faster
-    fp32_bytes = sum(t.numel() for t in ck.tensors.values()) * 4  # as fp32 safetensors, header aside
-    rows = [("fp32", "-", fp32_bytes, "onnxruntime", fp32, fp32)]
+    fp32 = evaluate(load_engine("torch", ck), ids).loss
+    fp32_bytes = sum(t.size for t in ck.tensors.values()) * 4  # as fp32 safetensors, header aside
+    rows = [("fp32", "-", fp32_bytes, "torch", fp32, fp32)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, group in VARIANTS:
             q = quantize_checkpoint(ck, get_scheme(name, group_size=group))
@@ -44,15 +46,15 @@ def main() -> None:
             engine = load_engine("wordlm", load_checkpoint(path))
             fast = evaluate(engine, ids).loss
             ref = evaluate(TorchEngine(build_model(dequantize_checkpoint(q))), ids).loss
-            rows.append((name, group or "row", q.size_bytes, engine.eval_kernels, fast, ref))
+            rows.append((name, group or "row", q.size_bytes, engine.kernels, fast, ref))
     lines = [
-        f"# Quantization sweep: {args.checkpoint}, test split, {ids.numel():,} tokens, tutorial protocol",
+        f"# Quantization sweep: {args.checkpoint}, test split, {ids.size:,} tokens, tutorial protocol",
         "",
         f"Produced by `.venv/bin/python benchmarks/quant_sweep.py {args.checkpoint}"
         + (f" --max-tokens {args.max_tokens}`" if args.max_tokens else "`")
         + ". int4 group sizes apply to the",
         "embedding and the decoder (the LSTM stays int8 per row); 'reference' is dequantize-then-fp32;",
-        "'kernels': what computed the engine's loss (wordlm's native kernels take one scale per row).",
+        "'kernels': what computed the runtime's loss (wordlm's native kernels take one scale per row).",
         "",
         "| scheme | group | size (bytes) | size (MB) | kernels | loss, wordlm engine | delta vs fp32 | loss, reference "
         "| delta |",

@@ -27,9 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from wordlm.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from wordlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from wordlm.data import load_corpus  # noqa: E402
 from wordlm.engines.torch_fp32 import TorchEngine  # noqa: E402
+from wordlm.model import build_model  # noqa: E402
 from wordlm.evaluate import evaluate  # noqa: E402
 from wordlm.fileio import atomic_write  # noqa: E402
 
@@ -158,7 +159,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     best = load_checkpoint(args.run / "best")
-    half = replace(best, tensors={k: v.half() for k, v in best.tensors.items()})
+    half = replace(best, tensors={k: v.astype("float16") for k, v in best.tensors.items()})
     engine = TorchEngine(build_model(half))  # float32, from the float16 weights
     corpus = load_corpus(args.data)
     res = {
