@@ -25,11 +25,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def check_writable_file(path: Path) -> None:
+    """A file is written only where nothing or a regular file is: never through a device, a FIFO or a
+    directory (a rename over /dev/full, say, would replace the device with a file)."""
+    if path.is_dir():
+        raise WordLMError(f"{path} is a directory; name a file to write")
+    if path.exists() and not path.is_file():
+        raise WordLMError(f"{path} is not a regular file (a device, FIFO or socket); name a file to write")
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to `path` through a temp file in the same directory and a rename."""
+    """Write `data` to `path` through a temp file in the same directory and a rename.
+
+    The temp file's name carries this process's id, so that the next write to the same place removes
+    what a killed writer left behind (and never a live writer's file)."""
     path = Path(path)
+    check_writable_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
