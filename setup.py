@@ -1,4 +1,4 @@
-"""The native kernels (wordlm/native/kernels.c); everything else is in pyproject.toml."""
+"""The native kernels (wordlm/native/kernels*.c); everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -6,9 +6,13 @@ setup(
     ext_modules=[
         Extension(
             "wordlm.native._kernels",
-            sources=["wordlm/native/kernels.c"],
+            # kernels.c: contract, portable C, threads, entry points; kernels_x86.c: AVX2, AVX-512 VNNI
+            # (compiled per function with target attributes, and empty off x86)
+            sources=["wordlm/native/kernels.c", "wordlm/native/kernels_x86.c"],
+            depends=["wordlm/native/kernels.h"],
             # no fused multiply-add contraction: the kernels and the numpy reference agree bit for bit
-            extra_compile_args=["-O3", "-ffp-contract=off"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],
+            extra_link_args=["-pthread"],
         )
     ]
 )

@@ -1,20 +1,29 @@
-"""wordlm's native kernels, built by `pip install` from kernels.c and called through ctypes.
+"""wordlm's native kernels, built by `pip install` from kernels*.c and called through ctypes.
 
-Two operations for evaluation (kernels.c says how and why): the int8 decoder GEMM with the loss fused,
-and an int8 LSTM stack. `reference_linear` and `reference_lstm` are their slow numpy references,
-the same integer arithmetic: the GEMMs equal it bit for bit (tests/test_native.py).
+Two operations (kernels.c says how and why): the int8 decoder GEMM with the loss fused (`decoder_nll`:
+NLL of targets, logits, log-sum-exp), and an int8 LSTM stack (`lstm`). `reference_linear` and
+`reference_lstm` are their slow numpy references, the same integer arithmetic: the GEMMs equal it bit
+for bit (tests/test_native.py).
+
+Kernels: one per instruction set, `ISAS`. `available_isas()` lists those this CPU runs, `active_isa()`
+the one every call uses unless it names one (`isa=`): the environment variable WORDLM_ISA
+(portable | avx2 | avx512-vnni) when set, so that tests and benchmarks can force a lower one, else the
+best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way for any count.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from wordlm.errors import WordLMError
 
-PANEL = 16  # rows of W per packed panel (kernels.c: NR)
+PANEL = 16  # rows of W per packed panel (kernels.h: NR)
+ISAS = ("portable", "avx2", "avx512-vnni")  # every kernel, lowest first, by kernels.c's number
 
 
 def _library() -> ctypes.CDLL:
@@ -22,19 +31,20 @@ def _library() -> ctypes.CDLL:
         from wordlm.native import _kernels
     except ImportError as e:  # a source tree that was never installed
         raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
-    lib = ctypes.CDLL(_kernels.__file__)
+    lib = ctypes.CDLL(_kernels.__file__)  # ctypes releases the GIL during each call
     # raw addresses of arrays whose dtype and layout the wrappers below guarantee: ndpointer's checks
     # cost ~40 us per call, more than a layer's step
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.wl_best_isa.restype = ctypes.c_int
-    lib.wl_decoder_nll.restype = ctypes.c_int
-    lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-    lib.wl_lstm.restype = ctypes.c_int
-    lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, ctypes.c_int]
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.wl_best_isa.restype = c_int
+    lib.wl_decoder_nll.restype = c_int
+    lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_lstm.restype = c_int
+    lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, c_int, c_int]
     return lib
 
 
 _lib: ctypes.CDLL | None = None
+_active: str | None = None
 
 
 def lib() -> ctypes.CDLL:
@@ -44,12 +54,53 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-ISAS = ("portable", "avx2", "avx512-vnni")  # kernels.c's kernels, by wl_best_isa's number
-
-
 def best_isa() -> str:
     """The fastest kernel this CPU runs."""
     return ISAS[lib().wl_best_isa()]
+
+
+def available_isas() -> tuple[str, ...]:
+    """Every kernel this CPU runs, lowest first (portable C always)."""
+    return ISAS[: ISAS.index(best_isa()) + 1]
+
+
+def active_isa() -> str:
+    """The kernel calls use when they name none: WORDLM_ISA if set, else the best; read once per process.
+
+    A WORDLM_ISA that names no kernel, or one this CPU does not run, is a WordLMError here (the first
+    use of the kernels), not at import.
+    """
+    global _active
+    if _active is None:
+        forced = os.environ.get("WORDLM_ISA", "")
+        _active = _checked(forced, "WORDLM_ISA") if forced else best_isa()
+    return _active
+
+
+def _checked(isa: str, what: str) -> str:
+    runs = available_isas()
+    if isa not in ISAS:
+        raise WordLMError(f"{what}={isa!r} is not a kernel; choose one of {', '.join(runs)}")
+    if isa not in runs:
+        raise WordLMError(f"{what}={isa!r}: this CPU does not run it; choose one of {', '.join(runs)}")
+    return isa
+
+
+def _isa(isa: str | None) -> int:
+    return ISAS.index(active_isa() if isa is None else _checked(isa, "isa"))
+
+
+def _addr(a: np.ndarray | None) -> int | None:
+    """The address of a C-contiguous array (None for None): ~1 us where a.ctypes.data takes ~3."""
+    if a is None:
+        return None
+    return ctypes.addressof(ctypes.c_char.from_buffer(a)) if a.flags.writeable else a.ctypes.data
+
+
+def _threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise WordLMError(f"native kernels: threads must be an integer >= 1, got {threads!r}")
+    return min(int(threads), 1 << 16)
 
 
 @dataclass
@@ -62,6 +113,9 @@ class PackedLinear:
     bias: np.ndarray  # float32 [n_pad]
     n: int  # real rows (words)
     k: int
+
+    def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
+        self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
 
     @property
     def n_pad(self) -> int:
@@ -101,45 +155,51 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLi
     )
 
 
-def decoder_nll(
-    x: np.ndarray, dec: PackedLinear, targets: np.ndarray | None, logits: bool = False, isa: str | None = None
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """x float32 [M, K] -> (nll [M] of targets [M] or None, logits [M, N] when asked for, or None).
+class DecoderOutput(NamedTuple):
+    """What `decoder_nll` computed; None where it was not asked for."""
 
-    `isa` picks a kernel (one of ISAS; default and at most: the best this CPU runs); the tests hold
-    every kernel to the reference.
+    nll: np.ndarray | None  # float32 [M]: -log p(target) per row (when targets are given)
+    logits: np.ndarray | None  # float32 [M, N] (logits=True)
+    lse: np.ndarray | None  # float32 [M]: log sum_n exp(logits[m, n]) (lse=True); logits - lse = log p
+
+
+def decoder_nll(
+    x: np.ndarray,
+    dec: PackedLinear,
+    targets: np.ndarray | None = None,
+    logits: bool = False,
+    *,
+    lse: bool = False,
+    isa: str | None = None,
+    threads: int = 1,
+) -> DecoderOutput:
+    """The decoder on x float32 [M, K]: any of the NLL of targets [M], the logits [M, N], and each row's
+    log-sum-exp, in one pass over the weights (see DecoderOutput).
+
+    `isa`: one of available_isas() (None: active_isa()). `threads` >= 1: every count gives the same bits.
     """
+    kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)
-    m = x.shape[0]
     if x.ndim != 2 or x.shape[1] != dec.k:
         raise WordLMError(f"native decoder: activations must be [M, {dec.k}], got {list(x.shape)}")
-    nll = np.empty(m, np.float32) if targets is not None else None
-    out = np.empty((m, dec.n), np.float32) if logits else None
+    m = x.shape[0]
     tgt = None if targets is None else np.ascontiguousarray(targets, np.int64)
     if tgt is not None and tgt.shape != (m,):
         raise WordLMError(f"native decoder: {m} rows need {m} targets, got {tgt.size}")
+    out = DecoderOutput(
+        nll=None if tgt is None else np.empty(m, np.float32),
+        logits=np.empty((m, dec.n), np.float32) if logits else None,
+        lse=np.empty(m, np.float32) if lse else None,
+    )
+    if m == 0:
+        return out
+    panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        x.ctypes.data,
-        m,
-        dec.k,
-        dec.panels.ctypes.data,
-        dec.n,
-        dec.n_pad,
-        dec.scales.ctypes.data,
-        dec.sums.ctypes.data,
-        dec.bias.ctypes.data,
-        None if tgt is None else tgt.ctypes.data,
-        None if nll is None else nll.ctypes.data,
-        None if out is None else out.ctypes.data,
-        _isa(isa),
+        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, *map(_addr, (tgt, *out)), kernel, n_threads
     )
     if rc != 0:
         raise WordLMError("native decoder: bad arguments (a target outside the vocabulary?)")
-    return nll, out
-
-
-def _isa(isa: str | None) -> int:
-    return ISAS.index(isa) if isa else len(ISAS)
+    return out
 
 
 @dataclass
@@ -162,12 +222,20 @@ class PackedLSTM:
 
 
 def lstm(
-    x: np.ndarray, packed: PackedLSTM, h: np.ndarray, c: np.ndarray, isa: str | None = None
+    x: np.ndarray,
+    packed: PackedLSTM,
+    h: np.ndarray,
+    c: np.ndarray,
+    *,
+    isa: str | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The int8 LSTM stack: x [S, B, in] and state h, c [L, B, H] -> (y [S, B, H] of the top layer, h, c).
 
-    Torch's gate order; h and c are not modified (new arrays come back).
+    Torch's gate order; h and c are not modified (new arrays come back). `isa` as for decoder_nll;
+    `threads` share each layer's input projection (all steps at once), the recurrence runs on one.
     """
+    kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)
     steps, batch, in_dim = x.shape
     n_layers, hidden = len(packed.layers), packed.hidden
@@ -176,8 +244,8 @@ def lstm(
     h = np.array(h, np.float32, order="C")  # copies: the kernel updates them in place
     c = np.array(c, np.float32, order="C")
     y = np.empty((steps, batch, hidden), np.float32)
-    addr = [a.ctypes.data for a in (x, h, c, y)]
-    rc = lib().wl_lstm(addr[0], steps, batch, in_dim, hidden, n_layers, *packed._args, *addr[1:], _isa(isa))
+    addr = [_addr(a) for a in (x, h, c, y)]
+    rc = lib().wl_lstm(addr[0], steps, batch, in_dim, hidden, n_layers, *packed._args, *addr[1:], kernel, n_threads)
     if rc != 0:
         raise WordLMError("native LSTM: bad arguments (sizes must be multiples of 4, 4 x hidden of 16)")
     return y, h, c

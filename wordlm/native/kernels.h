@@ -1,0 +1,84 @@
+/* What kernels.c (the arithmetic contract, portable C, threads, entry points) and kernels_x86.c (AVX2,
+ * AVX-512 VNNI) share: the blocking constants, the running log-sum-exp, and the table of one
+ * instruction set's kernels. A new architecture is one more file that fills a wl_kernels table. */
+#ifndef WORDLM_KERNELS_H
+#define WORDLM_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define WL_X86 1
+#endif
+
+/* shared between the files of the library, not exported from it (ctypes sees only the wl_ entry points) */
+#define WL_INTERNAL __attribute__((visibility("hidden")))
+
+#define NR 16  /* rows of W per panel (two AVX2 registers of 8 int32) */
+#define MR 5   /* rows of x per micro-kernel call (25 = 5 x 5 for the tutorial's bptt) */
+#define NB 256 /* words per block of the running log-sum-exp (a block of logits stays in L1) */
+
+/* The running log-sum-exp of one row: sum of exp(z - max) over the logits folded in so far. */
+typedef struct {
+    float max;
+    double sum;
+} lse_t;
+
+/* a block's max above the running one: rescale the sum to the new max */
+static inline void lse_raise_max(lse_t *l, float bmax) {
+    if (bmax > l->max) {
+        l->sum *= exp((double)l->max - (double)bmax);
+        l->max = bmax;
+    }
+}
+
+/* One instruction set's kernels; every one computes the same GEMMs bit for bit (kernels.c says how).
+ *  quantize: x[m, k] -> 7-bit codes u[m, k], scale[m], zero point zp[m];
+ *  qgemm:    rows (<= MR) of codes x `panels` panels of W -> z[r * ldz + j], j < panels * NR;
+ *  lse_block: fold the logits z[0..len) (any len >= 1) into l;
+ *  cell:     the LSTM cell of one batch row: gates g[4H] (i, f, g, o) -> h, c [H] in place. */
+typedef struct {
+    void (*quantize)(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp);
+    void (*qgemm)(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels, const float *ascale,
+                  const int32_t *zp, const float *wscale, const int32_t *wsum, const float *bias, float *z,
+                  int64_t ldz);
+    void (*lse_block)(lse_t *l, const float *z, int64_t len);
+    void (*cell)(const float *g, int64_t hidden, float *h, float *c);
+} wl_kernels;
+
+/* x[m, k] -> u[m, k] (7-bit codes), scale[m], zp[m]: one body, compiled once per instruction set
+ * (vroundps is the same rint as nearbyintf, so the codes are identical) */
+static inline __attribute__((always_inline)) void quantize_body(const float *x, int64_t m, int64_t k, uint8_t *u,
+                                                                float *scale, int32_t *zp) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = x + r * k;
+        float lo = 0.f, hi = 0.f;
+        for (int64_t i = 0; i < k; i++) {
+            lo = row[i] < lo ? row[i] : lo;
+            hi = row[i] > hi ? row[i] : hi;
+        }
+        float s = (hi - lo) / 127.f;
+        if (!(s > 0.f)) s = 1.f;
+        float inv = 1.f / s;
+        float z = nearbyintf(-lo * inv);
+        int32_t zpi = (int32_t)(z < 0.f ? 0.f : (z > 127.f ? 127.f : z));
+        for (int64_t i = 0; i < k; i++) {
+            float v = nearbyintf(row[i] * inv) + (float)zpi;
+            u[r * k + i] = (uint8_t)(v < 0.f ? 0.f : (v > 127.f ? 127.f : v));
+        }
+        scale[r] = s;
+        zp[r] = zpi;
+    }
+}
+
+/* kernels.c: the portable kernels; the vector cells fall back to wl_cell_c for H not a multiple of 8 */
+WL_INTERNAL extern const wl_kernels wl_kernels_portable;
+WL_INTERNAL void wl_cell_c(const float *g, int64_t hidden, float *h, float *c);
+
+#ifdef WL_X86
+/* kernels_x86.c */
+WL_INTERNAL extern const wl_kernels wl_kernels_avx2, wl_kernels_avx512_vnni;
+WL_INTERNAL int wl_x86_best_isa(void); /* 2: AVX-512 VNNI, 1: AVX2 (with FMA), 0: neither */
+#endif
+
+#endif
