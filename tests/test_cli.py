@@ -59,7 +59,8 @@ def test_unknown_prompt_word_without_unk(tmp_path):
 @pytest.mark.parametrize(
     "args, text",
     [
-        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be >= 0"),
+        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["generate", "{ckpt}", "--seed", "-1"], "seed must be an integer >= 0"),
         (["generate", "{ckpt}", "--words", "0"], "at least 1"),
         (["eval", "{tmp}/missing"], "no such checkpoint"),
         (["eval", "{tmp}"], "not a wordlm checkpoint"),
@@ -77,7 +78,7 @@ def test_unknown_prompt_word_without_unk(tmp_path):
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--threads", "0"], "--threads"),
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--device", "gpu"], "--device"),
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--max-minutes", "0"], "--max-minutes"),
-        (["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}"], "Is a directory"),
+        (["export", "{ckpt}", "--format", "onnx", "--out", "{tmp}"], "is a directory; name a file to write"),
         (["bench", "{ckpt}", "--data", "{data}", "--max-tokens", "-5"], "--max-tokens"),
         (["quantize", "{ckpt}", "--scheme", "int4", "--group-size", "24", "--out", "{tmp}/q"], "power of two"),
     ],

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
 from safetensors import safe_open
-
-import numpy as np
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.cli import DEFAULT_MODEL

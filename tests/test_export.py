@@ -8,9 +8,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-import torch
 from conftest import run_cli
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
@@ -18,6 +18,10 @@ from wordlm.engines import load_engine
 from wordlm.engines.ort import OrtEngine
 from wordlm.errors import WordLMError
 from wordlm.export import check_lstm_weights_are_initializers, export_onnx, onnx_bytes
+from wordlm.onnx_graph import seven_bit
+from wordlm.quant import QSpec, Scheme, get_scheme
+from wordlm.quant.primitives import snr_db
+from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "onnx_numpy_example.py"
 # Run the example with torch unimportable: the .onnx file must be usable with onnxruntime + numpy alone.
@@ -27,24 +31,41 @@ NO_TORCH = (
 )
 
 
+# Every path of wordlm's quantized graph: int8 rows everywhere (DynamicQuantizeLSTM and -MatMul, 7-bit),
+# 4-bit groups (MatMulNBits, 4-bit embedding), 4-bit rows (DynamicQuantizeMatMul of 4-bit codes), and
+# 8-bit groups with a float LSTM (MatMulNBits 8-bit, ONNX's LSTM).
+QUANT_SCHEMES = {
+    "int8": get_scheme("int8"),
+    "int4-g16": get_scheme("int4", group_size=16),
+    "int4-row": get_scheme("int4"),  # groups of 256 > the trained model's 32 inputs: one scale per row
+    "int8-g16-float-lstm": Scheme("int8", 1, encoder=QSpec(8, 16), rnn=QSpec(None), decoder=QSpec(8, 16)),
+}
+# ORT's u8 x s8 integer ops, whose int8 weights must be 7-bit (input index of the weights in each)
+INT8_WEIGHT_INPUTS = {"DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": (1,)}
+
+
 def _op_types(model_bytes: bytes) -> Counter:
     return Counter(n.op_type for n in onnx.load_from_string(model_bytes).graph.node)
+
+
+def _ids(vocab_size: int, shape: tuple[int, int], seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, shape, dtype=np.int64)
 
 
 def test_onnxruntime_logits_match_torch_across_chunks(tiny_ckpt):
     ckpt = load_checkpoint(tiny_ckpt)
     ref, ort = load_engine("torch", ckpt), load_engine("onnxruntime", ckpt)
     assert ort.name == "onnxruntime" and ort.vocab_size == ckpt.config.vocab_size
-    torch.manual_seed(1)
-    ids = torch.randint(0, ckpt.config.vocab_size, (9, 3))  # batch 3, seq 5 then 4: not the dummy's
+    ids = _ids(ckpt.config.vocab_size, (9, 3))  # batch 3, seq 5 then 4: not the dummy's
     ref_state, ort_state = ref.init_state(3), ort.init_state(3)
     for chunk in (ids[:5], ids[5:]):
         expected, ref_state = ref.forward(chunk, ref_state)
         got, ort_state = ort.forward(chunk, ort_state)
-        assert got.shape == expected.shape and got.dtype == torch.float32
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert got.shape == expected.shape == (len(chunk), 3, ckpt.config.vocab_size) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     for ref_t, ort_t in zip(ref_state, ort_state, strict=True):
-        torch.testing.assert_close(torch.from_numpy(ort_t), ref_t, atol=1e-4, rtol=1e-4)
+        assert ort_t.shape == ref_t.shape == (ckpt.config.num_layers, 3, ckpt.config.hidden_dim)
+        np.testing.assert_allclose(ort_t, ref_t, atol=1e-4, rtol=1e-4)
 
 
 def test_quantize_dynamic_really_quantizes_the_lstm(tiny_ckpt):
@@ -125,21 +146,23 @@ def test_export_unknown_format_is_one_line_error(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_quantized_checkpoints_export_and_run_without_torch(tiny_ckpt, tmp_path, scheme):
     """A quantized checkpoint exports as wordlm's own graph; the torch-free example runs it."""
-    from wordlm.quant import get_scheme, quantize_checkpoint
-
     q = quantize_checkpoint(load_checkpoint(tiny_ckpt), get_scheme(scheme, group_size=16 if scheme == "int4" else None))
     save_checkpoint(q, tmp_path / "q")
     out = tmp_path / f"{scheme}.onnx"
     r = run_cli("export", str(tmp_path / "q"), "--format", "onnx", "--out", str(out))
     assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == onnx_bytes(load_checkpoint(tmp_path / "q"))  # the file is the graph of the saved codes
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
-    ids = torch.randint(0, q.config.vocab_size, (6, 2))
     exported = OrtEngine(out.read_bytes(), name="exported")
-    engine = load_engine("wordlm", load_checkpoint(tmp_path / "q"))
-    a, _ = exported.forward(ids, exported.init_state(2))
-    b, _ = engine.forward(ids, engine.init_state(2))
-    assert torch.allclose(a, b, atol=1e-5)
+    assert (exported.vocab_size, exported.num_layers, exported.hidden_dim) == (
+        q.config.vocab_size,
+        q.config.num_layers,
+        q.config.hidden_dim,
+    )
+    logits, (h, c) = exported.forward(_ids(q.config.vocab_size, (6, 2)), exported.init_state(2))
+    assert logits.shape == (6, 2, q.config.vocab_size) and np.isfinite(logits).all()
+    assert h.shape == c.shape == (q.config.num_layers, 2, q.config.hidden_dim)
     r = subprocess.run(
         [sys.executable, "-c", NO_TORCH, str(EXAMPLE), str(out), "the cat sat"],
         capture_output=True,
@@ -149,6 +172,51 @@ def test_quantized_checkpoints_export_and_run_without_torch(tiny_ckpt, tmp_path,
     assert r.returncode == 0, r.stderr
     with pytest.raises(WordLMError, match="already quantized"):
         onnx_bytes(q, quantize_dynamic=True)
+
+
+@pytest.mark.parametrize("name", list(QUANT_SCHEMES))
+def test_quantized_graph_matches_the_dequantized_reference(trained_ckpt, corpus, name):
+    """The exported graph of a quantized checkpoint computes what its dequantized weights do in fp32, up
+    to activation quantization (and 7-bit weights in ORT's int8 ops): SNR > 30 dB on the logits, on
+    this CPU whatever it is (full-range weights give ~22 dB on AVX2 without VNNI, where ORT's u8s8
+    kernels saturate), with the state carried across chunks at batch 2."""
+    q = quantize_checkpoint(load_checkpoint(trained_ckpt), QUANT_SCHEMES[name])
+    ref, exported = load_engine("torch", dequantize_checkpoint(q)), OrtEngine(onnx_bytes(q), name="exported")
+    ids = np.asarray(corpus.test[:400], np.int64).reshape(2, -1).T  # [200, 2]: two streams of real text
+    ref_state, got_state = ref.init_state(2), exported.init_state(2)
+    for chunk in (ids[:100], ids[100:]):
+        expected, ref_state = ref.forward(chunk, ref_state)
+        got, got_state = exported.forward(chunk, got_state)
+        assert got.shape == expected.shape == (100, 2, q.config.vocab_size)
+        assert snr_db(expected, got) > 30, snr_db(expected, got)
+    for a, b in zip(ref_state, got_state, strict=True):  # h and c
+        np.testing.assert_allclose(b, a, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-row"])
+def test_int8_weights_of_ort_integer_ops_are_seven_bit(trained_ckpt, name):
+    """ORT's u8 x s8 kernels add pairs of products in int16 on AVX2 without VNNI: weights that feed
+    DynamicQuantizeLSTM / DynamicQuantizeMatMul lie in [-64, 63] (ORT's reduce_range), on every CPU."""
+    q = quantize_checkpoint(load_checkpoint(trained_ckpt), QUANT_SCHEMES[name])
+    graph = onnx.load_from_string(onnx_bytes(q)).graph
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    weights = [
+        inits[node.input[i]]
+        for node in graph.node
+        if node.op_type in INT8_WEIGHT_INPUTS
+        for i in INT8_WEIGHT_INPUTS[node.op_type]
+    ]
+    assert len(weights) == 2 * q.config.num_layers + 1  # W and R of each layer, and the decoder
+    for w in weights:
+        assert w.dtype == np.int8 and w.min() >= -64 and w.max() <= 63, (w.min(), w.max())
+    if name == "int8":  # the whole 7-bit range is in use: the codes were halved, not clipped to zero
+        assert min(int(w.min()) for w in weights) == -64 and max(int(w.max()) for w in weights) == 63
+
+    # the halving itself: codes in [-64, 63] at twice the scale, within one 8-bit step of the original
+    codes = np.arange(-128, 128, dtype=np.int8)[:, None]
+    half, scales = seven_bit(codes, np.full((256, 1), 0.01, np.float32))
+    assert half.dtype == np.int8 and half.min() == -64 and half.max() == 63
+    assert np.allclose(scales, 0.02) and np.abs(half.astype(np.int32) * 2 - codes).max() == 1
 
 
 def test_computed_lstm_weights_fail_loudly(tiny_ckpt):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import torch
@@ -20,17 +20,18 @@ from conftest import make_corpus
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_util import live_server
+from serve_util import FIELDS, free_port, live_server, random_bodies, valid_bodies
 
 from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from wordlm.config import preset
 from wordlm.data import load_corpus
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
 from wordlm.generate import context_ids, encode_prompt, generate_text
-from wordlm.model import LSTMLM, preset
-from wordlm.sampling import Sampling
+from wordlm.model import LSTMLM, checkpoint_tensors
+from wordlm.runtime import Sampling
 from wordlm.serve import create_app
-from wordlm.serve_schema import MAX_BODY_BYTES, MAX_K, MAX_N, MAX_TOKENS, MAX_WORDS
+from wordlm.serve_schema import MAX_BODY_BYTES, MAX_K, MAX_N, MAX_TOKENS, MAX_WORDS, SEED_MAX
 
 PROMPT = "the cat sat on"
 
@@ -71,7 +72,7 @@ def no_unk_client(tmp_path_factory):
     vocab = load_corpus(data).vocab
     torch.manual_seed(0)
     model = LSTMLM(preset("tiny", len(vocab)))
-    ck = load_checkpoint(save_checkpoint(Checkpoint(model.cfg, vocab, model.state_dict()), data / "ckpt"))
+    ck = load_checkpoint(save_checkpoint(Checkpoint(model.cfg, vocab, checkpoint_tensors(model)), data / "ckpt"))
     return TestClient(create_app(ck, load_engine("torch", ck)))
 
 
@@ -141,6 +142,8 @@ def test_n_choices_use_consecutive_seeds(oai):
     streamed = list(oai.completions.create(model="best", prompt=PROMPT, max_tokens=8, seed=10, n=2, stream=True))
     for i in range(2):
         assert "".join(c.choices[0].text for c in streamed if c.choices[0].index == i) == two.choices[i].text
+    top = oai.completions.create(model="best", prompt=PROMPT, max_tokens=2, seed=SEED_MAX, n=2)  # seed + 1 > SEED_MAX
+    assert len(top.choices) == 2 and top.usage.completion_tokens == 4
 
 
 def test_stop_strings(oai):
@@ -179,11 +182,12 @@ def test_next_words_agree_with_the_engine(client, engine, ckpt):
     r = client.post("/v1/next-words", json={"text": PROMPT, "k": 5})
     assert r.status_code == 200
     words = r.json()["words"]
-    ids = torch.tensor(context_ids(ckpt.vocab, PROMPT)).view(-1, 1)  # <eos>, then the prompt
+    ids = np.array(context_ids(ckpt.vocab, PROMPT), np.int64).reshape(-1, 1)  # <eos>, then the prompt
     logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
-    top = torch.topk(logprobs[0], 5)
-    assert [w["word"] for w in words] == [ckpt.vocab.itos[i] for i in top.indices.tolist()]
-    assert [w["logprob"] for w in words] == pytest.approx(top.values.tolist(), abs=1e-5)
+    assert logprobs.shape == (1, len(ckpt.vocab)) and logprobs.dtype == np.float32
+    top = sorted(range(len(ckpt.vocab)), key=lambda i: -float(logprobs[0, i]))[:5]
+    assert [w["word"] for w in words] == [ckpt.vocab.itos[i] for i in top]
+    assert [w["logprob"] for w in words] == pytest.approx([float(logprobs[0, i]) for i in top], abs=1e-5)
     probs = [w["prob"] for w in words]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     assert all(w["prob"] == pytest.approx(math.exp(w["logprob"])) for w in words)
@@ -204,10 +208,11 @@ def test_score_agrees_with_the_engine_and_evaluate(client, engine, ckpt):
     logprobs = [w["logprob"] for w in body["words"]]
     assert body["loss"] == pytest.approx(-sum(logprobs) / len(logprobs))
     assert body["perplexity"] == pytest.approx(math.exp(body["loss"]))
-    seq = torch.tensor(ids).view(-1, 1)
+    seq = np.array(ids, np.int64).reshape(-1, 1)
     nll, _ = engine.token_nll(seq[:-1], seq[1:], engine.init_state(1))
-    assert logprobs == pytest.approx((-nll.view(-1)).tolist(), abs=1e-5)
-    assert body["loss"] == pytest.approx(evaluate(engine, torch.tensor(ids), bptt=100).loss, abs=1e-5)
+    assert nll.shape == (len(ids) - 1, 1)
+    assert logprobs == pytest.approx((-nll.reshape(-1)).tolist(), abs=1e-5)
+    assert body["loss"] == pytest.approx(evaluate(engine, np.array(ids, np.int64), bptt=100).loss, abs=1e-5)
 
 
 # ---- bad input: a 4xx with a reason, never a 500 ----
@@ -225,7 +230,9 @@ def test_score_agrees_with_the_engine_and_evaluate(client, engine, ckpt):
         ("/v1/completions", b'{"temperature": NaN}', 422, "finite"),
         ("/v1/completions", {"top_p": 0}, 422, "top_p"),
         ("/v1/completions", {"n": MAX_N + 1}, 422, "n:"),
-        ("/v1/completions", {"seed": 2**64}, 422, "seed"),
+        ("/v1/completions", {"seed": 2**63}, 422, "seed"),
+        ("/v1/completions", {"seed": -1}, 422, "seed"),
+        ("/v1/completions", {"seed": 1.5}, 422, "seed"),
         ("/v1/completions", {"stop": ""}, 422, "stop"),
         ("/v1/completions", {"stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
         ("/v1/completions", {"prompt": ["the", "cat"]}, 422, "prompt"),
@@ -274,37 +281,11 @@ def test_oversize_body_on_a_live_server(base_url):
 
 # ---- random and schema-driven bodies ----
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)
-FIELDS = {
-    "/v1/completions": {
-        "model": st.sampled_from(["best", "other"]) | json_values,
-        "prompt": st.text(max_size=40) | json_values,
-        "max_tokens": st.integers(-2, 6) | json_values,
-        "temperature": st.floats(-1, 3) | json_values,
-        "top_p": st.floats(-0.5, 1.5) | json_values,
-        "seed": st.integers() | json_values,
-        "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=5) | json_values,
-        "n": st.integers(-1, 3) | json_values,
-        "stream": st.booleans() | json_values,
-    },
-    "/v1/next-words": {"text": st.text(max_size=40) | json_values, "k": st.integers(-2, 120) | json_values},
-    "/v1/score": {"text": st.text(max_size=40) | json_values},
-}
-bodies = st.sampled_from(sorted(FIELDS)).flatmap(
-    lambda path: st.tuples(
-        st.just(path),
-        st.fixed_dictionaries({}, optional=FIELDS[path]) | json_values,
-    )
-)
 fuzz = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @fuzz
-@given(bodies)
+@given(random_bodies)
 def test_random_json_bodies_never_500(client, path_body):
     path, body = path_body
     r = client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
@@ -320,26 +301,8 @@ def test_random_bytes_never_500(client, raw, path):
     assert r.status_code in (200, 400, 422), r.text
 
 
-words = st.lists(st.sampled_from(["the", "cat", "a", "dog", "sat", "on", "zebra", "\n", "."]), max_size=12)
-valid = {
-    "/v1/completions": st.fixed_dictionaries(
-        {"prompt": words.map(" ".join)},
-        optional={
-            "max_tokens": st.integers(1, 6),
-            "temperature": st.floats(0.05, 3),
-            "top_p": st.floats(0.01, 1),
-            "seed": st.integers(-(2**63), 2**63 - 1 - MAX_N),
-            "stop": st.lists(st.sampled_from([" the", ".", "cat"]), max_size=2),
-            "n": st.integers(1, 3),
-        },
-    ),
-    "/v1/next-words": st.fixed_dictionaries({"text": words.map(" ".join), "k": st.integers(1, MAX_K)}),
-    "/v1/score": st.fixed_dictionaries({"text": words.filter(lambda w: len(w) >= 2).map(" ".join)}),
-}
-
-
 @fuzz
-@given(st.sampled_from(sorted(valid)).flatmap(lambda p: st.tuples(st.just(p), valid[p])))
+@given(valid_bodies)
 def test_valid_bodies_answer_with_the_documented_schema(client, path_body):
     path, body = path_body
     r = client.post(path, json=body)
@@ -388,11 +351,12 @@ def test_concurrent_requests_equal_sequential_ones(base_url):
 def test_wordlm_serve_command(trained_ckpt, tmp_path):
     """`wordlm serve` on a quantized checkpoint: the default engine is wordlm's, warmed up before it
     listens; the process answers and stops on SIGTERM."""
-    from wordlm.quant import get_scheme, quantize_checkpoint
+    from wordlm.quant import get_scheme
+    from wordlm.quantize import quantize_checkpoint
 
     qckpt = save_checkpoint(quantize_checkpoint(load_checkpoint(trained_ckpt), get_scheme("int8")), tmp_path / "q")
     with httpx.Client() as http:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "wordlm.cli", "serve", str(qckpt), "--port", str(port)],
             stdout=subprocess.PIPE,
@@ -414,12 +378,6 @@ def test_wordlm_serve_command(trained_ckpt, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):

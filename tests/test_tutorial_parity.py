@@ -133,9 +133,9 @@ def test_batched_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
 
 def test_tutorial_architecture_sizes_match_tutorial():
     """The tutorial prints 113.9 MB (fp32) and 79.7 MB (quantize_dynamic) for its state_dicts."""
+    from wordlm.config import preset
     from wordlm.engines.torch_dynamic import quantize_dynamic_int8
     from wordlm.engines.torch_fp32 import state_dict_bytes
-    from wordlm.config import preset
     from wordlm.model import LSTMLM
 
     model = LSTMLM(preset("tutorial", 33278)).eval()

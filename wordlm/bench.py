@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_checkpoint
 from wordlm.data import Vocab, load_split, prefix
-from wordlm.engines import Engine, load_engine
+from wordlm.engines import load_engine
+from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
 from wordlm.quant import SCHEMES, get_scheme

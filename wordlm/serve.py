@@ -31,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wordlm import __version__
 from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import EOS, Vocab
-from wordlm.engines import Engine, default_engine, load_engine
+from wordlm.engines import default_engine, load_engine
+from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
 from wordlm.generate import context_ids, detokenize, encode_prompt, generate_ids
 from wordlm.runtime import Sampling, new_rng

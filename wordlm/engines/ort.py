@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines import Engine, State
+from wordlm.engines.base import Engine, State
 from wordlm.errors import require
 from wordlm.export import OUTPUTS, onnx_bytes
 
