@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import shutil
 
 import pytest
 from conftest import make_corpus, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wordlm.cli import build_parser
 
 
 def _one_line_error(r, text):
@@ -59,9 +66,18 @@ def test_unknown_prompt_word_without_unk(tmp_path):
 @pytest.mark.parametrize(
     "args, text",
     [
-        (["generate", "{ckpt}", "--temperature", "-1"], "temperature must be a finite number >= 0"),
-        (["generate", "{ckpt}", "--seed", "-1"], "seed must be an integer >= 0"),
-        (["generate", "{ckpt}", "--words", "0"], "at least 1"),
+        (["generate", "{ckpt}", "--temperature", "-1"], "--temperature: must be a finite number in [0, inf)"),
+        (["generate", "{ckpt}", "--temperature", "nan"], "--temperature: must be a finite number"),
+        (["generate", "{ckpt}", "--top-p", "0"], "--top-p: must be a finite number in (0, 1]"),
+        (["generate", "{ckpt}", "--seed", "-1"], "--seed: must be an integer from 0 to"),
+        (["generate", "{ckpt}", "--seed", "18446744073709551616"], "--seed: must be an integer from 0 to"),
+        (["generate", "{ckpt}", "--words", "0"], "--words: must be an integer >= 1"),
+        (["eval", "{ckpt}", "--threads", "100000"], "--threads: must be an integer from 1 to 256"),
+        (["serve", "{ckpt}", "--port", "70000"], "--port: must be an integer from 1 to 65535"),
+        (
+            ["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--lr", "nan"],
+            "--lr: must be a finite",
+        ),
         (["eval", "{tmp}/missing"], "no such checkpoint"),
         (["eval", "{tmp}"], "not a wordlm checkpoint"),
         (["eval", "{ckpt}", "--data", "{tmp}"], "has no test.txt"),
@@ -100,3 +116,43 @@ def test_empty_text_split(tiny_ckpt, corpus_dir, tmp_path):
     shutil.copytree(corpus_dir, data)
     (data / "test.txt").write_text("")
     _one_line_error(run_cli("eval", str(tiny_ckpt), "--data", str(data)), "is empty")
+
+
+NUMERIC = {
+    "--threads": ("eval", 1, 256),
+    "--port": ("serve", 1, 65535),
+    "--seed": ("generate", 0, 2**63 - 1),
+    "--words": ("generate", 1, None),
+    "--top-k": ("generate", 0, None),
+    "--temperature": ("generate", 0.0, None),
+    "--top-p": ("generate", 0.0, 1.0),
+    "--lr": ("train", 0.0, None),
+}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    flag=st.sampled_from(sorted(NUMERIC)),
+    value=st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.text(max_size=6),
+        st.sampled_from(["1e-46", "1e-40", "-0", "0x10", "nan", "inf", "1_000", " 3 "]),
+    ),
+)
+def test_every_numeric_option_parses_into_range_or_is_one_line_error(flag, value):
+    """hypothesis on the CLI's value parsing: a value in range, or exit 2 with one line naming the flag."""
+    command, lo, hi = NUMERIC[flag]
+    argv = [command, *(["--out", "x"] if command == "train" else []), f"{flag}={value}"]
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        err = stderr.getvalue().strip()
+        assert e.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+        return
+    got = getattr(args, flag[2:].replace("-", "_"))
+    assert math.isfinite(got) and got >= lo and (hi is None or got <= hi)
+    if flag in ("--lr", "--top-p"):
+        assert got > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -13,6 +14,52 @@ from pathlib import Path
 from wordlm.errors import WordLMError
 
 log = logging.getLogger("wordlm")
+SEED_MAX = 2**63 - 1  # what torch's and numpy's generators and every JSON client take
+
+
+def integer(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi], else a one-line error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be an integer {f'from {lo} to {hi}' if hi is not None else f'>= {lo}'}, got {text}"
+            )
+        return value
+
+    return parse
+
+
+def number(lo: float, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] (or (lo, hi]), else a one-line error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        low_ok = value > lo if lo_open else value >= lo
+        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
+            interval = (
+                f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+            )
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (no usage dump), as every other error of wordlm."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "wikitext2-lstm"
 
 
@@ -209,7 +256,7 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from wordlm.engines import ENGINES
 
-    p = argparse.ArgumentParser(prog="wordlm", description=__doc__)
+    p = Parser(prog="wordlm", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -220,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=list(ENGINES),
             help="default: torch for float checkpoints, wordlm for quantized ones",
         )
-        sp.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, the tutorial's)")
+        sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads (default 1, the tutorial's)")
         sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
 
     sp = sub.add_parser("import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint")
@@ -234,25 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data")
     sp.add_argument("--preset", default="tutorial")
     for name in ("emb-dim", "hidden-dim", "num-layers"):
-        sp.add_argument(f"--{name}", type=int)
-    sp.add_argument("--dropout", type=float)
+        sp.add_argument(f"--{name}", type=integer(1))
+    sp.add_argument("--dropout", type=number(0, 0.99))
     sp.add_argument("--init", default="scaled", choices=["scaled", "tutorial"])
-    sp.add_argument("--lr", type=float, default=20.0)
-    sp.add_argument("--clip", type=float, default=0.25)
-    sp.add_argument("--batch-size", type=int, default=20)
-    sp.add_argument("--bptt", type=int, default=35)
-    sp.add_argument("--epochs", type=int, default=6)
-    sp.add_argument("--lr-decay", type=float, default=4.0, help="divide the learning rate by this on a plateau")
+    sp.add_argument("--lr", type=number(0, lo_open=True), default=20.0)
+    sp.add_argument("--clip", type=number(0, lo_open=True), default=0.25)
+    sp.add_argument("--batch-size", type=integer(1), default=20)
+    sp.add_argument("--bptt", type=integer(1), default=35)
+    sp.add_argument("--epochs", type=integer(1), default=6)
+    sp.add_argument(
+        "--lr-decay", type=number(1, lo_open=True), default=4.0, help="divide the learning rate by this on a plateau"
+    )
     sp.add_argument(
         "--min-improvement",
-        type=float,
+        type=number(0),
         default=0.0,
         help="a plateau: validation loss improved by less than this (nats) in an epoch; 0: did not improve "
         "(the reference recipe); may be changed on --resume",
     )
-    sp.add_argument("--seed", type=int, default=1111)
-    sp.add_argument("--save-every", type=int, default=200, help="batches between resumable saves")
-    sp.add_argument("--max-minutes", type=float, help="stop (state saved) after this many minutes")
+    sp.add_argument("--seed", type=integer(0, SEED_MAX), default=1111)
+    sp.add_argument("--save-every", type=integer(1), default=200, help="batches between resumable saves")
+    sp.add_argument("--max-minutes", type=number(0, lo_open=True), help="stop (state saved) after this many minutes")
     sp.add_argument("--resume", action="store_true")
     sp.add_argument(
         "--precision",
@@ -262,25 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
         "GPU has bf16 units; may be switched on --resume)",
     )
     sp.add_argument("--device", default="cpu")
-    sp.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    sp.add_argument("--threads", type=integer(1, 256), help="CPU threads (default: torch's)")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("eval", help="loss and perplexity by the tutorial's protocol")
     engine_opts(sp)
     sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
-    sp.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens")
-    sp.add_argument("--bptt", type=int, default=25)
-    sp.add_argument("--batch-size", type=int, default=1)
+    sp.add_argument("--max-tokens", type=integer(2), help="evaluate only the first N tokens")
+    sp.add_argument("--bptt", type=integer(1), default=25)
+    sp.add_argument("--batch-size", type=integer(1), default=1)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_eval)
 
     sp = sub.add_parser("generate", help="sample text")
     engine_opts(sp)
-    sp.add_argument("--words", type=int, default=100)
-    sp.add_argument("--temperature", type=float, default=1.0)
-    sp.add_argument("--top-k", type=int)
-    sp.add_argument("--top-p", type=float)
-    sp.add_argument("--seed", type=int)
+    sp.add_argument("--words", type=integer(1), default=100)
+    sp.add_argument("--temperature", type=number(0), default=1.0, help="0: greedy")
+    sp.add_argument("--top-k", type=integer(0), help="keep the k most likely words (0: all)")
+    sp.add_argument("--top-p", type=number(0, 1, lo_open=True), help="nucleus sampling (1: all)")
+    sp.add_argument("--seed", type=integer(0, SEED_MAX))
     sp.add_argument("--prompt")
     sp.set_defaults(func=cmd_generate)
 
@@ -294,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("quantize", help="write a quantized checkpoint (run it with --engine wordlm)")
     sp.add_argument("checkpoint", nargs="?", help="float checkpoint (default: the shipped model)")
     sp.add_argument("--scheme", required=True, help="int8 or int4 (see wordlm.quant.SCHEMES)")
-    sp.add_argument("--group-size", type=int, help="inputs per scale for the 4-bit parts (default: the scheme's)")
+    sp.add_argument(
+        "--group-size", type=integer(16), help="inputs per scale for the 4-bit parts (default: the scheme's)"
+    )
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_quantize)
 
@@ -306,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         "onnxruntime, onnxruntime-int8, wordlm-int8, wordlm-int4",
     )
     sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
-    sp.add_argument("--max-tokens", type=int, help="evaluate a prefix (default: the whole split)")
-    sp.add_argument("--reps", type=int, default=3, help="timed eval passes per variant (median)")
-    sp.add_argument("--gen-tokens", type=int, default=200, help="generated tokens timed per variant")
+    sp.add_argument("--max-tokens", type=integer(2), help="evaluate a prefix (default: the whole split)")
+    sp.add_argument("--reps", type=integer(1), default=3, help="timed eval passes per variant (median)")
+    sp.add_argument("--gen-tokens", type=integer(1), default=200, help="generated tokens timed per variant")
     sp.add_argument("--no-rss", action="store_true", help="skip the separate peak-RSS process")
     sp.add_argument("--data")
     sp.add_argument("--json", action="store_true")
@@ -318,21 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="HTTP server: OpenAI-compatible completions, next words, scores, a web page")
     sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--port", type=integer(1, 65535), default=8000)
     sp.add_argument(
         "--engine",
         choices=list(ENGINES),
         help="default: torch for float checkpoints, wordlm for quantized ones",
     )
-    sp.add_argument("--threads", type=int, default=1, help="CPU threads of the engine (default 1)")
+    sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads of the engine (default 1)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")
     sp.add_argument("checkpoint", nargs="?")
-    sp.add_argument("--max-tokens", type=int, default=20000, help="test prefix to evaluate (default 20000)")
+    sp.add_argument("--max-tokens", type=integer(2), default=20000, help="test prefix to evaluate (default 20000)")
     sp.add_argument("--full", action="store_true", help="the whole test split, as in the tutorial")
-    sp.add_argument("--words", type=int, default=60)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--words", type=integer(1), default=60)
+    sp.add_argument("--seed", type=integer(0, SEED_MAX), default=0)
     sp.set_defaults(func=cmd_demo)
     return p
 
