@@ -181,11 +181,16 @@ def test_non_finite_weights_are_an_error_naming_the_tensor(trained_ckpt, corpus_
     ck = load_checkpoint(trained_ckpt)
     ck.tensors = {k: np.array(v) for k, v in ck.tensors.items()}
     ck.tensors["rnn.weight_hh_l1"][3, 4] = np.nan
-    save_checkpoint(ck, tmp_path / "nan")
     with pytest.raises(WordLMError, match="rnn.weight_hh_l1 holds NaN"):
-        Runtime(load_checkpoint(tmp_path / "nan"))
-    r = run_cli("eval", str(tmp_path / "nan"), "--data", str(corpus_dir))  # torch engine: the loss is NaN
-    assert r.returncode == 2 and "not finite" in r.stderr and "Traceback" not in r.stderr
+        save_checkpoint(ck, tmp_path / "nan")
+    save_checkpoint(load_checkpoint(trained_ckpt), tmp_path / "nan")  # then damaged on disk
+    data = bytearray((tmp_path / "nan" / "model.safetensors").read_bytes())
+    at = data.rindex(np.float32(ck.tensors["decoder.bias"][-1]).tobytes())
+    data[at : at + 4] = np.float32(np.inf).tobytes()
+    (tmp_path / "nan" / "model.safetensors").write_bytes(bytes(data))
+    for engine in ("torch", "wordlm"):
+        r = run_cli("eval", str(tmp_path / "nan"), "--engine", engine, "--data", str(corpus_dir))
+        assert r.returncode == 2 and "holds NaN or infinite values" in r.stderr and "Traceback" not in r.stderr
 
 
 NO_TORCH = """

@@ -71,6 +71,8 @@ def validate_tensors(tensors: dict[str, np.ndarray], spec: TensorSpec, where: st
             raise WordLMError(f"{where}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         if t.dtype not in dtypes:
             raise WordLMError(f"{where}: {name} has dtype {t.dtype}, expected one of {dtypes}")
+        if t.dtype.kind == "f" and not np.isfinite(t).all():
+            raise WordLMError(f"{where}: {name} holds NaN or infinite values; the model cannot be run")
 
 
 def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:

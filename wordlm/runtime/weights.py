@@ -14,7 +14,6 @@ import numpy as np
 
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
-from wordlm.errors import WordLMError
 from wordlm.quant import codes
 from wordlm.quant.primitives import dequantize
 
@@ -125,16 +124,9 @@ class Weights:
     kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
 
 
-def _finite(name: str, a: np.ndarray) -> None:
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise WordLMError(f"the checkpoint's {name} holds NaN or infinite values; it cannot be run")
-
-
 def pack(ckpt: Checkpoint) -> Weights:
     """Every part of `ckpt` in the fastest form that computes it exactly (see the module's doc)."""
     cfg, t, scheme = ckpt.config, ckpt.tensors, ckpt.scheme
-    for name, a in t.items():
-        _finite(name, a)
 
     def spec(name: str):
         return scheme.spec_for(name) if scheme else None
