@@ -254,6 +254,6 @@ def test_cli_quantize_then_eval_and_generate(trained_ckpt, corpus_dir, tmp_path)
     r = run_cli("eval", str(tmp_path / "q4"), "--engine", "torch", "--data", str(corpus_dir))
     assert r.returncode != 0 and "--engine wordlm" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", str(tmp_path / "q4"), "--threads", "100000", "--data", str(corpus_dir))
-    assert r.returncode == 2 and "--threads must be an integer from 1 to" in r.stderr
+    assert r.returncode == 2 and "--threads: must be an integer from 1 to" in r.stderr
     r = run_cli("quantize", str(trained_ckpt), "--scheme", "int3", "--out", str(tmp_path / "x"))
     assert r.returncode != 0 and "unknown scheme" in r.stderr
