@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import run_cli
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.engines.ort import OrtEngine
 from wordlm.errors import WordLMError
-from wordlm.export import check_lstm_weights_are_initializers, export_onnx, onnx_bytes
+from wordlm.export import check_recurrent_weights_are_initializers, export_onnx, onnx_bytes
 from wordlm.onnx_graph import seven_bit
 from wordlm.quant import QSpec, Scheme, get_scheme
 from wordlm.quant.primitives import snr_db
@@ -155,11 +156,8 @@ def test_quantized_checkpoints_export_and_run_without_torch(tiny_ckpt, tmp_path,
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
     exported = OrtEngine(out.read_bytes(), name="exported")
-    assert (exported.vocab_size, exported.num_layers, exported.hidden_dim) == (
-        q.config.vocab_size,
-        q.config.num_layers,
-        q.config.hidden_dim,
-    )
+    assert exported.vocab_size == q.config.vocab_size
+    assert exported.state_sizes == [(q.config.num_layers, q.config.hidden_dim)] * 2
     logits, (h, c) = exported.forward(_ids(q.config.vocab_size, (6, 2)), exported.init_state(2))
     assert logits.shape == (6, 2, q.config.vocab_size) and np.isfinite(logits).all()
     assert h.shape == c.shape == (q.config.num_layers, 2, q.config.hidden_dim)
@@ -226,10 +224,33 @@ def test_computed_lstm_weights_fail_loudly(tiny_ckpt):
     model.graph.node.insert(0, onnx.helper.make_node("Identity", [lstm.input[1]], ["computed_W"]))
     lstm.input[1] = "computed_W"
     with pytest.raises(WordLMError, match="computed values"):
-        check_lstm_weights_are_initializers(model)
+        check_recurrent_weights_are_initializers(model)
 
 
 def test_missing_onnxruntime_is_a_clear_error(tiny_ckpt, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(WordLMError, match=r"onnxruntime is not installed; pip install 'wordlm\[onnx\]'"):
         load_engine("onnxruntime", load_checkpoint(tiny_ckpt))
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_relu", "lstm-tied"])
+def test_every_cell_exports_and_runs_in_onnxruntime(corpus, cell):
+    """ONNX's GRU and RNN operators (and a tied LSTM) compute what torch does; ORT's quantizer, which
+    leaves GRU and RNN in fp32, is refused for them rather than called int8."""
+    from wordlm.checkpoint import Checkpoint
+    from wordlm.config import ModelConfig
+    from wordlm.model import RecurrentLM, checkpoint_tensors
+
+    torch.manual_seed(0)
+    tied = cell.endswith("-tied")
+    cfg = ModelConfig(len(corpus.vocab), emb_dim=16, hidden_dim=16, num_layers=2, cell=cell.split("-")[0], tied=tied)
+    ck = Checkpoint(cfg, corpus.vocab, checkpoint_tensors(RecurrentLM(cfg)))
+    ort_engine = OrtEngine(onnx_bytes(ck), name="onnxruntime")
+    ref = load_engine("torch", ck)
+    ids = corpus.test[:30].reshape(10, 3)
+    (lo, so), (lr, sr) = (e.forward(ids, e.init_state(3)) for e in (ort_engine, ref))
+    assert np.allclose(lo, lr, atol=1e-4) and len(so) == len(sr) == (2 if cfg.cell == "lstm" else 1)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(so, sr, strict=True))
+    if cfg.cell != "lstm":
+        with pytest.raises(WordLMError, match="leaves .* operators in fp32"):
+            onnx_bytes(ck, quantize_dynamic=True)

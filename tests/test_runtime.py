@@ -145,7 +145,7 @@ def test_state_is_the_callers(models, corpus):
     assert not state[0].any() and not state[1].any()  # the input state is never modified
     split = r.next_logprobs(ids[5:], r.next_logprobs(ids[:5], state)[1])[0]
     assert np.array_equal(split, r.next_logprobs(ids, state)[0])  # carrying the state = one call
-    with pytest.raises(WordLMError, match="state must be two arrays"):
+    with pytest.raises(WordLMError, match="state must be arrays of shapes"):
         r.next_logprobs(ids, r.init_state(2))
     with pytest.raises(WordLMError, match="ids must lie in"):
         r.next_logprobs(ids + 10_000, state)

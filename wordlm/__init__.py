@@ -27,7 +27,7 @@ _API = {
     "EvalResult": "wordlm.evaluate",
     "evaluate": "wordlm.evaluate",
     "import_tutorial": "wordlm.importer",
-    "LSTMLM": "wordlm.model",
+    "RecurrentLM": "wordlm.model",
     "build_model": "wordlm.model",
     "quantize_checkpoint": "wordlm.quantize",
     "dequantize_checkpoint": "wordlm.quantize",

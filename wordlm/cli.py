@@ -88,15 +88,16 @@ def _engine_for(args):
     return ckpt, load_engine(args.engine or default_engine(ckpt), ckpt, threads=args.threads)
 
 
-def cmd_import_tutorial(args) -> None:
+def cmd_import(args) -> None:
     from wordlm.checkpoint import save_checkpoint
-    from wordlm.importer import import_tutorial
+    from wordlm.importer import import_state_dict
 
-    ckpt = import_tutorial(args.state_dict, args.data)
+    ckpt = import_state_dict(args.state_dict, args.data, cell=args.cell)
     out = save_checkpoint(ckpt, args.out)
+    c = ckpt.config
     print(
-        f"wrote {out} ({ckpt.config.num_layers} layers, emb {ckpt.config.emb_dim}, "
-        f"hidden {ckpt.config.hidden_dim}, vocab {ckpt.config.vocab_size})"
+        f"wrote {out} ({c.cell}{', tied' if c.tied else ''}{f', proj {c.proj_size}' if c.proj_size else ''}, "
+        f"{c.num_layers} layers, emb {c.emb_dim}, hidden {c.hidden_dim}, vocab {c.vocab_size})"
     )
 
 
@@ -270,11 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads (default 1, the tutorial's)")
         sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
 
-    sp = sub.add_parser("import-tutorial", help="convert a tutorial LSTMModel state_dict (.pth) to a checkpoint")
+    sp = sub.add_parser(
+        "import",
+        aliases=["import-tutorial"],
+        help="convert a state_dict (.pth) of the tutorial's LSTMModel or pytorch/examples' RNNModel to a checkpoint",
+    )
     sp.add_argument("state_dict")
     sp.add_argument("--out", required=True)
     sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
-    sp.set_defaults(func=cmd_import_tutorial)
+    sp.add_argument("--cell", help="lstm, gru, rnn_tanh or rnn_relu (default: from the shapes; an RNN needs it)")
+    sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("train", help="train a model (resumable)")
     sp.add_argument("--out", required=True, help="run directory: best/ checkpoint and state/ to resume from")

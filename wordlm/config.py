@@ -1,4 +1,10 @@
-"""The model's sizes (`ModelConfig`) and named presets: plain data, shared by training and inference.
+"""The model's shape (`ModelConfig`) and named presets: plain data, shared by training and inference.
+
+Every recurrent LM of pytorch/examples' word_language_model: the cell (`lstm`, `gru`, `rnn_tanh`,
+`rnn_relu`), optionally tied embedding and decoder (one matrix, Press & Wolf 2017,
+https://arxiv.org/abs/1608.05859), and an LSTM projection (`proj_size`, torch's meaning: h is
+W_hr (o * tanh(c)), Sak et al. 2014, https://arxiv.org/abs/1402.1128). Fields added after format 1
+are optional in config.json, with today's meaning as default: old checkpoints load unchanged.
 
 Torch-free on purpose (DESIGN.md, the torch boundary): the runtime reads the same config as the
 torch model without importing torch.
@@ -11,6 +17,9 @@ from dataclasses import asdict, dataclass, fields
 
 from wordlm.errors import WordLMError
 
+CELLS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # cell -> gates per hidden unit
+OPTIONAL = {"cell": "lstm", "tied": False, "proj_size": 0}  # absent from older config.json files
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -19,6 +28,9 @@ class ModelConfig:
     hidden_dim: int = 256
     num_layers: int = 5
     dropout: float = 0.5
+    cell: str = "lstm"
+    tied: bool = False  # the decoder's weight is the embedding matrix (stored once)
+    proj_size: int = 0  # LSTM only: > 0 projects h to this size (torch's nn.LSTM(proj_size=...))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_dim", "hidden_dim", "num_layers"):
@@ -28,16 +40,48 @@ class ModelConfig:
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or not 0 <= d < 1:
             raise WordLMError(f"model config: dropout must be a number in [0, 1), got {d!r}")
+        if not isinstance(self.cell, str) or self.cell not in CELLS:
+            raise WordLMError(f"model config: cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if not isinstance(self.tied, bool):
+            raise WordLMError(f"model config: tied must be true or false, got {self.tied!r}")
+        p = self.proj_size
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise WordLMError(f"model config: proj_size must be an integer >= 0, got {p!r}")
+        if p and self.cell != "lstm":
+            raise WordLMError(f"model config: proj_size applies to LSTM cells only, not {self.cell}")
+        if p >= self.hidden_dim:
+            raise WordLMError(f"model config: proj_size ({p}) must be smaller than hidden_dim ({self.hidden_dim})")
+        if self.tied and self.out_dim != self.emb_dim:
+            raise WordLMError(
+                f"model config: tying the embedding and the decoder needs emb_dim ({self.emb_dim}) equal to the "
+                f"{'proj_size' if p else 'hidden_dim'} ({self.out_dim})"
+            )
+
+    @property
+    def gates(self) -> int:
+        return CELLS[self.cell]
+
+    @property
+    def out_dim(self) -> int:
+        """The size of h: what each layer passes on and what the decoder reads."""
+        return self.proj_size or self.hidden_dim
+
+    def state_shapes(self, batch: int) -> tuple[tuple[int, int, int], ...]:
+        """The recurrent state: (h, c) for an LSTM (h of out_dim, c of hidden_dim), (h,) otherwise."""
+        h = (self.num_layers, batch, self.out_dim)
+        return (h, (self.num_layers, batch, self.hidden_dim)) if self.cell == "lstm" else (h,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config.json form; optional fields at their default are left out, so that an untied,
+        unprojected LSTM's config stays what every wordlm version reads."""
+        return {k: v for k, v in asdict(self).items() if k not in OPTIONAL or v != OPTIONAL[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         if not isinstance(d, dict):
             raise WordLMError(f"model config must be an object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        missing = names - d.keys()
+        missing = names - d.keys() - OPTIONAL.keys()
         unknown = d.keys() - names
         if missing or unknown:
             raise WordLMError(
@@ -65,14 +109,19 @@ def preset(name: str, vocab_size: int, **overrides) -> ModelConfig:
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every fp32 parameter name and shape of the model: what a checkpoint must hold."""
+    """Every float parameter name and shape of the model (torch's names): what a checkpoint holds.
+
+    A tied model has no `decoder.weight`: the decoder reads `encoder.weight`."""
+    g, h = cfg.gates * cfg.hidden_dim, cfg.hidden_dim
     shapes = {"encoder.weight": (cfg.vocab_size, cfg.emb_dim)}
     for layer in range(cfg.num_layers):
-        in_dim = cfg.emb_dim if layer == 0 else cfg.hidden_dim
-        shapes[f"rnn.weight_ih_l{layer}"] = (4 * cfg.hidden_dim, in_dim)
-        shapes[f"rnn.weight_hh_l{layer}"] = (4 * cfg.hidden_dim, cfg.hidden_dim)
-        shapes[f"rnn.bias_ih_l{layer}"] = (4 * cfg.hidden_dim,)
-        shapes[f"rnn.bias_hh_l{layer}"] = (4 * cfg.hidden_dim,)
-    shapes["decoder.weight"] = (cfg.vocab_size, cfg.hidden_dim)
+        shapes[f"rnn.weight_ih_l{layer}"] = (g, cfg.emb_dim if layer == 0 else cfg.out_dim)
+        shapes[f"rnn.weight_hh_l{layer}"] = (g, cfg.out_dim)
+        shapes[f"rnn.bias_ih_l{layer}"] = (g,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (g,)
+        if cfg.proj_size:
+            shapes[f"rnn.weight_hr_l{layer}"] = (cfg.proj_size, h)
+    if not cfg.tied:
+        shapes["decoder.weight"] = (cfg.vocab_size, cfg.out_dim)
     shapes["decoder.bias"] = (cfg.vocab_size,)
     return shapes

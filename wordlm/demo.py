@@ -22,14 +22,14 @@ from wordlm.quantize import quantize_checkpoint
 
 torch = require("torch", "torch")  # the demo compares with the tutorial's torch paths
 
-from wordlm.model import LSTMLM, build_model, checkpoint_tensors  # noqa: E402
+from wordlm.model import RecurrentLM, build_model, checkpoint_tensors  # noqa: E402
 
 
 def untrained_tutorial_checkpoint(seed: int = 0) -> Checkpoint:
     """The tutorial's architecture with fresh weights, over the bundled WikiText-2 vocabulary."""
     vocab = load_corpus().vocab
     torch.manual_seed(seed)
-    model = LSTMLM(preset("tutorial", len(vocab)))
+    model = RecurrentLM(preset("tutorial", len(vocab)))
     return Checkpoint(model.cfg, vocab, checkpoint_tensors(model), meta={"note": "untrained"})
 
 

@@ -24,17 +24,14 @@ from wordlm.fileio import atomic_write
 log = logging.getLogger(__name__)
 
 OPSET = 17  # supported by every onnxruntime >= 1.17 (the [onnx] extra's floor)
-INPUTS = ("ids", "h0", "c0")
-OUTPUTS = ("logits", "hn", "cn")
-DYNAMIC_AXES = {
-    "ids": {0: "seq", 1: "batch"},
-    "h0": {1: "batch"},
-    "c0": {1: "batch"},
-    "logits": {0: "seq", 1: "batch"},
-    "hn": {1: "batch"},
-    "cn": {1: "batch"},
-}
-QUANTIZED_LSTM = "DynamicQuantizeLSTM"
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def io_names(cfg) -> tuple[list[str], list[str]]:
+    """The graph's inputs and outputs: ids and the state in (h0, c0 for an LSTM), logits and the
+    state out (hn, cn)."""
+    n = len(cfg.state_shapes(1))
+    return ["ids", *("h0", "c0")[:n]], ["logits", *("hn", "cn")[:n]]
 
 
 def _torch_export(ckpt: Checkpoint) -> bytes:
@@ -47,8 +44,12 @@ def _torch_export(ckpt: Checkpoint) -> bytes:
     torch = require("torch", "torch")
     from wordlm.model import build_model
 
+    if ckpt.config.proj_size:
+        raise WordLMError("ONNX has no LSTM with a projection: a projected LSTM cannot be exported as float")
     model = build_model(ckpt)
     ids = torch.zeros(3, 2, dtype=torch.int64)
+    inputs, outputs = io_names(ckpt.config)
+    axes = {name: {1: "batch"} for name in inputs[1:] + outputs[1:]}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter's deprecation notice, and its LSTM batch-size warning, which does not
@@ -62,24 +63,24 @@ def _torch_export(ckpt: Checkpoint) -> bytes:
             buf,
             dynamo=False,
             opset_version=OPSET,
-            input_names=list(INPUTS),
-            output_names=list(OUTPUTS),
-            dynamic_axes=DYNAMIC_AXES,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={"ids": {0: "seq", 1: "batch"}, "logits": {0: "seq", 1: "batch"}, **axes},
             do_constant_folding=True,
         )
     return buf.getvalue()
 
 
-def check_lstm_weights_are_initializers(model) -> None:
-    """Raise if any LSTM node takes W or R from a computed value: ORT's quantizer would skip it.
+def check_recurrent_weights_are_initializers(model) -> None:
+    """Raise if any LSTM (GRU, RNN) node takes W or R from a computed value: ORT's quantizer would skip it.
 
     (B may come through an Identity: constant folding shares equal bias tensors between layers, e.g.
     for a freshly initialised model, and the quantizer leaves B alone.)
     """
     initializers = {t.name for t in model.graph.initializer}
-    lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
+    lstms = [n for n in model.graph.node if n.op_type in RECURRENT_OPS]
     if not lstms:
-        raise WordLMError("ONNX export produced no LSTM node; the exporter's output has changed")
+        raise WordLMError("ONNX export produced no recurrent node; the exporter's output has changed")
     for node in lstms:
         computed = [name for name in node.input[1:3] if name and name not in initializers]
         if computed:
@@ -128,8 +129,10 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
         "wordlm_format_version": str(FORMAT_VERSION),
         "vocab_size": str(len(ckpt.vocab)),
         "vocab_sha256": ckpt.vocab.sha256,
+        "cell": ckpt.config.cell,
         "num_layers": str(ckpt.config.num_layers),
         "hidden_dim": str(ckpt.config.hidden_dim),
+        "out_dim": str(ckpt.config.out_dim),
         "vocab": ckpt.vocab.to_text(),
     }
 
@@ -150,7 +153,12 @@ def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
         model_bytes = QuantizedGraph(ckpt).build()
     else:
         model_bytes = _torch_export(ckpt)
-        check_lstm_weights_are_initializers(onnx.load_from_string(model_bytes))
+        check_recurrent_weights_are_initializers(onnx.load_from_string(model_bytes))
+        if quantize_dynamic and ckpt.config.cell != "lstm":
+            raise WordLMError(
+                f"ONNX Runtime's quantize_dynamic leaves {ckpt.config.cell.upper()} operators in fp32 (onnxruntime "
+                "issue 9796): only the decoder would be int8"
+            )
         if quantize_dynamic:
             model_bytes = _quantize_dynamic(model_bytes)
     model = onnx.load_from_string(model_bytes)

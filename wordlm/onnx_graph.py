@@ -73,6 +73,9 @@ class QuantizedGraph:
     def __init__(self, ckpt: Checkpoint) -> None:
         if ckpt.scheme is None:
             raise WordLMError("a float checkpoint is exported through torch's exporter, not this graph")
+        if ckpt.config.cell != "lstm" or ckpt.config.proj_size:
+            what = "projected LSTM" if ckpt.config.proj_size else ckpt.config.cell
+            raise WordLMError(f"ONNX export of quantized {what} checkpoints is not built yet; export the float one")
         self.t, self.cfg, self.scheme = ckpt.tensors, ckpt.config, ckpt.scheme
 
     def _spec(self, name: str):
@@ -144,7 +147,8 @@ class QuantizedGraph:
 
     def _decoder(self, b: GraphBuilder, x: str) -> str:
         """x[M, H] -> logits[M, V]."""
-        name, spec = "decoder.weight", self._spec("decoder.weight")
+        name = "encoder.weight" if self.cfg.tied else "decoder.weight"  # a tied matrix serves both
+        spec = self._spec(name)
         bias = b.const("dec_b", self._float("decoder.bias"))
         V, K = self.cfg.vocab_size, self.cfg.hidden_dim
         if spec is None:

@@ -12,7 +12,7 @@ import numpy as np
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines.base import Engine, State
 from wordlm.errors import require
-from wordlm.export import OUTPUTS, onnx_bytes
+from wordlm.export import onnx_bytes
 
 
 def ort_session(model_bytes: bytes, threads: int):
@@ -27,7 +27,7 @@ def ort_session(model_bytes: bytes, threads: int):
 
 
 class OrtEngine(Engine):
-    """Runs serialized ONNX bytes as wordlm.export writes them (inputs ids, h0, c0).
+    """Runs serialized ONNX bytes as wordlm.export writes them (inputs ids, h0[, c0]).
 
     The session is built from the bytes in memory, so no cache file has to be managed; the bytes are
     exactly what `wordlm export` writes, so their length is the on-disk size.
@@ -38,7 +38,11 @@ class OrtEngine(Engine):
         meta = self.session.get_modelmeta().custom_metadata_map
         self.name, self.threads = name, threads
         self.vocab_size = int(meta["vocab_size"])
-        self.num_layers, self.hidden_dim = int(meta["num_layers"]), int(meta["hidden_dim"])
+        layers, hidden = int(meta["num_layers"]), int(meta["hidden_dim"])
+        out = int(meta.get("out_dim", hidden))  # files exported before projections: h is hidden_dim
+        self.inputs = [i.name for i in self.session.get_inputs()]  # ids, h0[, c0]
+        self.outputs = [o.name for o in self.session.get_outputs()]  # logits, hn[, cn]
+        self.state_sizes = [(layers, out), (layers, hidden)][: len(self.inputs) - 1]
         self._size_bytes = len(model_bytes)
 
     @property
@@ -46,14 +50,12 @@ class OrtEngine(Engine):
         return self._size_bytes
 
     def init_state(self, batch_size: int) -> State:
-        shape = (self.num_layers, batch_size, self.hidden_dim)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return tuple(np.zeros((layers, batch_size, size), np.float32) for layers, size in self.state_sizes)
 
     def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        h, c = state
-        feed = {"ids": np.ascontiguousarray(ids, dtype=np.int64), "h0": h, "c0": c}
-        logits, h, c = self.session.run(list(OUTPUTS), feed)
-        return logits, (h, c)
+        feed = dict(zip(self.inputs, (np.ascontiguousarray(ids, dtype=np.int64), *state), strict=True))
+        logits, *state = self.session.run(self.outputs, feed)
+        return logits, tuple(state)
 
 
 def fp32_from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> OrtEngine:

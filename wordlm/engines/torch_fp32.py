@@ -37,13 +37,12 @@ class TorchEngine(Engine):
         return state_dict_bytes(self.model)
 
     def init_state(self, batch_size: int) -> State:
-        shape = (self.model.cfg.num_layers, batch_size, self.model.cfg.hidden_dim)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return tuple(np.zeros(shape, np.float32) for shape in self.model.cfg.state_shapes(batch_size))
 
     @torch.no_grad()
     def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logits, (h, c) = self.forward_torch(torch.as_tensor(ids), tuple(torch.as_tensor(s) for s in state))
-        return logits.cpu().numpy(), (h.float().cpu().numpy(), c.float().cpu().numpy())
+        logits, state = self.forward_torch(torch.as_tensor(ids), tuple(torch.as_tensor(s) for s in state))
+        return logits.cpu().numpy(), tuple(s.float().cpu().numpy() for s in state)
 
     @torch.no_grad()
     def forward_torch(self, ids: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:

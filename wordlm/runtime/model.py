@@ -1,9 +1,9 @@
 """The runtime: a checkpoint run on wordlm's native kernels with numpy around them, and no torch.
 
 Every inference operation the CLI, the server and the Python API need, for a batch of B independent
-streams, with the recurrent state as arrays (h, c: float32 [layers, B, hidden]) that go in and come
+streams, with the recurrent state as arrays (h, c: float32 [layers, B, size]) that go in and come
 out, as rwkv.cpp's C API passes its state: the caller owns it, calls never modify it, and a state can
-be kept, copied or dropped freely. ids and targets are int64 [seq, B].
+be kept, copied or dropped freely. ids and targets are int64 [seq, B]. A GRU or RNN has (h,) only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from wordlm.errors import WordLMError
 from wordlm.runtime.sampling import Sampling, sample
 from wordlm.runtime.weights import pack
 
-State = tuple[np.ndarray, np.ndarray]  # (h, c), each float32 [num_layers, batch, hidden_dim]
+State = tuple[np.ndarray, ...]  # float32 (h, c) for an LSTM, (h,) otherwise: ModelConfig.state_shapes
 MAX_THREADS = 256
 
 
@@ -43,8 +43,7 @@ class Runtime:
         return self.weights.kernels
 
     def init_state(self, batch_size: int = 1) -> State:
-        shape = (self.config.num_layers, batch_size, self.config.hidden_dim)
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return tuple(np.zeros(shape, np.float32) for shape in self.config.state_shapes(batch_size))
 
     def _check(self, ids: np.ndarray, state: State) -> np.ndarray:
         ids = np.asarray(ids)
@@ -52,17 +51,17 @@ class Runtime:
             raise WordLMError(f"ids must be integers [seq >= 1, batch], got {ids.dtype} {list(ids.shape)}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise WordLMError(f"ids must lie in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
-        want = (self.config.num_layers, ids.shape[1], self.config.hidden_dim)
-        if any(np.shape(s) != want for s in state):
-            raise WordLMError(f"state must be two arrays {list(want)} for a batch of {ids.shape[1]}")
+        want = self.config.state_shapes(ids.shape[1])
+        if len(state) != len(want) or any(np.shape(s) != w for s, w in zip(state, want, strict=False)):
+            raise WordLMError(f"state must be arrays of shapes {[list(w) for w in want]} for a batch of {ids.shape[1]}")
         return ids.astype(np.int64, copy=False)
 
     def hidden(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """The top LSTM layer's output [seq, B, hidden] and the new state."""
+        """The top recurrent layer's output [seq, B, out_dim] and the new state."""
         ids = self._check(ids, state)
         w = self.weights
-        y, h, c = w.lstm(w.embedding(ids), *state, threads=self.threads)
-        return y, (h, c)
+        y, *state = w.recurrent(w.embedding(ids), *state, threads=self.threads)
+        return y, tuple(state)
 
     def token_nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """NLL (nats, float32) of each of targets[seq, B] given ids[seq, B]; the logits never reach memory."""

@@ -85,27 +85,45 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(z - m[:, None]).sum(1))
 
 
-class FloatLSTM:
-    """The LSTM stack in numpy float32 (torch's gate order i, f, g, o)."""
+class FloatRecurrent:
+    """The recurrent stack in numpy float32, every cell in torch's gate order and arithmetic:
+    LSTM (i, f, g, o; with an optional projection h = W_hr (o * tanh(c))), GRU (r, z, n), RNN."""
 
-    def __init__(self, layers: list[tuple[FloatLinear, FloatLinear]]) -> None:
-        self.layers = layers
+    def __init__(self, cfg, layers: list[tuple[FloatLinear, FloatLinear, np.ndarray | None]]) -> None:
+        self.cell, self.hidden, self.layers = cfg.cell, cfg.hidden_dim, layers  # (W_ih, W_hh, W_hr or None)
 
-    def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, threads: int):
+    def __call__(self, x: np.ndarray, *state: np.ndarray, threads: int):
         steps, batch, _ = x.shape
-        h, c = h.astype(np.float32, copy=True), c.astype(np.float32, copy=True)
-        for layer, (w_ih, w_hh) in enumerate(self.layers):
+        state = tuple(s.astype(np.float32, copy=True) for s in state)
+        H = self.hidden
+        for layer, (w_ih, w_hh, w_hr) in enumerate(self.layers):
             xproj = w_ih(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)  # every step at once
-            hidden, ys = h.shape[-1], np.empty((steps, batch, h.shape[-1]), np.float32)
-            hl, cl = h[layer], c[layer]
+            h = state[0][layer]
+            c = state[1][layer] if self.cell == "lstm" else None
+            ys = np.empty((steps, batch, h.shape[-1]), np.float32)
             for t in range(steps):
-                g = xproj[t] + w_hh(hl)
-                i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
-                cl = _sigmoid(f) * cl + _sigmoid(i) * np.tanh(gg)
-                hl = _sigmoid(o) * np.tanh(cl)
-                ys[t] = hl
-            h[layer], c[layer], x = hl, cl, ys
-        return x, h, c
+                xp, hp = xproj[t], w_hh(h)
+                if self.cell == "lstm":
+                    g = xp + hp
+                    i, f, gg, o = (g[:, k * H : (k + 1) * H] for k in range(4))
+                    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
+                    h = _sigmoid(o) * np.tanh(c)
+                    if w_hr is not None:
+                        h = h @ w_hr.T
+                elif self.cell == "gru":
+                    r = _sigmoid(xp[:, :H] + hp[:, :H])
+                    z = _sigmoid(xp[:, H : 2 * H] + hp[:, H : 2 * H])
+                    n = np.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
+                    h = (1 - z) * n + z * h
+                else:
+                    a = xp + hp
+                    h = np.tanh(a) if self.cell == "rnn_tanh" else np.maximum(a, 0)
+                ys[t] = h
+            state[0][layer] = h
+            if c is not None:
+                state[1][layer] = c
+            x = ys
+        return (x, *state)
 
 
 class NativeLSTM:
@@ -113,13 +131,13 @@ class NativeLSTM:
         self.packed = packed
 
     def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, threads: int):
-        return native.lstm(x, self.packed, h, c, threads=threads)
+        return native.lstm(x, self.packed, h, c, threads=threads)  # (y, h, c)
 
 
 @dataclass
 class Weights:
     embedding: Embedding
-    lstm: NativeLSTM | FloatLSTM
+    recurrent: NativeLSTM | FloatRecurrent  # (x, *state) -> (y, *state)
     decoder: Decoder
     kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
 
@@ -138,12 +156,14 @@ def pack(ckpt: Checkpoint) -> Weights:
         n, k = t[f"{name}.qweight"].shape
         return n, k * 2 if spec(name).bits == 4 else k
 
+    def weight(name: str) -> np.ndarray:  # float32, dequantized where stored as codes
+        s = spec(name)
+        return _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
+
     def linear(name: str, bias: str, fast: bool):
         if fast:
             return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), _f32(t[bias]))
-        s = spec(name)
-        w = _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
-        return FloatLinear(w, t[bias])
+        return FloatLinear(weight(name), t[bias])
 
     enc = spec("encoder.weight")
     if enc is None:
@@ -152,18 +172,24 @@ def pack(ckpt: Checkpoint) -> Weights:
         embedding = Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
 
     names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
-    fast = all(native_ok(w) for w, _ in names) and cfg.hidden_dim % 4 == 0
+    # the native kernels run a plain LSTM (every layer, or none: all in numpy)
+    plain_lstm = cfg.cell == "lstm" and not cfg.proj_size and cfg.hidden_dim % 4 == 0
+    fast = plain_lstm and all(native_ok(w) for w, _ in names)
     parts = [linear(w, b, fast) for w, b in names]
     pairs = list(zip(parts[0::2], parts[1::2], strict=True))
-    # all layers natively, or (float weights, sizes the kernels do not take) all in numpy
-    lstm = NativeLSTM(native.PackedLSTM(pairs)) if fast else FloatLSTM(pairs)
+    if fast:
+        recurrent: NativeLSTM | FloatRecurrent = NativeLSTM(native.PackedLSTM(pairs))
+    else:
+        proj = [weight(f"rnn.weight_hr_l{i}") if cfg.proj_size else None for i in range(cfg.num_layers)]
+        recurrent = FloatRecurrent(cfg, [(a, b, p) for (a, b), p in zip(pairs, proj, strict=True)])
 
-    fast_dec = native_ok("decoder.weight")
-    dec = linear("decoder.weight", "decoder.bias", fast_dec)
+    dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
+    fast_dec = native_ok(dec_name)
+    dec = linear(dec_name, "decoder.bias", fast_dec)
     decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
     isa = native.active_isa() if fast or fast_dec else None
     kernels = ", ".join(
         f"{part} {f'native {isa}' if fast else 'numpy float32'}"
-        for part, fast in (("lstm", isinstance(lstm, NativeLSTM)), ("decoder", decoder.packed is not None))
+        for part, fast in ((cfg.cell, isinstance(recurrent, NativeLSTM)), ("decoder", decoder.packed is not None))
     )
-    return Weights(embedding, lstm, decoder, kernels)
+    return Weights(embedding, recurrent, decoder, kernels)
