@@ -14,7 +14,7 @@ import torch
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.config import preset
 from wordlm.data import load_corpus
-from wordlm.model import LSTMLM, checkpoint_tensors
+from wordlm.model import RecurrentLM, checkpoint_tensors
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "<unk>"]
 VERBS = ["sat on", "looked at", "ran to", "slept near"]
@@ -59,7 +59,7 @@ def corpus(corpus_dir):
 def tiny_ckpt(tmp_path_factory, corpus) -> Path:
     """A randomly initialised tiny model saved as a checkpoint."""
     torch.manual_seed(0)
-    model = LSTMLM(preset("tiny", len(corpus.vocab)))
+    model = RecurrentLM(preset("tiny", len(corpus.vocab)))
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(Checkpoint(model.cfg, corpus.vocab, checkpoint_tensors(model)), out)
     return out

@@ -136,9 +136,9 @@ def test_tutorial_architecture_sizes_match_tutorial():
     from wordlm.config import preset
     from wordlm.engines.torch_dynamic import quantize_dynamic_int8
     from wordlm.engines.torch_fp32 import state_dict_bytes
-    from wordlm.model import LSTMLM
+    from wordlm.model import RecurrentLM
 
-    model = LSTMLM(preset("tutorial", 33278)).eval()
+    model = RecurrentLM(preset("tutorial", 33278)).eval()
     assert f"{state_dict_bytes(model) / 1e6:.1f}" == "113.9"
     assert f"{state_dict_bytes(quantize_dynamic_int8(model)) / 1e6:.1f}" == "79.7"
 
