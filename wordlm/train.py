@@ -30,7 +30,7 @@ from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
 from wordlm.fileio import atomic_write_dir, settle_dir
-from wordlm.model import LSTMLM, checkpoint_tensors, repackage_hidden
+from wordlm.model import RecurrentLM, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
@@ -46,7 +46,7 @@ class TrainConfig:
     hidden_dim: int | None = None
     num_layers: int | None = None
     dropout: float | None = None
-    init: str = "scaled"  # see LSTMLM.init_weights
+    init: str = "scaled"  # see RecurrentLM.init_weights
     lr: float = 20.0
     clip: float = 0.25
     batch_size: int = 20
@@ -121,7 +121,7 @@ def _save_state(
     run_dir: Path,
     cfg: TrainConfig,
     st: RunState,
-    model: LSTMLM,
+    model: RecurrentLM,
     hidden: tuple[torch.Tensor, torch.Tensor],
     opt: torch.optim.Optimizer,
     vocab_sha256: str,
@@ -152,7 +152,7 @@ def _save_state(
 
 
 def _load_state(
-    run_dir: Path, cfg: TrainConfig, model: LSTMLM, opt: torch.optim.Optimizer, device: str, vocab_sha256: str
+    run_dir: Path, cfg: TrainConfig, model: RecurrentLM, opt: torch.optim.Optimizer, device: str, vocab_sha256: str
 ):
     state_dir = run_dir / "state"
     try:
@@ -225,7 +225,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(len(corpus.vocab))
-    model = LSTMLM(model_cfg)
+    model = RecurrentLM(model_cfg)
     model.init_weights(cfg.init)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
