@@ -254,3 +254,8 @@ def test_every_cell_exports_and_runs_in_onnxruntime(corpus, cell):
     if cfg.cell != "lstm":
         with pytest.raises(WordLMError, match="leaves .* operators in fp32"):
             onnx_bytes(ck, quantize_dynamic=True)
+    for scheme in (get_scheme("int8"), get_scheme("int4", group_size=16)):  # wordlm's own graph, every cell
+        q = quantize_checkpoint(ck, scheme)
+        exported, reference = OrtEngine(onnx_bytes(q), name="exported"), load_engine("torch", dequantize_checkpoint(q))
+        (lo, so), (lr, sr) = (e.forward(ids, e.init_state(3)) for e in (exported, reference))
+        assert snr_db(lr, lo) > 30 and all(np.allclose(a, b, atol=0.05) for a, b in zip(so, sr, strict=True))

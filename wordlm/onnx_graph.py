@@ -4,7 +4,8 @@ Same inputs and outputs as the float export (ids, h0, c0 -> logits, hn, cn), bui
 the stored codes with ONNX Runtime's com.microsoft operators:
 
 - embedding: int8 rows gathered and scaled in the graph (4-bit rows unpacked with bit ops);
-- LSTM: `DynamicQuantizeLSTM` (per-channel int8 weights), or ONNX `LSTM` for float weights;
+- LSTM: `DynamicQuantizeLSTM` (per-channel int8 weights), or ONNX `LSTM` for float weights; GRU and
+  RNN: ONNX's `GRU` and `RNN` over int8 codes that `DequantizeLinear` scales (ORT has no int8 GRU);
 - decoder: `DynamicQuantizeMatMul` with one scale per row, `MatMulNBits` for groups.
 
 ONNX Runtime's u8 x s8 kernels on AVX2 without VNNI add pairs of products in int16 and saturate with
@@ -73,9 +74,8 @@ class QuantizedGraph:
     def __init__(self, ckpt: Checkpoint) -> None:
         if ckpt.scheme is None:
             raise WordLMError("a float checkpoint is exported through torch's exporter, not this graph")
-        if ckpt.config.cell != "lstm" or ckpt.config.proj_size:
-            what = "projected LSTM" if ckpt.config.proj_size else ckpt.config.cell
-            raise WordLMError(f"ONNX export of quantized {what} checkpoints is not built yet; export the float one")
+        if ckpt.config.proj_size:
+            raise WordLMError("ONNX has no LSTM with a projection: a projected LSTM cannot be exported")
         self.t, self.cfg, self.scheme = ckpt.tensors, ckpt.config, ckpt.scheme
 
     def _spec(self, name: str):
@@ -145,6 +145,40 @@ class QuantizedGraph:
             cs.append(yc)
         return x, b.op("Concat", *hs, axis=0), b.op("Concat", *cs, axis=0)
 
+    def _weight(self, b: GraphBuilder, name: str, order: list[slice]) -> str:
+        """A GRU's or RNN's weight [1, G*H, in] in ONNX's gate order: stored as it is (float) or as
+        int8 codes that DequantizeLinear scales per row (ORT has no int8 GRU or RNN: the file stays
+        small, the arithmetic is float; no u8 x s8 kernel, so no 7-bit codes needed)."""
+        tag = name.replace(".", "_")
+        if self._spec(name) is None:
+            return b.const(tag, np.concatenate([self._float(name)[o] for o in order])[None])
+        q, s = self._codes_scales(name)
+        q, s = np.concatenate([q[o] for o in order]), np.concatenate([s[o] for o in order])[:, 0]
+        zero = b.const(f"{tag}_z", np.zeros(len(s), np.int8))
+        w = b.op("DequantizeLinear", b.const(f"{tag}_q", q), b.const(f"{tag}_s", s), zero, axis=0)
+        return b.op("Unsqueeze", w, "ax0")
+
+    def _gru_rnn(self, b: GraphBuilder, x: str, h0: str) -> tuple[str, str]:
+        """GRU (torch's r, z, n -> ONNX's z, r, h; linear_before_reset, as torch computes) or RNN layers."""
+        H, hs = self.cfg.hidden_dim, []
+        gru = self.cfg.cell == "gru"
+        order = [slice(H, 2 * H), slice(0, H), slice(2 * H, 3 * H)] if gru else [slice(0, H)]
+        for layer in range(self.cfg.num_layers):
+            sl = [b.const(f"sl{layer}_{k}", np.array([v])) for k, v in (("s", layer), ("e", layer + 1))]
+            h_init = b.op("Slice", h0, *sl, "ax0")
+            W = self._weight(b, f"rnn.weight_ih_l{layer}", order)
+            R = self._weight(b, f"rnn.weight_hh_l{layer}", order)
+            bias = np.concatenate([self._float(f"rnn.bias_{k}_l{layer}")[o] for k in ("ih", "hh") for o in order])[None]
+            B = b.const(f"B{layer}", bias)
+            if gru:
+                y, yh = b.op("GRU", x, W, R, B, "", h_init, outputs=2, hidden_size=H, linear_before_reset=1)
+            else:
+                act = "Tanh" if self.cfg.cell == "rnn_tanh" else "Relu"
+                y, yh = b.op("RNN", x, W, R, B, "", h_init, outputs=2, hidden_size=H, activations=[act])
+            x = b.op("Squeeze", y, "ax1")  # [S, B, H]
+            hs.append(yh)
+        return x, b.op("Concat", *hs, axis=0)
+
     def _decoder(self, b: GraphBuilder, x: str) -> str:
         """x[M, H] -> logits[M, V]."""
         name = "encoder.weight" if self.cfg.tied else "decoder.weight"  # a tied matrix serves both
@@ -185,14 +219,14 @@ class QuantizedGraph:
         b.const("ax0", np.array([0]))
         b.const("ax1", np.array([1]))
         state_shape = [L, "batch", H]
-        inputs = [("ids", "INT64", ["seq", "batch"]), ("h0", "FLOAT", state_shape), ("c0", "FLOAT", state_shape)]
-        out, hn, cn = self._lstm(b, self._embedding(b, "ids"), "h0", "c0")  # out: [S, B, H]
+        lstm = cfg.cell == "lstm"
+        inputs = [("ids", "INT64", ["seq", "batch"]), ("h0", "FLOAT", state_shape)]
+        inputs += [("c0", "FLOAT", state_shape)] if lstm else []
+        x = self._embedding(b, "ids")
+        out, *state = self._lstm(b, x, "h0", "c0") if lstm else self._gru_rnn(b, x, "h0")  # out: [S, B, H]
         logits = self._decoder(b, b.op("Reshape", out, b.const("shape_mh", np.array([-1, H]))))  # [S*B, V]
         shape = b.op("Concat", b.op("Shape", "ids"), b.const("v", np.array([V])), axis=0)
         f32 = onnx.TensorProto.FLOAT
-        outputs = [
-            ("logits", b.op("Reshape", logits, shape), f32, ["seq", "batch", V]),
-            ("hn", hn, f32, state_shape),
-            ("cn", cn, f32, state_shape),
-        ]
+        outputs = [("logits", b.op("Reshape", logits, shape), f32, ["seq", "batch", V])]
+        outputs += [(name, s, f32, state_shape) for name, s in zip(("hn", "cn"), state, strict=False)]
         return b.model(inputs, outputs)
