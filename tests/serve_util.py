@@ -1,5 +1,6 @@
 """Helpers of the serve tests: a live server (uvicorn on a free loopback port, in a thread of the test
-process), a free port, and the request bodies the fuzz tests draw (random ones, and valid ones)."""
+process), a free port, a slow engine that counts its words, and the request bodies the fuzz tests
+draw (random ones, and valid ones)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,32 @@ def live_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class CountingEngine:
+    """An engine that takes `delay` seconds more for each word it samples, and counts them (`words`)."""
+
+    def __init__(self, engine, delay: float) -> None:
+        self.engine, self.delay, self.words = engine, delay, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+    def sample_next(self, *args, **kwargs):
+        with self._lock:
+            self.words += 1
+        time.sleep(self.delay)
+        return self.engine.sample_next(*args, **kwargs)
+
+    def settled(self, quiet: float = 0.5, limit: float = 20) -> int:
+        """`words` once no word has been sampled for `quiet` seconds (fails after `limit` seconds)."""
+        deadline, last = time.monotonic() + limit, -1
+        while self.words != last:
+            assert time.monotonic() < deadline, f"still sampling after {limit} s ({self.words} words)"
+            last = self.words
+            time.sleep(quiet)
+        return last
 
 
 def free_port() -> int:

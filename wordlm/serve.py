@@ -8,18 +8,22 @@
 
 Requests share nothing: each has its own recurrent state and its own random generator, and endpoints
 are plain functions that FastAPI runs in its threadpool, so a slow generation never blocks the event
-loop. Every client mistake is a 4xx in OpenAI's error shape; a 500 means a bug.
+loop. At most `max_concurrent` requests to the model are in flight (past that: 503 and `Retry-After`),
+and a completion whose client has gone stops at the next word, streamed or not. Every client mistake
+is a 4xx in OpenAI's error shape; a 500 means a bug.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,7 +41,10 @@ from wordlm.errors import WordLMError
 from wordlm.generate import context_ids, detokenize, encode_prompt, generate_ids
 from wordlm.runtime import Sampling, new_rng
 from wordlm.serve_schema import (
+    ERRORS,
     MAX_BODY_BYTES,
+    STREAM,
+    WORK_ERRORS,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -50,6 +57,7 @@ from wordlm.serve_schema import (
     NextWordsRequest,
     Score,
     ScoreRequest,
+    StreamOptions,
     Usage,
     WordLogprob,
     WordProb,
@@ -57,16 +65,15 @@ from wordlm.serve_schema import (
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-ERRORS = {
-    400: {"model": ErrorBody},
-    404: {"model": ErrorBody},
-    413: {"model": ErrorBody},
-    422: {"model": ErrorBody},
-}
-STREAM = {
-    "description": "the completion; with `stream`, server-sent events of Completion chunks, then `data: [DONE]`",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-}
+WORK = frozenset({"/v1/completions", "/v1/next-words", "/v1/score"})  # the requests that run the model
+# anyio's threadpool (FastAPI's, for plain endpoints and the steps of a stream) has 40 threads: past
+# that a request only waits. Twice that lets one request wait for each one that runs, and refuses the
+# rest at once (503) rather than letting everyone's latency grow without bound; each request's work is
+# bounded already (n * max_tokens <= 4,096 words).
+THREADPOOL = 40
+DEFAULT_MAX_CONCURRENT = 2 * THREADPOOL
+RETRY_AFTER_S = 1
+CANCEL = "wordlm.cancel"  # in a request's scope: a threading.Event, set when its client disconnects
 
 
 def _printable(text: str) -> str:
@@ -74,24 +81,49 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     detail = ErrorDetail(message=_printable(message), type=kind, param=None if param is None else _printable(param))
     body = ErrorBody(error=detail)
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-class BodyLimit:
-    """Refuse a request body over `limit` bytes (413) before anything parses it: the JSON parser
-    would otherwise hold a body of any size in memory. The body read here is replayed to the app."""
+class Admission:
+    """What a request goes through before the app sees it:
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    - past `max_concurrent` requests to the model (`WORK`) in flight, a 503 with `Retry-After`; a
+      stream is in flight until its last event is sent or its client has gone;
+    - a body over `limit` bytes is refused (413) before anything parses it: the JSON parser would
+      otherwise hold a body of any size in memory. The body read here is replayed to the app;
+    - then the connection is watched: when the client disconnects, the Event at `scope[CANCEL]` is set
+      (the generation loops check it between words, in their threads) and the app's `receive` says
+      `http.disconnect` (which ends a stream in Starlette).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, max_concurrent: int) -> None:
+        self.app, self.limit, self.max_concurrent = app, limit, max_concurrent
+        self.in_flight = 0  # only the event loop's thread touches it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] not in WORK:
+            await self._admitted(scope, receive, send)
+            return
+        if self.in_flight >= self.max_concurrent:
+            message = f"server busy: {self.in_flight} requests in flight; retry after {RETRY_AFTER_S} s"
+            await error_response(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self._admitted(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.limit:
             await self._too_big(scope, receive, send)
@@ -108,14 +140,51 @@ class BodyLimit:
                 await self._too_big(scope, receive, send)
                 return
         first: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        cancel, gone = threading.Event(), anyio.Event()
+        scope[CANCEL] = cancel
+
+        async def watch() -> None:  # after the body, the server's receive() waits for the disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+            gone.set()
 
         async def replay() -> Message:
-            return first.pop() if first else await receive()
+            if first:
+                return first.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        failure = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            try:
+                await self.app(scope, replay, send)
+            except Exception as e:  # raised as itself, not in the task group's ExceptionGroup
+                failure = e
+            tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(413, f"request body over {self.limit} bytes")(scope, receive, send)
+
+
+def _exact_openapi(app: FastAPI) -> Callable[[], dict]:
+    """`app.openapi`, with the request bodies' schemas as pydantic writes them: FastAPI's own OpenAPI
+    models hold numeric bounds as floats, and would serve the seed's maximum, 2**63 - 1, as
+    9.223372036854776e+18, another number (one that a schema-driven client takes for a valid seed)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)
+            for model in (CompletionRequest, StreamOptions, NextWordsRequest, ScoreRequest):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schema.pop("$defs", None)  # each model is a component of its own
+                spec["components"]["schemas"][model.__name__] = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -137,7 +206,7 @@ def _wordlm_error(_: Request, exc: WordLMError) -> JSONResponse:
 
 
 def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # 405's Allow included
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -151,11 +220,14 @@ class ChoiceRun:
 
     The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop. A prompt
     that ends in whitespace gets no space before the first word (`wordlm generate` would add one):
-    prompt + text reads as one text.
+    prompt + text reads as one text. Once `cancel` is set (the client has gone), no further word is
+    computed.
     """
 
-    def __init__(self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None) -> None:
-        self.engine, self.vocab, self.req, self.seed = engine, vocab, req, seed
+    def __init__(
+        self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None, cancel: threading.Event
+    ) -> None:
+        self.engine, self.vocab, self.req, self.seed, self.cancel = engine, vocab, req, seed, cancel
         self.finish_reason = "length"
         self.tokens = 0
 
@@ -168,6 +240,8 @@ class ChoiceRun:
         mid_line = bool(req.prompt) and not req.prompt[-1].isspace()
         text, sent = "", 0
         for piece in detokenize((self.vocab.itos[i] for i in ids), at_line_start=not mid_line):
+            if self.cancel.is_set():
+                return
             text += piece
             self.tokens += 1
             cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
@@ -184,8 +258,11 @@ class ChoiceRun:
             yield text[sent:]
 
 
-def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
-    """The server's app for one loaded checkpoint and engine (it loads nothing: tests pass their own)."""
+def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+    """The server's app for one loaded checkpoint and engine (it loads nothing: tests pass their own);
+    at most `max_concurrent` requests to the model in flight (see `DEFAULT_MAX_CONCURRENT`)."""
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     vocab = ckpt.vocab
     model_id = ckpt.path.name if ckpt.path is not None else "wordlm"
     created = int(time.time())  # OpenAI's "created" of a model: here, when this server took it up
@@ -194,17 +271,18 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
         version=__version__,
         description="A word-level LSTM language model: OpenAI-compatible completions, next words, scores.",
     )
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(Admission, limit=MAX_BODY_BYTES, max_concurrent=max_concurrent)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(WordLMError, _wordlm_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = _exact_openapi(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
+    @app.get("/health")  # not counted in max_concurrent: a busy server still says it is alive
     def health() -> Health:
         return Health(model=model_id, engine=engine.name)
 
@@ -218,13 +296,15 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
             raise HTTPException(404, f"model {model!r} not found; this server serves {model_id!r}")
         return ModelCard(id=model_id, created=created)
 
-    @app.post("/v1/completions", responses={**ERRORS, 200: STREAM})
-    def completions(req: CompletionRequest) -> Completion:
+    @app.post("/v1/completions", responses={**WORK_ERRORS, 200: STREAM})
+    def completions(req: CompletionRequest, request: Request) -> Completion:
         """Sampled continuations of the prompt (`stream`: server-sent events, then `data: [DONE]`)."""
         if req.model is not None and req.model != model_id:
             raise HTTPException(404, f"model {req.model!r} not found; this server serves {model_id!r}")
         prompt_tokens = len(encode_prompt(vocab, req.prompt))  # an unknown word fails here, before streaming
-        runs = [ChoiceRun(engine, vocab, req, None if req.seed is None else req.seed + i) for i in range(req.n)]
+        cancel = request.scope.get(CANCEL) or threading.Event()
+        seeds = [None if req.seed is None else req.seed + i for i in range(req.n)]
+        runs = [ChoiceRun(engine, vocab, req, seed, cancel) for seed in seeds]
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
 
         def usage() -> Usage:
@@ -249,6 +329,8 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
             for i, r in enumerate(runs):
                 for delta in r.deltas():
                     yield event([CompletionChoice(text=delta, index=i, finish_reason=None)])
+                if cancel.is_set():
+                    return
                 yield event([CompletionChoice(text="", index=i, finish_reason=r.finish_reason)])
             if with_usage:
                 yield event([], usage())
@@ -257,7 +339,7 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @app.post("/v1/next-words", responses=ERRORS)
+    @app.post("/v1/next-words", responses=WORK_ERRORS)
     def next_words(req: NextWordsRequest) -> NextWords:
         """The k most likely next words after the text, with their probabilities."""
         context = context_ids(vocab, req.text)
@@ -272,12 +354,10 @@ def create_app(ckpt: Checkpoint, engine: Engine) -> FastAPI:
         words = [WordProb(word=vocab.itos[i], prob=math.exp(lp[i]), logprob=lp[i]) for i in top.tolist()]
         return NextWords(model=model_id, words=words)
 
-    @app.post("/v1/score", responses=ERRORS)
+    @app.post("/v1/score", responses=WORK_ERRORS)
     def score(req: ScoreRequest) -> Score:
         """How likely the model finds the text: every word after the first, given those before it."""
-        ids = encode_prompt(vocab, req.text)
-        if len(ids) < 2:
-            raise WordLMError(f"text has {len(ids)} word(s); scoring needs at least 2")
+        ids = encode_prompt(vocab, req.text)  # 2 words or more (ScoreRequest)
         seq = np.array(ids, np.int64).reshape(-1, 1)
         nll, _ = engine.token_nll(seq[:-1], seq[1:], engine.init_state(1))
         nll = nll.astype(np.float64).reshape(-1).tolist()
@@ -298,14 +378,20 @@ def warm_up(engine: Engine) -> None:
 
 
 def serve(
-    path: str | Path, host: str = "127.0.0.1", port: int = 8000, engine_name: str | None = None, threads: int = 1
+    path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    engine_name: str | None = None,
+    threads: int = 1,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
 ) -> None:
     """Load the checkpoint and engine (default: torch for float checkpoints, wordlm for quantized
-    ones), warm the engine up, then serve until interrupted."""
+    ones), warm the engine up, then serve until interrupted, with at most `max_concurrent` requests to
+    the model in flight."""
     import uvicorn
 
     ckpt = load_checkpoint(path)
     engine = load_engine(engine_name or default_engine(ckpt), ckpt, threads=threads)
     warm_up(engine)
     log.info("serving %s with engine %s (%d thread(s)) on http://%s:%d/", ckpt.path, engine.name, threads, host, port)
-    uvicorn.run(create_app(ckpt, engine), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(ckpt, engine, max_concurrent), host=host, port=port, log_level="info")
