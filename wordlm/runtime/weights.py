@@ -50,8 +50,18 @@ class FloatLinear:
     def __init__(self, w: np.ndarray, b: np.ndarray) -> None:
         self.w, self.b = np.ascontiguousarray(w, np.float32), _f32(b)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         return x @ self.w.T + self.b
+
+
+class NativeLinear:
+    """y = x W^T + b on the native int8 GEMM (7-bit activations per row, exact int32 sums)."""
+
+    def __init__(self, packed: native.PackedLinear) -> None:
+        self.packed = packed
+
+    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        return native.decoder_nll(x, self.packed, None, logits=True, threads=threads).logits
 
 
 @dataclass
@@ -85,11 +95,15 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(z - m[:, None]).sum(1))
 
 
-class FloatRecurrent:
-    """The recurrent stack in numpy float32, every cell in torch's gate order and arithmetic:
-    LSTM (i, f, g, o; with an optional projection h = W_hr (o * tanh(c))), GRU (r, z, n), RNN."""
+Linear = FloatLinear | NativeLinear
 
-    def __init__(self, cfg, layers: list[tuple[FloatLinear, FloatLinear, np.ndarray | None]]) -> None:
+
+class Recurrent:
+    """The recurrent stack step by step, its cells in numpy float32 in torch's gate order: LSTM (i, f,
+    g, o; with an optional projection h = W_hr (o * tanh(c))), GRU (r, z, n), RNN. Its GEMMs are
+    native int8 ones for quantized weights (NativeLinear), numpy's float ones otherwise."""
+
+    def __init__(self, cfg, layers: list[tuple[Linear, Linear, Linear | None]]) -> None:
         self.cell, self.hidden, self.layers = cfg.cell, cfg.hidden_dim, layers  # (W_ih, W_hh, W_hr or None)
 
     def __call__(self, x: np.ndarray, *state: np.ndarray, threads: int):
@@ -97,19 +111,19 @@ class FloatRecurrent:
         state = tuple(s.astype(np.float32, copy=True) for s in state)
         H = self.hidden
         for layer, (w_ih, w_hh, w_hr) in enumerate(self.layers):
-            xproj = w_ih(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)  # every step at once
+            xproj = w_ih(x.reshape(steps * batch, -1), threads).reshape(steps, batch, -1)  # every step at once
             h = state[0][layer]
             c = state[1][layer] if self.cell == "lstm" else None
             ys = np.empty((steps, batch, h.shape[-1]), np.float32)
             for t in range(steps):
-                xp, hp = xproj[t], w_hh(h)
+                xp, hp = xproj[t], w_hh(h, threads)
                 if self.cell == "lstm":
                     g = xp + hp
                     i, f, gg, o = (g[:, k * H : (k + 1) * H] for k in range(4))
                     c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
                     h = _sigmoid(o) * np.tanh(c)
                     if w_hr is not None:
-                        h = h @ w_hr.T
+                        h = w_hr(h, threads)
                 elif self.cell == "gru":
                     r = _sigmoid(xp[:, :H] + hp[:, :H])
                     z = _sigmoid(xp[:, H : 2 * H] + hp[:, H : 2 * H])
@@ -137,7 +151,7 @@ class NativeLSTM:
 @dataclass
 class Weights:
     embedding: Embedding
-    recurrent: NativeLSTM | FloatRecurrent  # (x, *state) -> (y, *state)
+    recurrent: NativeLSTM | Recurrent  # (x, *state) -> (y, *state)
     decoder: Decoder
     kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
 
@@ -160,10 +174,11 @@ def pack(ckpt: Checkpoint) -> Weights:
         s = spec(name)
         return _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
 
-    def linear(name: str, bias: str, fast: bool):
+    def linear(name: str, bias: str | np.ndarray, fast: bool):
+        b = _f32(t[bias]) if isinstance(bias, str) else bias
         if fast:
-            return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), _f32(t[bias]))
-        return FloatLinear(weight(name), t[bias])
+            return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), b)
+        return FloatLinear(weight(name), b)
 
     enc = spec("encoder.weight")
     if enc is None:
@@ -172,24 +187,23 @@ def pack(ckpt: Checkpoint) -> Weights:
         embedding = Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
 
     names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
-    # the native kernels run a plain LSTM (every layer, or none: all in numpy)
-    plain_lstm = cfg.cell == "lstm" and not cfg.proj_size and cfg.hidden_dim % 4 == 0
-    fast = plain_lstm and all(native_ok(w) for w, _ in names)
-    parts = [linear(w, b, fast) for w, b in names]
+    proj = [f"rnn.weight_hr_l{i}" for i in range(cfg.num_layers)] if cfg.proj_size else []
+    quantized = all(native_ok(w) for w, _ in names) and all(native_ok(w) for w in proj)
+    parts = [linear(w, b, quantized) for w, b in names]
     pairs = list(zip(parts[0::2], parts[1::2], strict=True))
-    if fast:
-        recurrent: NativeLSTM | FloatRecurrent = NativeLSTM(native.PackedLSTM(pairs))
-    else:
-        proj = [weight(f"rnn.weight_hr_l{i}") if cfg.proj_size else None for i in range(cfg.num_layers)]
-        recurrent = FloatRecurrent(cfg, [(a, b, p) for (a, b), p in zip(pairs, proj, strict=True)])
+    if quantized and cfg.cell == "lstm" and not cfg.proj_size and cfg.hidden_dim % 4 == 0:
+        recurrent: NativeLSTM | Recurrent = NativeLSTM(native.PackedLSTM(pairs))  # the whole stack in C
+        where = f"native {native.active_isa()}"
+    else:  # every layer's GEMMs native (quantized) or float, the cells in numpy
+        zeros = np.zeros(cfg.proj_size, np.float32)
+        hr = [linear(w, zeros, quantized) for w in proj] or [None] * cfg.num_layers
+        wrap = NativeLinear if quantized else (lambda lin: lin)
+        recurrent = Recurrent(cfg, [(wrap(a), wrap(b), p and wrap(p)) for (a, b), p in zip(pairs, hr, strict=True)])
+        where = f"native {native.active_isa()} GEMMs, numpy cells" if quantized else "numpy float32"
 
     dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
     fast_dec = native_ok(dec_name)
     dec = linear(dec_name, "decoder.bias", fast_dec)
     decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
-    isa = native.active_isa() if fast or fast_dec else None
-    kernels = ", ".join(
-        f"{part} {f'native {isa}' if fast else 'numpy float32'}"
-        for part, fast in ((cfg.cell, isinstance(recurrent, NativeLSTM)), ("decoder", decoder.packed is not None))
-    )
+    kernels = f"{cfg.cell} {where}, decoder {f'native {native.active_isa()}' if fast_dec else 'numpy float32'}"
     return Weights(embedding, recurrent, decoder, kernels)
