@@ -48,6 +48,8 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
         (3, 1025, 20, 8),  # one word into the second chunk of the vocabulary
         (11, 2049, 36, 8),  # MR = 5 rows, then 5, then 1
         (1, 4100, 256, 8),  # one row (the generation's GEMV): 257 panels, 4 at a time and 1 alone
+        (1, 100, 36, 8),  # one row, an odd number of 4-input groups (the kernels take two at a time)
+        (5, 70, 28, 8),  # five rows, the same
     ],
 )
 def test_logits_equal_the_reference_bit_for_bit(isa, m, n, k, bits):
@@ -228,10 +230,112 @@ def test_lstm_carries_its_state():
 
 
 def test_lstm_bad_arguments_are_clear_errors():
-    x, _, packed, h, c = _lstm_case(3, 1, 8, 4, 2)
+    x, weights, packed, h, c = _lstm_case(3, 1, 8, 4, 2)
+    (wih, whh), _ = weights
+    with pytest.raises(WordLMError, match="4 x 4 gate rows"):  # W_ih with 3H rows: not an LSTM's
+        native.PackedLSTM([(native.pack_linear(*(a[:12] for a in wih)), native.pack_linear(*whh))])
     with pytest.raises(WordLMError, match="shapes"):
         native.lstm(x[..., :4], packed, h, c)
     with pytest.raises(WordLMError, match="shapes"):
         native.lstm(x, packed, h[:1], c[:1])
     with pytest.raises(WordLMError, match="threads"):
         native.lstm(x, packed, h, c, threads=0)
+
+
+@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("hidden", [12, 40, 100, 256])  # blocks of 32 units: part of 1, 1 + 8 units, 3 + 4, 8
+@pytest.mark.parametrize("batch", [1, 3])
+def test_lstm_every_thread_count_gives_the_same_bits(isa, hidden, batch):
+    """Blocks of 32 hidden units, whichever thread computes one: 1 to 4 threads, the same y, h and c."""
+    assert native.lib().wl_lstm_block() == native.LSTM_BLOCK  # C and Python order the rows alike
+    layers = 2 if hidden == 256 else 3
+    x, weights, packed, h, c = _lstm_case(7, batch, 20, hidden, layers, seed=hidden + batch)
+    one = native.lstm(x, packed, h, c, isa=isa, threads=1)
+    for threads in (2, 3, 4):
+        out = native.lstm(x, packed, h, c, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
+    ry, rh, rc = native.reference_lstm(x, weights, h, c)  # and the unit blocks are the right rows
+    assert np.abs(one[0] - ry).max() < 2e-3 and np.abs(one[2] - rc).max() < 2e-2
+
+
+@pytest.mark.parametrize("isa", KERNELS)
+def test_decoder_threads_one_to_five_give_the_same_bits(isa):
+    x, q, s, b, t = _case(12, 33278, 64, seed=9)
+    dec = native.pack_linear(q, s, b)
+    one = native.decoder_nll(x, dec, t, logits=True, lse=True, isa=isa, threads=1)
+    for threads in (2, 3, 4, 5):
+        out = native.decoder_nll(x, dec, t, logits=True, lse=True, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
+
+
+def test_consecutive_calls_with_changing_thread_counts():
+    """The pool grows to the largest count asked and serves smaller ones; nothing carries over."""
+    x, q, s, b, t = _case(25, 9000, 256, seed=10)
+    dec = native.pack_linear(q, s, b)
+    xl, _, packed, h, c = _lstm_case(25, 1, 64, 40, 2, seed=11)
+    want_dec = native.decoder_nll(x, dec, t, lse=True)
+    want_lstm = native.lstm(xl, packed, h, c)
+    for threads in [2, 1, 3, 2, 5, 1, 4, 2, 2, 3, 1, 6, 2] * 3:
+        got = native.decoder_nll(x, dec, t, lse=True, threads=threads)
+        assert np.array_equal(got.nll, want_dec.nll) and np.array_equal(got.lse, want_dec.lse)
+        got_lstm = native.lstm(xl, packed, h, c, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(got_lstm, want_lstm, strict=True))
+
+
+def test_calls_from_several_python_threads_at_once():
+    """ctypes releases the GIL: calls overlap; one runs on the pool, the others alone, all the same bits."""
+    import threading
+
+    x, q, s, b, t = _case(25, 5000, 128, seed=12)
+    dec = native.pack_linear(q, s, b)
+    xl, _, packed, h, c = _lstm_case(25, 1, 64, 64, 2, seed=13)
+    want_dec, want_lstm = native.decoder_nll(x, dec, t).nll, native.lstm(xl, packed, h, c)[0]
+    bad = []
+
+    def work(threads: int) -> None:
+        for _ in range(20):
+            if not np.array_equal(native.decoder_nll(x, dec, t, threads=threads).nll, want_dec):
+                bad.append(("decoder", threads))
+            if not np.array_equal(native.lstm(xl, packed, h, c, threads=threads)[0], want_lstm):
+                bad.append(("lstm", threads))
+
+    runners = [threading.Thread(target=work, args=(n,)) for n in (2, 3, 1, 2)]
+    for r in runners:
+        r.start()
+    for r in runners:
+        r.join(timeout=120)
+    assert not any(r.is_alive() for r in runners) and not bad
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_can_use_threads():
+    """After fork the child has none of the parent's workers: it must start its own, not wait forever."""
+    import signal
+    import time
+
+    x, q, s, b, t = _case(25, 9000, 64, seed=14)
+    dec = native.pack_linear(q, s, b)
+    xl, _, packed, h, c = _lstm_case(9, 1, 32, 48, 2, seed=15)
+    want_dec = native.decoder_nll(x, dec, t, threads=2).nll  # the parent's pool is up
+    want_lstm = native.lstm(xl, packed, h, c, threads=2)[0]
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when both calls give the parent's bits
+        code = 1
+        try:
+            ok = np.array_equal(native.decoder_nll(x, dec, t, threads=2).nll, want_dec)
+            ok = ok and np.array_equal(native.lstm(xl, packed, h, c, threads=3)[0], want_lstm)
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in a threaded call")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert np.array_equal(native.decoder_nll(x, dec, t, threads=2).nll, want_dec)  # the parent's pool still works

@@ -36,6 +36,7 @@ def _library() -> ctypes.CDLL:
     # cost ~40 us per call, more than a layer's step
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.wl_best_isa.restype = c_int
+    lib.wl_lstm_block.restype = c_int
     lib.wl_decoder_nll.restype = c_int
     lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int]
     lib.wl_lstm.restype = c_int
@@ -202,14 +203,44 @@ def decoder_nll(
     return out
 
 
+LSTM_BLOCK = 32  # hidden units per block of the LSTM's partition among threads (kernels.c: LSTM_BLOCK)
+
+
+def _unit_block_order(hidden: int) -> np.ndarray:
+    """The 4H gate rows (torch's order: i, f, g, o, each [H]) in the kernels' order: block by block of
+    LSTM_BLOCK units (the last one what remains), that block's rows of i, then f, g, o."""
+    return np.concatenate(
+        [
+            np.arange(gate * hidden + u, gate * hidden + min(u + LSTM_BLOCK, hidden))
+            for u in range(0, hidden, LSTM_BLOCK)
+            for gate in range(4)
+        ]
+    )
+
+
+def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
+    """p with its rows (codes, scale, code sum, bias) in `order` (of its p.n real rows)."""
+    codes = p.panels.reshape(p.n_pad // PANEL, p.k // 4, PANEL, 4).transpose(0, 2, 1, 3).reshape(p.n_pad, p.k)
+    return pack_linear(codes[: p.n][order], p.scales[: p.n][order], p.bias[: p.n][order])
+
+
 @dataclass
 class PackedLSTM:
     """A stack of LSTM layers for the kernels: (W_ih with b_ih, W_hh with b_hh) per layer, and the
-    arrays of their addresses that `wl_lstm` takes (built once)."""
+    arrays of their addresses that `wl_lstm` takes (built once).
+
+    Given packed in torch's row order, the layers are kept with their gate rows in blocks of hidden
+    units (`_unit_block_order`), so that a thread owns whole blocks: all four gates of its units.
+    """
 
     layers: list[tuple[PackedLinear, PackedLinear]]
 
     def __post_init__(self) -> None:
+        hidden = self.layers[0][1].k
+        if any(p.n != 4 * hidden for pair in self.layers for p in pair):
+            raise WordLMError(f"native LSTM: every W_ih and W_hh needs 4 x {hidden} gate rows (hidden = W_hh's inputs)")
+        order = _unit_block_order(hidden)
+        self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         self._args = []  # W_ih's panels, scales, sums, biases, then W_hh's: one address per layer each
         for i in (0, 1):
             for field in ("panels", "scales", "sums", "bias"):
@@ -233,7 +264,8 @@ def lstm(
     """The int8 LSTM stack: x [S, B, in] and state h, c [L, B, H] -> (y [S, B, H] of the top layer, h, c).
 
     Torch's gate order; h and c are not modified (new arrays come back). `isa` as for decoder_nll;
-    `threads` share each layer's input projection (all steps at once), the recurrence runs on one.
+    `threads` (up to one per LSTM_BLOCK hidden units) each compute the input projection, the recurrent
+    GEMM and the cell of their own units, meeting once per step; every count gives the same bits.
     """
     kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)

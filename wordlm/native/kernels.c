@@ -7,8 +7,8 @@
  * from which a caller gets log-probabilities as logits - lse). Each block of logits goes to a small
  * buffer that stays in L1 and is folded into a running log-sum-exp, so the M x N logits never reach
  * memory and no separate log-softmax pass reads them back (benchmarks/quant.md).
- * The LSTM: one layer over all steps; the input projection of every step is one GEMM, then per step
- * the recurrent GEMM of the batch's h and the cell, vectorised.
+ * The LSTM: per layer, the input projection of every step is one GEMM, then per step the recurrent
+ * GEMM of the batch's h and the cell, vectorised.
  *
  * Arithmetic (the numpy reference in wordlm/native/__init__.py computes exactly the same GEMMs):
  * - weights: int8 codes q[n, k] in [-128, 127] with one float scale per row, packed by `pack_linear`
@@ -25,10 +25,11 @@
  * are identical; exp (in the log-sum-exp and the LSTM's sigmoid and tanh) is a polynomial in the
  * vector kernels and libm in C, ~1e-7 relative apart.
  *
- * Threads: the work is cut into a partition that does not depend on the number of threads (chunks
- * of the vocabulary, groups of panels), threads take its pieces from a shared counter, and whatever
- * is summed across pieces is summed on the calling thread in the partition's order: every thread
- * count gives the same bits.
+ * Threads (a pool started once, below): the work is cut into a partition that does not depend on the
+ * number of threads (chunks of the vocabulary; blocks of the LSTM's hidden units), and whatever is
+ * summed across pieces is summed on the calling thread in the partition's order: every thread count
+ * gives the same bits. The decoder's threads take chunks from a shared counter; the LSTM's each own a
+ * run of unit blocks, computing those units' gates and cell, with one barrier per step.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,8 +42,11 @@
 #include "kernels.h"
 
 #define CHUNK_WORDS (4 * NB) /* the decoder's unit of work: 33 chunks for the tutorial's vocabulary */
-#define PROJ_PANELS 16       /* the LSTM input projection's unit of work: 256 gates */
-#define MIN_WORK (1 << 22)   /* multiply-adds worth a thread: ~80 us of AVX2 kernel; starting one: ~55 us */
+#ifndef MIN_WORK /* multiply-adds worth a thread: ~20 us of AVX2 kernel. A worker still spinning joins
+                  * in ~1 us; an asleep one in ~50, or is called off if the caller has done all by
+                  * then. (A C harness may set it lower, to run threads on small sizes.) */
+#define MIN_WORK (1 << 20)
+#endif
 
 /* ---- portable kernels ---- */
 
@@ -113,40 +117,281 @@ static const wl_kernels *kernels_for(int isa) {
 
 /* ---- threads ---- */
 
+/* A pool of worker threads, started once per process on the first call that asks for more than one
+ * thread and grown to the largest count asked (at most POOL_MAX). A call runs one parallel region:
+ * fn(job, team) on the caller (team id 0) and on workers 1 .. n-1. Each worker waits on its own
+ * slot: spinning for IDLE_SPIN_NS after its last region (the next call often comes soon), then
+ * asleep on a futex, so that idle workers burn no CPU between calls; waits inside a region spin,
+ * then sleep, the same way. The work of a region is in phases of items that any thread of the team
+ * may take (below): a thread that the machine's other processes keep off its core delays nobody
+ * unless it holds an item, and a worker that has not started by the time the caller is done with
+ * the region is called off rather than waited for.
+ * One region at a time: a call that finds the pool busy (another Python thread's call; ctypes
+ * releases the GIL) runs its region alone, which gives the same bits. After fork() the child has no
+ * workers (pthread_atfork resets the pool) and starts new ones on first use. */
+
+#define POOL_MAX 256       /* threads of one region, the caller's included */
+#define SPIN_NS 20000      /* a worker's wait inside a region spins this long, then sleeps: longer
+                            * than a few phases, and the thread waited for is off its core */
+#define CALLER_SPIN_NS 200000 /* the caller's, which is the call's critical path: a futex wake takes
+                               * ~50 us to get a sleeper running again (the 2-core EPYC VM) */
+#define IDLE_SPIN_NS 50000 /* a worker waits this long for the next region before it sleeps (the
+                            * LSTM's call and the decoder's come ~20 us apart) */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#ifdef __linux__
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* sleep while *word == old (the kernel checks, atomically with going to sleep); wake every sleeper */
+static void futex_wait(atomic_uint *word, unsigned old) {
+    syscall(SYS_futex, (void *)word, FUTEX_WAIT_PRIVATE, old, NULL, NULL, 0);
+}
+static void futex_wake(atomic_uint *word) {
+    syscall(SYS_futex, (void *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+#include <sched.h>
+static void futex_wait(atomic_uint *word, unsigned old) { (void)word, (void)old, sched_yield(); }
+static void futex_wake(atomic_uint *word) { (void)word; }
+#endif
+#include <signal.h>
+#include <time.h>
+
+/* a word that threads wait on until it changes, and how many of them sleep on it */
+typedef struct {
+    atomic_uint value;
+    atomic_uint sleepers;
+} waitword_t;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* return once w->value != old (acquire): spin for spin_ns, then sleep. The sleepers count and the
+ * value are sequentially consistent on both sides, so a waker either sees this sleeper or it sees the
+ * new value. */
+static void await_change(waitword_t *w, unsigned old, int64_t spin_ns) {
+    if (atomic_load_explicit(&w->value, memory_order_acquire) != old) return;
+    int64_t until = now_ns() + spin_ns;
+    for (unsigned i = 1; atomic_load_explicit(&w->value, memory_order_acquire) == old; i++) {
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() > until) {
+            atomic_fetch_add(&w->sleepers, 1);
+            while (atomic_load(&w->value) == old) futex_wait(&w->value, old);
+            atomic_fetch_sub(&w->sleepers, 1);
+            return;
+        }
+    }
+}
+
+/* after changing w->value with a sequentially consistent store or read-modify-write */
+static void wake_waiters(waitword_t *w) {
+    if (atomic_load(&w->sleepers)) futex_wake(&w->value);
+}
+
+/* Phases: a region's work as a sequence of phases, each a number of items that every thread of the
+ * team may take, its own share first (the items [items * id / n, items * (id + 1) / n): what it took
+ * in the phase before, still in its caches), then what remains of the others'; a phase begins once
+ * every item of the one before is done. Which thread computes an item never changes its bits. */
+typedef struct {
+    _Alignas(64) atomic_ullong next; /* (phase << 32) | the next item of this share not yet taken */
+} share_t;
+
+typedef struct {
+    waitword_t phase;                 /* the last phase whose items are all done (0: none) */
+    _Alignas(64) atomic_ullong done;  /* items done, every phase so far */
+    share_t share[POOL_MAX];
+} phases_t;
+
+typedef struct {
+    int id, n;      /* this thread's number in the team (0: the caller), and the team's size */
+    phases_t *ph;   /* NULL for a team of one */
+    unsigned phase; /* the last phase this thread ran */
+    uint64_t total; /* items of every phase up to that one */
+} team_t;
+
+/* an item of phase p that nobody has taken, or -1 */
+static int64_t take_item(phases_t *ph, unsigned p, int64_t items, int id, int n) {
+    for (int k = 0; k < n; k++) {
+        int o = (id + k) % n;
+        uint64_t size = (uint64_t)(items * (o + 1) / n - items * o / n);
+        atomic_ullong *next = &ph->share[o].next;
+        uint64_t v = atomic_load_explicit(next, memory_order_relaxed);
+        for (;;) { /* a share last taken from in an earlier phase is whole; in a later one, empty for p */
+            unsigned vp = (unsigned)(v >> 32);
+            uint64_t i = vp == p ? (v & 0xffffffffu) : vp < p ? 0 : size;
+            if (i >= size) break;
+            if (atomic_compare_exchange_weak_explicit(next, &v, ((uint64_t)p << 32) | (i + 1), memory_order_relaxed,
+                                                      memory_order_relaxed))
+                return items * o / n + (int64_t)i;
+        }
+    }
+    return -1;
+}
+
+typedef void (*item_fn)(void *ctx, int64_t item);
+
+/* the team's next phase: fn(ctx, i) for the items i < items this thread takes, then wait until every
+ * item of the phase is done (what their threads wrote is then visible to this one) */
+static void phase(team_t *t, int64_t items, item_fn fn, void *ctx) {
+    unsigned p = ++t->phase;
+    t->total += (uint64_t)items;
+    if (t->n == 1) {
+        for (int64_t i = 0; i < items; i++) fn(ctx, i);
+        return;
+    }
+    phases_t *ph = t->ph;
+    uint64_t mine = 0;
+    for (int64_t i; (i = take_item(ph, p, items, t->id, t->n)) >= 0; mine++) fn(ctx, i);
+    if (mine && atomic_fetch_add(&ph->done, mine) + mine == t->total) { /* the phase's last item */
+        atomic_store(&ph->phase.value, p);
+        wake_waiters(&ph->phase);
+        return;
+    }
+    for (unsigned v; (v = atomic_load_explicit(&ph->phase.value, memory_order_acquire)) < p;)
+        await_change(&ph->phase, v, t->id ? SPIN_NS : CALLER_SPIN_NS);
+}
+
+typedef void (*region_fn)(void *job, team_t *team);
+
+enum { IDLE, POSTED, RUNNING };
+
+typedef struct {
+    _Alignas(64) waitword_t state; /* IDLE, POSTED (a region waits for this worker), RUNNING */
+    region_fn fn;                  /* the region: written while IDLE, before POSTED */
+    void *job;
+    int n;
+} slot_t;
+
+static struct {
+    pthread_mutex_t lock; /* held by the caller running a region (and around fork) */
+    int workers;          /* started: worker i (team id i + 1) waits on slot[i] */
+    _Alignas(64) waitword_t pending; /* workers posted a region and not done with it */
+    phases_t ph;
+    slot_t slot[POOL_MAX - 1];
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void *worker_main(void *arg) {
+    int i = (int)(intptr_t)arg;
+    slot_t *s = &pool.slot[i];
+    for (;;) {
+        unsigned v = atomic_load_explicit(&s->state.value, memory_order_acquire), posted = POSTED;
+        if (v != POSTED) {
+            await_change(&s->state, v, IDLE_SPIN_NS);
+            continue;
+        }
+        if (!atomic_compare_exchange_strong(&s->state.value, &posted, RUNNING)) continue; /* called off */
+        team_t team = {i + 1, s->n, &pool.ph, 0, 0};
+        s->fn(s->job, &team);
+        atomic_store(&s->state.value, IDLE);
+        if (atomic_fetch_sub(&pool.pending.value, 1) == 1) wake_waiters(&pool.pending);
+    }
+    return NULL;
+}
+
+/* fork: the child's copy of the pool has no threads; it starts new ones when asked */
+static void pool_prepare(void) { pthread_mutex_lock(&pool.lock); }
+static void pool_parent(void) { pthread_mutex_unlock(&pool.lock); }
+static void pool_child(void) {
+    pool.workers = 0;
+    atomic_store(&pool.pending.value, 0), atomic_store(&pool.pending.sleepers, 0);
+    atomic_store(&pool.ph.phase.sleepers, 0);
+    for (int i = 0; i < POOL_MAX - 1; i++)
+        atomic_store(&pool.slot[i].state.value, IDLE), atomic_store(&pool.slot[i].state.sleepers, 0);
+    pthread_mutex_unlock(&pool.lock);
+}
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(pool_prepare, pool_parent, pool_child); }
+
+/* start workers (the pool's lock held) until there are `want`, or one fails to start; workers take
+ * no signals (Python's are for the main thread) */
+static void pool_grow(int want) {
+    pthread_once(&atfork_once, register_atfork);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (pthread_t tid; pool.workers < want; pool.workers++)
+        if (pthread_create(&tid, &attr, worker_main, (void *)(intptr_t)pool.workers) != 0) break;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* fn(job, team) on up to n threads: fewer where workers cannot start, one where the pool is busy;
+ * workers that had not started when the caller returned from fn do not run it at all */
+static void run_region(int n, region_fn fn, void *job) {
+    if (n > POOL_MAX) n = POOL_MAX;
+    if (n <= 1 || pthread_mutex_trylock(&pool.lock) != 0) {
+        team_t solo = {0, 1, NULL, 0, 0};
+        fn(job, &solo);
+        return;
+    }
+    if (pool.workers < n - 1) pool_grow(n - 1);
+    if (n > pool.workers + 1) n = pool.workers + 1;
+    atomic_store(&pool.ph.phase.value, 0), atomic_store(&pool.ph.done, 0);
+    for (int i = 0; i < n; i++) atomic_store_explicit(&pool.ph.share[i].next, 0, memory_order_relaxed);
+    atomic_store(&pool.pending.value, (unsigned)(n - 1));
+    for (int i = 0; i < n - 1; i++) {
+        slot_t *s = &pool.slot[i];
+        s->fn = fn, s->job = job, s->n = n;
+        atomic_store(&s->state.value, POSTED);
+        wake_waiters(&s->state);
+    }
+    team_t me = {0, n, n > 1 ? &pool.ph : NULL, 0, 0};
+    fn(job, &me);
+    for (int i = 0; i < n - 1; i++) { /* call off those that have not started */
+        unsigned posted = POSTED;
+        if (atomic_compare_exchange_strong(&pool.slot[i].state.value, &posted, IDLE))
+            atomic_fetch_sub(&pool.pending.value, 1);
+    }
+    for (unsigned left; (left = atomic_load_explicit(&pool.pending.value, memory_order_acquire)) != 0;)
+        await_change(&pool.pending, left, CALLER_SPIN_NS);
+    pthread_mutex_unlock(&pool.lock);
+}
+
 typedef void (*task_fn)(const void *job, int64_t item);
 
 typedef struct {
     task_fn fn;
     const void *job;
     int64_t items;
-    atomic_llong next; /* the next item nobody has taken */
-} pool_t;
+} items_t;
 
-static void *take_items(void *arg) {
-    pool_t *p = arg;
-    for (int64_t i; (i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed)) < p->items;) p->fn(p->job, i);
-    return NULL;
+static void run_item(void *arg, int64_t i) {
+    const items_t *p = arg;
+    p->fn(p->job, i);
 }
 
-/* fn(job, i) for every i < items on up to `threads` threads, the caller's included; fewer where the
- * items or the work (multiply-adds) are too few to pay for a thread, or where one cannot start (the
- * caller then takes more items). One thread: a plain loop, no thread started. */
+static void items_region(void *arg, team_t *team) {
+    items_t *p = arg;
+    phase(team, p->items, run_item, p);
+}
+
+/* fn(job, i) for every i < items on up to `threads` threads of the pool, the caller's included;
+ * fewer where the items or the work (multiply-adds) are too few to pay for one. */
 static void parallel_for(int threads, int64_t items, int64_t work, task_fn fn, const void *job) {
     int64_t n = threads;
     if (n > items) n = items;
     if (n > 1 + work / MIN_WORK) n = 1 + work / MIN_WORK;
-    pthread_t *tid = n > 1 ? malloc(sizeof(pthread_t) * (size_t)(n - 1)) : NULL;
-    if (!tid) {
+    if (n <= 1) {
         for (int64_t i = 0; i < items; i++) fn(job, i);
         return;
     }
-    pool_t pool = {.fn = fn, .job = job, .items = items};
-    atomic_init(&pool.next, 0);
-    int64_t started = 0;
-    while (started < n - 1 && pthread_create(&tid[started], NULL, take_items, &pool) == 0) started++;
-    take_items(&pool);
-    for (int64_t t = 0; t < started; t++) pthread_join(tid[t], NULL);
-    free(tid);
+    items_t p = {fn, job, items};
+    run_region((int)n, items_region, &p);
 }
 
 /* ---- the decoder ---- */
@@ -238,98 +483,170 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
 
 /* ---- the LSTM ---- */
 
+/* The unit of the recurrence's partition: blocks of LSTM_BLOCK hidden units (the last block of a
+ * layer holds what remains, a multiple of 4). W_ih, W_hh and their biases come with their 4H rows in
+ * block order (wordlm.native.PackedLSTM arranges them): block by block, the block's rows of gate i,
+ * then f, g, o, so that a block's 4 x 32 gate rows are 8 whole panels (4 x a multiple of 4 rows for
+ * the last) and its gates are laid out as the cell reads those of a layer of that many units. A
+ * block of a step (its gate rows, the cell of its units) is one item of a phase (above), the same
+ * calls whatever thread takes it. 32 units rather than 16: the calls per block cost ~4% of the
+ * one-thread LSTM at 16 (tutorial sizes), and 8 blocks still balance 2 to 4 threads. */
+#define LSTM_BLOCK 32
+#define QUANT_ROWS 8 /* rows of a layer's input per item of quantization */
+
 typedef struct {
     const wl_kernels *kern;
-    const uint8_t *u;
-    const float *ascale;
-    const int32_t *zp;
-    int64_t rows, k, n;
-    const int8_t *wp;
-    const float *wscale;
-    const int32_t *wsum;
-    const float *bias;
-    float *out; /* [rows, n] */
-} linear_job;
+    int64_t steps, batch, in_dim, hidden, layers;
+    const float *x;
+    const int8_t *const *wih, *const *whh;
+    const float *const *wih_scale, *const *b_ih, *const *whh_scale, *const *b_hh;
+    const int32_t *const *wih_sum, *const *whh_sum;
+    float *h, *c, *y;
+    float *buf;   /* [steps, batch, H]: the output of the layers that do not write y */
+    float *h0;    /* [layers, batch, H]: the state h as it came in (h is written at the last step) */
+    uint8_t *ux;  /* [steps * batch, widest]: the layer input's codes */
+    float *xs;    /* [steps * batch]: their scales */
+    int32_t *xz;  /* [steps * batch]: their zero points */
+    float *xproj; /* [steps * batch, 4H]: the input projection */
+    float *gates; /* [batch, 4H]: the gates of one step */
+    uint8_t *uh;  /* per thread [batch, H]: the previous h, quantized (by each thread that needs it) */
+    float *hs;    /* per thread [batch] */
+    int32_t *hz;  /* per thread [batch] */
+} lstm_job;
 
-/* PROJ_PANELS panels of W for every row: each output is computed once, by one thread */
-static void linear_panels(const void *arg, int64_t item) {
-    const linear_job *j = arg;
-    int64_t p0 = item * PROJ_PANELS, panels = j->n / NR - p0 < PROJ_PANELS ? j->n / NR - p0 : PROJ_PANELS;
-    int64_t n0 = p0 * NR;
-    for (int64_t r0 = 0; r0 < j->rows; r0 += MR) {
-        int64_t rows = j->rows - r0 < MR ? j->rows - r0 : MR;
-        j->kern->qgemm(j->u + r0 * j->k, rows, j->k, j->wp + n0 * j->k, panels, j->ascale + r0, j->zp + r0,
-                       j->wscale + n0, j->wsum + n0, j->bias + n0, j->out + r0 * j->n + n0, j->n);
+/* one thread's view: the layer and step it is at, and its quantized copy of the previous h */
+typedef struct {
+    const lstm_job *j;
+    int64_t layer, step, k;
+    const float *in; /* the layer's input [steps * batch, k] */
+    float *out;      /* and output [steps, batch, H] */
+    uint8_t *uh;
+    float *hs;
+    int32_t *hz;
+    int64_t quantized; /* the step whose previous h uh holds (-1: none) */
+} lstm_thread;
+
+/* rows [0, rows) of u (the batch) x `panels` panels of W from wp -> out[r * ldo + ...], in groups of
+ * MR rows */
+static void qgemm_rows(const wl_kernels *kern, const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp,
+                       int64_t panels, const float *ascale, const int32_t *zp, const float *wscale,
+                       const int32_t *wsum, const float *bias, float *out, int64_t ldo) {
+    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+        int64_t nr = rows - r0 < MR ? rows - r0 : MR;
+        kern->qgemm(u + r0 * k, nr, k, wp, panels, ascale + r0, zp + r0, wscale, wsum, bias, out + r0 * ldo, ldo);
     }
 }
 
-/* out[m, n] = x[m, k] (quantized per row) . W^T + b, n a multiple of 16 (no padding); u, ascale, zp:
- * scratch for m rows */
-static void qlinear(const wl_kernels *kern, int threads, const float *x, int64_t m, int64_t k, const int8_t *wp,
-                    int64_t n, const float *wscale, const int32_t *wsum, const float *bias, float *out, uint8_t *u,
-                    float *ascale, int32_t *zp) {
-    kern->quantize(x, m, k, u, ascale, zp);
-    linear_job job = {kern, u, ascale, zp, m, k, n, wp, wscale, wsum, bias, out};
-    parallel_for(threads, (n / NR + PROJ_PANELS - 1) / PROJ_PANELS, m * k * n, linear_panels, &job);
+/* item: QUANT_ROWS rows of the layer's input -> their codes */
+static void lstm_quantize_rows(void *arg, int64_t item) {
+    lstm_thread *t = arg;
+    const lstm_job *j = t->j;
+    int64_t rows = j->steps * j->batch, r0 = item * QUANT_ROWS, nr = rows - r0 < QUANT_ROWS ? rows - r0 : QUANT_ROWS;
+    j->kern->quantize(t->in + r0 * t->k, nr, t->k, j->ux + r0 * t->k, j->xs + r0, j->xz + r0);
 }
 
-/* One LSTM layer over steps x batch inputs x[steps, batch, in_dim]: y[steps, batch, hidden] and the
- * state h, c [batch, hidden] (read, then updated in place). The input projection of all steps is one
- * GEMM on `threads` threads; the recurrence, one step after the other, on the calling thread. */
-static int lstm_layer(const wl_kernels *kern, int threads, const float *x, int64_t steps, int64_t batch,
-                      int64_t in_dim, int64_t hidden, const int8_t *wih, const float *wih_scale,
-                      const int32_t *wih_sum, const float *b_ih, const int8_t *whh, const float *whh_scale,
-                      const int32_t *whh_sum, const float *b_hh, float *h, float *c, float *y) {
-    int64_t g4 = 4 * hidden, rows = steps * batch, widest = in_dim > hidden ? in_dim : hidden;
-    float *xproj = malloc(sizeof(float) * (size_t)(rows * g4)), *gates = malloc(sizeof(float) * (size_t)(batch * g4));
-    uint8_t *u = malloc((size_t)(rows * widest));
-    float *ascale = malloc(sizeof(float) * (size_t)rows);
-    int32_t *zp = malloc(sizeof(int32_t) * (size_t)rows);
-    int ok = xproj && gates && u && ascale && zp;
-    if (ok) {
-        qlinear(kern, threads, x, rows, in_dim, wih, g4, wih_scale, wih_sum, b_ih, xproj, u, ascale, zp);
-        for (int64_t t = 0; t < steps; t++) {
-            qlinear(kern, 1, h, batch, hidden, whh, g4, whh_scale, whh_sum, b_hh, gates, u, ascale, zp);
-            const float *xp = xproj + t * batch * g4;
-            for (int64_t i = 0; i < batch * g4; i++) gates[i] = xp[i] + gates[i];
-            for (int64_t b = 0; b < batch; b++) kern->cell(gates + b * g4, hidden, h + b * hidden, c + b * hidden);
-            memcpy(y + t * batch * hidden, h, sizeof(float) * (size_t)(batch * hidden));
-        }
+/* item: the input projection of one block of units for MR rows (steps x batch) of the layer's input:
+ * items small enough (~5 us at the tutorial's sizes) that no thread waits long for another's last */
+static void lstm_project(void *arg, int64_t item) {
+    lstm_thread *t = arg;
+    const lstm_job *j = t->j;
+    int64_t H = j->hidden, G = 4 * H, l = t->layer, rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
+    int64_t v = item / groups * LSTM_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
+    int64_t width = H - v < LSTM_BLOCK ? H - v : LSTM_BLOCK;
+    j->kern->qgemm(j->ux + r0 * t->k, nr, t->k, j->wih[l] + 4 * v * t->k, 4 * width / NR, j->xs + r0, j->xz + r0,
+                   j->wih_scale[l] + 4 * v, j->wih_sum[l] + 4 * v, j->b_ih[l] + 4 * v, j->xproj + r0 * G + 4 * v, G);
+}
+
+/* item: one block of units at one step; at the last step its units of the new h go to the state too.
+ * Step t reads h_{t-1} from out[t - 1] (h0 at t = 0) and writes out[t]: nothing is written that
+ * another item of the phase reads. */
+static void lstm_block_step(void *arg, int64_t block) {
+    lstm_thread *t = arg;
+    const lstm_job *j = t->j;
+    const wl_kernels *kern = j->kern;
+    int64_t H = j->hidden, B = j->batch, G = 4 * H, l = t->layer, s = t->step;
+    int64_t v = block * LSTM_BLOCK, width = H - v < LSTM_BLOCK ? H - v : LSTM_BLOCK, panels = 4 * width / NR;
+    if (t->quantized != s) {
+        kern->quantize(s ? t->out + (s - 1) * B * H : j->h0 + l * B * H, B, H, t->uh, t->hs, t->hz);
+        t->quantized = s;
     }
-    free(xproj), free(gates), free(u), free(ascale), free(zp);
-    return ok ? 0 : -1;
+    qgemm_rows(kern, t->uh, B, H, j->whh[l] + 4 * v * H, panels, t->hs, t->hz, j->whh_scale[l] + 4 * v,
+               j->whh_sum[l] + 4 * v, j->b_hh[l] + 4 * v, j->gates + 4 * v, G);
+    float *cur = t->out + s * B * H, *c = j->c + l * B * H;
+    for (int64_t b = 0; b < B; b++) {
+        float *g = j->gates + b * G + 4 * v;
+        const float *xp = j->xproj + (s * B + b) * G + 4 * v;
+        for (int64_t i = 0; i < 4 * width; i++) g[i] = xp[i] + g[i];
+        kern->cell(g, width, cur + b * H + v, c + b * H + v);
+        if (s == j->steps - 1) memcpy(j->h + (l * B + b) * H + v, cur + b * H + v, sizeof(float) * (size_t)width);
+    }
+}
+
+/* the stack on one thread of the team: per layer, a phase of quantizing its input, one of its input
+ * projection, then one per step of its blocks of units */
+static void lstm_region(void *arg, team_t *team) {
+    const lstm_job *j = arg;
+    int64_t H = j->hidden, B = j->batch, rows = j->steps * B, blocks = (H + LSTM_BLOCK - 1) / LSTM_BLOCK;
+    lstm_thread t = {.j = j, .in = j->x, .uh = j->uh + team->id * B * H, .hs = j->hs + team->id * B,
+                     .hz = j->hz + team->id * B};
+    for (t.layer = 0; t.layer < j->layers; t.layer++) {
+        t.k = t.layer ? H : j->in_dim;
+        t.out = (j->layers - 1 - t.layer) % 2 == 0 ? j->y : j->buf; /* alternate, so that the top layer writes y */
+        phase(team, (rows + QUANT_ROWS - 1) / QUANT_ROWS, lstm_quantize_rows, &t);
+        phase(team, blocks * ((rows + MR - 1) / MR), lstm_project, &t);
+        t.quantized = -1;
+        for (t.step = 0; t.step < j->steps; t.step++) phase(team, blocks, lstm_block_step, &t);
+        t.in = t.out;
+    }
 }
 
 /* A stack of LSTM layers (torch's gate order) over x[steps, batch, in_dim]: y[steps, batch, hidden] of
  * the top layer, and the state h, c [layers, batch, hidden] (read, then updated in place). Per layer
  * l: W_ih [4H, in] (in = in_dim for the first layer, hidden above) and W_hh [4H, hidden] packed as
- * for the decoder (4H a multiple of 16), with their scales, code sums and biases [4H].
- * isa, threads: as for wl_decoder_nll. Returns 0, or -1 for a bad argument or no memory. */
+ * for the decoder with their rows in LSTM_BLOCK order (above), with their scales, code sums and
+ * biases [4H] in the same order; hidden a multiple of 4. isa, threads: as for wl_decoder_nll (the
+ * threads: up to one per block of units). Returns 0, or -1 for a bad argument or no memory. */
 int wl_lstm(const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t layers,
             const int8_t *const *wih, const float *const *wih_scale, const int32_t *const *wih_sum,
             const float *const *b_ih, const int8_t *const *whh, const float *const *whh_scale,
             const int32_t *const *whh_sum, const float *const *b_hh, float *h, float *c, float *y, int isa,
             int threads) {
     const wl_kernels *kern = kernels_for(isa);
-    if (!kern || threads < 1 || steps < 1 || batch < 1 || layers < 1 || in_dim % 4 || hidden % 4 ||
-        (4 * hidden) % NR)
+    if (!kern || threads < 1 || steps < 1 || batch < 1 || layers < 1 || in_dim < 4 || hidden < 4 || in_dim % 4 ||
+        hidden % 4)
         return -1;
     for (int64_t l = 0; l < layers; l++)
         if (((uintptr_t)wih[l] & 63) || ((uintptr_t)whh[l] & 63)) return -1;
-    float *buf = layers > 1 ? malloc(sizeof(float) * (size_t)(steps * batch * hidden)) : NULL;
-    if (layers > 1 && !buf) return -1;
-    const float *in = x;
-    int rc = 0;
-    for (int64_t l = 0; l < layers && rc == 0; l++) {
-        float *out = (layers - 1 - l) % 2 == 0 ? y : buf; /* alternate, so that the top layer writes y */
-        rc = lstm_layer(kern, threads, in, steps, batch, l ? hidden : in_dim, hidden, wih[l], wih_scale[l],
-                        wih_sum[l], b_ih[l], whh[l], whh_scale[l], whh_sum[l], b_hh[l], h + l * batch * hidden,
-                        c + l * batch * hidden, out);
-        in = out;
+    int64_t blocks = (hidden + LSTM_BLOCK - 1) / LSTM_BLOCK, n = threads < blocks ? threads : blocks;
+    if (n > POOL_MAX) n = POOL_MAX;
+    int64_t rows = steps * batch, g4 = 4 * hidden, widest = in_dim > hidden ? in_dim : hidden;
+    lstm_job job = {.kern = kern, .steps = steps, .batch = batch, .in_dim = in_dim, .hidden = hidden,
+                    .layers = layers, .x = x, .wih = wih, .whh = whh, .wih_scale = wih_scale, .b_ih = b_ih,
+                    .whh_scale = whh_scale, .b_hh = b_hh, .wih_sum = wih_sum, .whh_sum = whh_sum, .h = h, .c = c,
+                    .y = y};
+    job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * hidden)) : NULL;
+    job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * hidden));
+    job.ux = malloc((size_t)(rows * widest));
+    job.xs = malloc(sizeof(float) * (size_t)rows);
+    job.xz = malloc(sizeof(int32_t) * (size_t)rows);
+    job.xproj = malloc(sizeof(float) * (size_t)(rows * g4));
+    job.gates = malloc(sizeof(float) * (size_t)(batch * g4));
+    job.uh = malloc((size_t)(n * batch * hidden));
+    job.hs = malloc(sizeof(float) * (size_t)(n * batch));
+    job.hz = malloc(sizeof(int32_t) * (size_t)(n * batch));
+    int ok = (layers == 1 || job.buf) && job.h0 && job.ux && job.xs && job.xz && job.xproj && job.gates && job.uh &&
+             job.hs && job.hz;
+    if (ok) {
+        memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * hidden));
+        run_region((int)n, lstm_region, &job);
     }
-    free(buf);
-    return rc;
+    free(job.buf), free(job.h0), free(job.ux), free(job.xs), free(job.xz), free(job.xproj), free(job.gates);
+    free(job.uh), free(job.hs), free(job.hz);
+    return ok ? 0 : -1;
 }
+
+/* the units per block of the LSTM's rows (wordlm.native checks that it orders them the same way) */
+int wl_lstm_block(void) { return LSTM_BLOCK; }
 
 /* the best kernel this CPU runs: 2 AVX-512 VNNI, 1 AVX2, 0 portable C */
 int wl_best_isa(void) { return best_isa(); }
