@@ -134,12 +134,17 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLi
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
         raise WordLMError(f"native kernels: need int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
-    n_pad = -(-n // PANEL) * PANEL
-    padded = np.zeros((n_pad, k), np.int8)
-    padded[:n] = q
+    n_pad, full = -(-n // PANEL) * PANEL, n // PANEL
     panels = _aligned(n_pad * k).view(np.int8)
-    # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: each 64 bytes hold 4 inputs of 16 words
-    panels[:] = padded.reshape(n_pad // PANEL, PANEL, k // 4, 4).transpose(0, 2, 1, 3).reshape(-1)
+    # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: each 64 bytes hold 4 inputs of 16 words. Written
+    # through views, panel by panel for the last (padded) one: no full-size temporary copy of q,
+    # which would double the memory a model takes while it loads
+    out = panels.reshape(n_pad // PANEL, k // 4, PANEL, 4)
+    out[:full] = q[: full * PANEL].reshape(full, PANEL, k // 4, 4).transpose(0, 2, 1, 3)
+    if full * PANEL < n:
+        tail = np.zeros((PANEL, k), np.int8)
+        tail[: n - full * PANEL] = q[full * PANEL :]
+        out[full] = tail.reshape(PANEL, k // 4, 4).transpose(1, 0, 2)
 
     def pad(v: np.ndarray, dtype) -> np.ndarray:
         out = np.zeros(n_pad, dtype)
@@ -149,7 +154,7 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLi
     return PackedLinear(
         panels=panels,
         scales=pad(scales, np.float32),
-        sums=pad(q.astype(np.int32).sum(1), np.int32),
+        sums=pad(q.sum(1, dtype=np.int32), np.int32),  # summed in int32 without an int32 copy of q
         bias=pad(bias, np.float32),
         n=n,
         k=k,
