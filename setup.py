@@ -8,7 +8,7 @@ setup(
             "wordlm.native._kernels",
             # kernels.c: contract, portable C, threads, entry points; kernels_x86.c: AVX2, AVX-512 VNNI
             # (compiled per function with target attributes, and empty off x86)
-            sources=["wordlm/native/kernels.c", "wordlm/native/kernels_x86.c"],
+            sources=["wordlm/native/kernels.c", "wordlm/native/kernels_x86.c", "wordlm/native/sample.c"],
             depends=["wordlm/native/kernels.h"],
             # no fused multiply-add contraction: the kernels and the numpy reference agree bit for bit
             extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],

@@ -41,6 +41,8 @@ def _library() -> ctypes.CDLL:
     lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int]
     lib.wl_lstm.restype = c_int
     lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_sample.restype = i64
+    lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
     return lib
 
 
@@ -333,3 +335,14 @@ def reference_lstm(
         hs.append(hl)
         cs.append(cl)
     return x, np.stack(hs), np.stack(cs)
+
+
+def sample(z: np.ndarray, temperature: float, u: float) -> int:
+    """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
+    (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""
+    z = np.ascontiguousarray(z, np.float32)
+    w, sums = np.empty(z.size, np.float32), np.empty(z.size // 256 + 1, np.float64)
+    i = lib().wl_sample(z.ctypes.data, z.size, float(z.max()), 1.0 / temperature, u, w.ctypes.data, sums.ctypes.data)
+    if i < 0:
+        raise WordLMError(f"native sampler: bad arguments (temperature {temperature}, u {u}, {z.size} words)")
+    return int(i)

