@@ -401,3 +401,16 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
         [sys.executable, "-m", "wordlm.cli", "serve", str(tmp_path / "missing")], capture_output=True, text=True
     )
     assert r.returncode == 2 and "no such checkpoint directory" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "extreme",
+    [dict(top_p=1e-46), dict(temperature=1e-38), dict(temperature=1e-40, top_p=0.5), dict(temperature=1e-30)],
+)
+def test_extreme_sampling_values_give_the_greedy_text(client, extreme):
+    """Once 500s (top_p rounding to 0 in float32) or the vocabulary's last word repeated (T ~ 1e-38)."""
+    body = {"prompt": "the cat", "max_tokens": 8, "seed": 3}
+    greedy = client.post("/v1/completions", json={**body, "temperature": 0})
+    got = client.post("/v1/completions", json={**body, **extreme})
+    assert got.status_code == greedy.status_code == 200
+    assert got.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
