@@ -1,5 +1,6 @@
 # make demo: the tutorial's flow on the default model.  make test: the test suite.
 # Both create .venv and install what they need (torch's CPU build first, so pip never pulls CUDA).
+# make test-arm: the native kernels for ARM64, cross-compiled and run under QEMU (tests/arm/run.sh).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[torch,onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test lint format chromium
+.PHONY: install demo test test-arm lint format chromium
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
@@ -22,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+# gcc-aarch64-linux-gnu and qemu-user from Debian's packages when missing; no venv needed
+test-arm:
+	tests/arm/run.sh
 
 # the serve page test drives the system's Chromium (Debian's package; it is skipped without one)
 chromium:

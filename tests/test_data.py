@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wordlm.data import EOS, Vocab, batchify, bptt_batches, load_corpus, load_split
+from wordlm.data import EOS, UNK, Vocab, batchify, bptt_batches, load_corpus, load_split, stream_slice
 from wordlm.errors import WordLMError
 
 
@@ -28,6 +28,41 @@ def test_batchify_columns_are_contiguous_text():
     b = batchify(np.arange(26), 4)
     assert b.shape == (6, 4)
     assert b[:, 1].tolist() == list(range(6, 12))
+
+
+def test_a_slice_of_streams_is_those_columns_of_the_batch():
+    data = np.arange(27)
+    for start, stop in [(0, 4), (1, 3), (3, 4)]:
+        assert np.array_equal(
+            batchify(stream_slice(data, 4, start, stop), stop - start), batchify(data, 4)[:, start:stop]
+        )
+
+
+def _rare_words_corpus(d):
+    # counts over all splits: a 4, <eos> 4, b 3, then c, d, e and <unk> once each
+    (d / "train.txt").write_text("a b a c\n d a b\n")
+    (d / "valid.txt").write_text("e a\n")
+    (d / "test.txt").write_text("b <unk>\n")
+    return d
+
+
+def test_min_count_and_max_vocab_map_rare_words_to_unk(tmp_path):
+    d = _rare_words_corpus(tmp_path)
+    c = load_corpus(d, min_count=2)  # c, d, e become <unk>, which takes c's place (first appearance)
+    assert c.vocab.itos == ["a", "b", UNK, EOS]
+    assert c.train.tolist() == [0, 1, 0, 2, 3, 2, 0, 1, 3]
+    assert (c.valid.tolist(), c.test.tolist()) == ([2, 0, 3], [1, 2, 3])
+    c = load_corpus(d, max_vocab=3)  # the 2 most frequent (a and <eos>, a tie broken by first appearance) and <unk>
+    assert c.vocab.itos == ["a", UNK, EOS]
+    assert c.train.tolist() == [0, 1, 0, 1, 2, 1, 0, 1, 2]
+    assert load_corpus(d, max_vocab=3, min_count=4).vocab.itos == ["a", UNK, EOS]
+    plain = load_corpus(d)
+    for same in (load_corpus(d, max_vocab=7), load_corpus(d, min_count=1)):  # nothing to drop: nothing changes
+        assert same.vocab.itos == plain.vocab.itos and np.array_equal(same.train, plain.train)
+    with pytest.raises(WordLMError, match="--max-vocab must be at least 2"):
+        load_corpus(d, max_vocab=1)
+    with pytest.raises(WordLMError, match="--min-count must be at least 1"):
+        load_corpus(d, min_count=0)
 
 
 def test_bptt_batches_targets_are_shifted_and_cover_everything():

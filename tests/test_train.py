@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -188,3 +189,18 @@ def test_resume_refuses_changed_settings_and_existing_runs(corpus, tmp_path):
         )
     with pytest.raises(WordLMError, match="no training state"):
         train(cfg, corpus, tmp_path / "other", resume=True)
+
+
+def test_max_vocab_and_min_count_reach_the_model(corpus_dir, corpus, tmp_path):
+    from wordlm.checkpoint import load_checkpoint
+    from wordlm.cli import main
+
+    counts = sum(np.bincount(ids, minlength=len(corpus.vocab)) for ids in (corpus.train, corpus.valid, corpus.test))
+    frequent = {w for w, n in zip(corpus.vocab.itos, counts, strict=True) if n >= 100 and w != "<unk>"}
+    assert 10 < len(corpus.vocab) and 1 < len(frequent) < len(corpus.vocab) - 1
+    for flags, words in [(["--max-vocab", "10"], 9), (["--min-count", "100"], len(frequent))]:
+        out = tmp_path / flags[0]
+        assert main(["train", "--data", str(corpus_dir), "--out", str(out), *ARGS, "--epochs", "1", *flags]) == 0
+        vocab = load_checkpoint(out / "best").vocab
+        assert len(vocab) == words + 1 and "<unk>" in vocab
+    assert set(vocab.itos) == frequent | {"<unk>"}

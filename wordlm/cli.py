@@ -106,6 +106,7 @@ def cmd_train(args) -> None:
 
     torch = require("torch", "torch")
     from wordlm.data import load_corpus
+    from wordlm.distributed import EchoedError, Group, launch, setup, teardown
     from wordlm.runtime import check_threads
     from wordlm.train import TrainConfig, train
 
@@ -129,17 +130,32 @@ def cmd_train(args) -> None:
         save_every=args.save_every,
         precision=args.precision,
     )
-    corpus = load_corpus(args.data)
+    if args.nproc > 1:  # this machine's ranks, started as torchrun would, each running this command
+        cfg.check(args.nproc)  # a setting the ranks would refuse is refused before starting them
+        launch(args.nproc, _without_nproc(sys.argv[1:]))
+        return
+    device = setup(args.device)  # joins torchrun's process group, if there is one
+    group = Group.current(device)
+    if not group.main:
+        logging.getLogger("wordlm").setLevel(logging.WARNING)  # progress and logs come from rank 0
     command = "wordlm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    st = train(
-        cfg,
-        corpus,
-        args.out,
-        resume=args.resume,
-        max_minutes=args.max_minutes,
-        device=args.device,
-        command=command,
-    )
+    try:
+        corpus = load_corpus(args.data, max_vocab=args.max_vocab, min_count=args.min_count)
+        st = train(
+            cfg,
+            corpus,
+            args.out,
+            resume=args.resume,
+            max_minutes=args.max_minutes,
+            device=device,
+            command=command,
+        )
+    except EchoedError:  # every rank met it; rank 0 says so
+        raise SystemExit(2) from None
+    finally:
+        teardown()
+    if not group.main:
+        return
     done = st.epoch > cfg.epochs
     best = Path(args.out) / "best"
     print(
@@ -147,6 +163,20 @@ def cmd_train(args) -> None:
         + (f"best val loss {st.best_val:.4f}; best checkpoint: {best}" if best.is_dir() else "no epoch finished yet")
         + ("" if done else "; continue with --resume")
     )
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus `--nproc N` (or `--nproc=N`, or a prefix argparse accepted): what each rank runs."""
+    out, skip = [], False
+    for a in argv:
+        name = a.split("=", 1)[0]
+        if not skip and len(name) > 3 and "--nproc".startswith(name):
+            skip = "=" not in a
+        elif skip:
+            skip = False
+        else:
+            out.append(a)
+    return out
 
 
 def cmd_eval(args) -> None:
@@ -243,7 +273,7 @@ def cmd_serve(args) -> None:
     require("uvicorn", "serve")
     from wordlm.serve import serve
 
-    serve(default_checkpoint(args.checkpoint), args.host, args.port, args.engine, args.threads)
+    serve(default_checkpoint(args.checkpoint), args.host, args.port, args.engine, args.threads, args.max_concurrent)
 
 
 def cmd_demo(args) -> None:
@@ -316,8 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16: bfloat16 autocast for forward and loss, weights and optimizer fp32 (faster where the CPU or "
         "GPU has bf16 units; may be switched on --resume)",
     )
-    sp.add_argument("--device", default="cpu")
-    sp.add_argument("--threads", type=integer(1, 256), help="CPU threads (default: torch's)")
+    sp.add_argument(
+        "--max-vocab", type=integer(2), help="keep the N - 1 most frequent words and <unk>; the rest become <unk>"
+    )
+    sp.add_argument("--min-count", type=integer(1), default=1, help="words seen fewer times (all splits) become <unk>")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]; with several ranks, cuda: GPU LOCAL_RANK each")
+    sp.add_argument("--threads", type=integer(1, 256), help="CPU threads (default: torch's; per rank)")
+    sp.add_argument(
+        "--nproc",
+        type=integer(1, 1024),
+        default=1,
+        help="train on N ranks of this machine with DDP, as `torchrun --nproc-per-node N -m wordlm train ...`",
+    )
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("eval", help="loss and perplexity by the tutorial's protocol")
@@ -382,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: torch for float checkpoints, wordlm for quantized ones",
     )
     sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads of the engine (default 1)")
+    sp.add_argument(
+        "--max-concurrent",
+        type=integer(1, 10000),
+        default=80,  # wordlm.serve.DEFAULT_MAX_CONCURRENT, written out so that --help does not import fastapi
+        help="requests to the model in flight at once; past that a 503 with Retry-After (default 80)",
+    )
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("demo", help="the tutorial's flow: model, sample, fp32 vs torch-dynamic table")

@@ -2,7 +2,9 @@
 
 Tokenization: split each line on whitespace and append `<eos>`. Vocabulary: ids in order of first
 appearance over train, then valid, then test (33,278 words for WikiText-2). Ids are numpy int64
-arrays, so that inference never needs torch; training wraps them with `torch.from_numpy`.
+arrays, so that inference never needs torch; training wraps them with `torch.from_numpy`. Text is read
+in one streaming pass, line by line, into 8 bytes per token, so that a corpus of any size loads in
+about eight times its token count of memory (WikiText-103: ~0.9 GB) rather than a list of strings.
 WikiText-2 is bundled (xz, CC BY-SA 3.0, see corpora/wikitext-2/README.md) so that nothing is
 downloaded at run time.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,11 +106,15 @@ def read_lines(path: Path) -> Iterator[str]:
         raise WordLMError(f"{path} is not a valid xz file ({e})") from None
 
 
-def read_words(path: Path) -> list[str]:
-    words = [w for line in read_lines(path) for w in tokenize_line(line)]
-    if not words:
+def encode_file(path: Path, word_id: Callable[[str], int]) -> np.ndarray:
+    """The ids of a split's words, `word_id` mapping each; streamed, 8 bytes per token (an int64 array
+    that grows as lines are read, never a list of the words)."""
+    ids = array("q")
+    for line in read_lines(path):
+        ids.extend(map(word_id, tokenize_line(line)))
+    if not ids:
         raise WordLMError(f"{path} is empty")
-    return words
+    return np.frombuffer(ids, dtype=np.int64)
 
 
 @dataclass
@@ -120,25 +127,65 @@ class Corpus:
     test: np.ndarray
 
 
-def load_corpus(data_dir: str | Path | None = None) -> Corpus:
+def load_corpus(data_dir: str | Path | None = None, max_vocab: int | None = None, min_count: int = 1) -> Corpus:
     """Build the vocabulary over train, valid, test (in that order) and encode every split.
 
     `data_dir=None` loads the bundled WikiText-2; any folder with train.txt / valid.txt / test.txt works.
+    `max_vocab` and `min_count` map rare words to `<unk>`, as WikiText-103 was made (`limit_vocab`).
     """
+    if max_vocab is not None and max_vocab < 2:
+        raise WordLMError(f"--max-vocab must be at least 2, got {max_vocab}")
+    if min_count < 1:
+        raise WordLMError(f"--min-count must be at least 1, got {min_count}")
     vocab = Vocab()
-    splits = {}
-    for split in SPLITS:
-        words = read_words(_split_path(data_dir, split))
-        splits[split] = np.array([vocab.add(w) for w in words], dtype=np.int64)
+    splits = {split: encode_file(_split_path(data_dir, split), vocab.add) for split in SPLITS}
+    if max_vocab is not None or min_count > 1:
+        vocab = limit_vocab(vocab, list(splits.values()), max_vocab, min_count)
     return Corpus(vocab=vocab, **splits)
+
+
+def limit_vocab(vocab: Vocab, splits: list[np.ndarray], max_vocab: int | None, min_count: int) -> Vocab:
+    """Keep the words seen at least `min_count` times over all splits, and of those at most the
+    `max_vocab - 1` most frequent (ties: the earlier first appearance), mapping the others to `<unk>`
+    in place; returns the new vocabulary.
+
+    It is the vocabulary of the text as rewritten: ids in order of first appearance, `<unk>` where
+    the text first has it or a word it replaces. With no word dropped, nothing changes. The splits'
+    ids are remapped in place, a block at a time, so that memory stays at 8 bytes per token.
+    """
+    counts = sum(np.bincount(ids, minlength=len(vocab)) for ids in splits)
+    unk = vocab.stoi.get(UNK)
+    keep = counts >= min_count
+    if unk is not None:
+        keep[unk] = False  # <unk> is not a word to rank: it is present whenever it is needed
+    needs_unk = unk is not None or not keep.all()
+    if max_vocab is not None and keep.sum() + needs_unk > max_vocab:
+        ranked = np.argsort(-counts[keep], kind="stable")  # ids are in first-appearance order
+        kept = np.flatnonzero(keep)[ranked[: max_vocab - 1]]
+        keep[:] = False
+        keep[kept] = True
+    new = Vocab()
+    remap = np.array([new.add(word if keep[i] else UNK) for i, word in enumerate(vocab.itos)], dtype=np.int64)
+    block = 1 << 20
+    for ids in splits:
+        for start in range(0, len(ids), block):
+            ids[start : start + block] = remap[ids[start : start + block]]
+    return new
 
 
 def load_split(vocab: Vocab, split: str, data_dir: str | Path | None = None) -> np.ndarray:
     """One split encoded with an existing (a checkpoint's) vocabulary."""
     if split not in SPLITS:
         raise WordLMError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    path = _split_path(data_dir, split)
-    return np.array(vocab.encode(read_words(path)), dtype=np.int64)
+    unk = vocab.stoi.get(UNK)
+
+    def word_id(word: str) -> int:
+        i = vocab.stoi.get(word, unk)
+        if i is None:
+            raise WordLMError(f"word {word!r} is not in the vocabulary, which has no {UNK}")
+        return i
+
+    return encode_file(_split_path(data_dir, split), word_id)
 
 
 def prefix(ids: np.ndarray, max_tokens: int | None) -> np.ndarray:
@@ -164,6 +211,14 @@ def batchify(data: np.ndarray, batch_size: int) -> np.ndarray:
     """
     n = len(data) // batch_size
     return np.ascontiguousarray(data[: n * batch_size].reshape(batch_size, n).T)
+
+
+def stream_slice(data: np.ndarray, batch_size: int, start: int, stop: int) -> np.ndarray:
+    """The text of streams [start, stop) of `batchify(data, batch_size)`, as one 1-D array: batchify
+    of it with `stop - start` streams is exactly those columns. A rank of a distributed run holds
+    only its own streams this way (wordlm.distributed)."""
+    n = len(data) // batch_size
+    return data[start * n : stop * n]
 
 
 def bptt_batches(source, bptt: int) -> Iterator[tuple]:

@@ -5,6 +5,9 @@ needed to continue: weights, hidden state, RNG state, optimizer, position, histo
 written atomically every `save_every` batches, at each epoch's end and when time runs out, so a
 killed run resumes where it stopped and, on one thread with the same seed, ends with the same weights
 as one that was never interrupted.
+
+Under torchrun, every rank runs `train` on its share of the batch's streams with DDP (the how and the
+why: wordlm.distributed); rank 0 writes `best/` and `state/`, and a run resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.config import ModelConfig, preset
-from wordlm.data import Corpus, batchify, bptt_batches
+from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
+from wordlm.distributed import Group, gather_rank_state, rank_seed, restore_rank_state
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
 from wordlm.fileio import atomic_write_dir, settle_dir
-from wordlm.model import RecurrentLM, checkpoint_tensors, repackage_hidden
+from wordlm.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
@@ -75,7 +80,8 @@ class TrainConfig:
             dropout=self.dropout,
         )
 
-    def check(self) -> None:
+    def check(self, world_size: int = 1) -> None:
+        """One-line errors for impossible settings; `world_size`: the ranks that will share the batch."""
         positive = (
             "lr",
             "clip",
@@ -102,6 +108,11 @@ class TrainConfig:
             raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("fp32", "bf16"):
             raise WordLMError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.batch_size % world_size:
+            raise WordLMError(
+                f"--batch-size {self.batch_size} does not split into {world_size} ranks' streams; "
+                f"use a multiple of {world_size}"
+            )
 
 
 @dataclass
@@ -122,15 +133,15 @@ def _save_state(
     cfg: TrainConfig,
     st: RunState,
     model: RecurrentLM,
-    hidden: tuple[torch.Tensor, torch.Tensor],
+    hidden: Hidden,
     opt: torch.optim.Optimizer,
     vocab_sha256: str,
+    group: Group,
 ) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors["hidden.h"], tensors["hidden.c"] = hidden
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    """Every rank calls this at the same batch (it gathers the ranks' hidden states and RNGs); rank 0 writes."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | gather_rank_state(group, hidden)
+    if not group.main:
+        return
     opt_sd = opt.state_dict()
     for pid, pstate in opt_sd["state"].items():
         for k, v in pstate.items():
@@ -141,6 +152,7 @@ def _save_state(
         "run": asdict(st),
         "optim_groups": opt_sd["param_groups"],
         "vocab_sha256": vocab_sha256,
+        "world_size": group.world_size,
     }
 
     def fill(tmp: Path) -> None:
@@ -151,9 +163,8 @@ def _save_state(
     atomic_write_dir(run_dir / "state", fill, marker=STATE_MARKER)
 
 
-def _load_state(
-    run_dir: Path, cfg: TrainConfig, model: RecurrentLM, opt: torch.optim.Optimizer, device: str, vocab_sha256: str
-):
+def _read_state(run_dir: Path, cfg: TrainConfig, vocab_sha256: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """state/'s document and tensors, checked against this run's settings and corpus."""
     state_dir = run_dir / "state"
     try:
         doc = json.loads((state_dir / STATE_MARKER).read_text(encoding="utf-8"))
@@ -166,6 +177,21 @@ def _load_state(
     diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != v)
     if diff:
         raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
+    return doc, tensors
+
+
+def _restore(
+    saved: tuple[dict, dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    model: RecurrentLM,
+    opt: torch.optim.Optimizer,
+    device: str,
+    group: Group,
+) -> tuple[RunState, Hidden]:
+    """Load a saved state into this rank: weights, optimizer, its RNG and its streams' hidden state
+    (re-sharded when the run was saved by another number of ranks)."""
+    doc, tensors = saved
+    st = RunState(**doc["run"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_sd = {"state": {}, "param_groups": doc["optim_groups"]}
     for k, v in tensors.items():
@@ -173,11 +199,7 @@ def _load_state(
             _, pid, name = k.split(".", 2)
             opt_sd["state"].setdefault(int(pid), {})[name] = v.to(device)
     opt.load_state_dict(opt_sd)
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    hidden = (tensors["hidden.h"].to(device), tensors["hidden.c"].to(device))
-    return RunState(**doc["run"]), hidden
+    return st, restore_rank_state(group, tensors, cfg.batch_size, device, (cfg.seed, st.epoch, st.batch))
 
 
 def cpu_bf16() -> bool:
@@ -195,6 +217,42 @@ def effective_precision(precision: str, device: str) -> str:
     return precision
 
 
+def _prepare(
+    cfg: TrainConfig, corpus: Corpus, run_dir: Path, resume: bool, max_minutes: float | None, world_size: int
+) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Check the settings and the run directory; returns the saved state to resume from, if any.
+    Rank 0 runs this (`Group.share`) and every rank acts on its verdict."""
+    cfg.check(world_size)
+    if max_minutes is not None and max_minutes <= 0:
+        raise WordLMError(f"--max-minutes must be positive, got {max_minutes}")
+    if len(corpus.train) // cfg.batch_size < 2:
+        raise WordLMError(
+            f"--batch-size {cfg.batch_size} leaves fewer than 2 tokens per stream of the {len(corpus.train)}-token "
+            "training split; use a smaller batch"
+        )
+    has_state = (settle_dir(run_dir / "state") / STATE_MARKER).exists()
+    if resume and not has_state:
+        raise WordLMError(f"--resume: {run_dir} has no training state to resume")
+    if not resume and has_state:
+        raise WordLMError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    return _read_state(run_dir, cfg, corpus.vocab.sha256) if resume else None
+
+
+def _validate(model: RecurrentLM, corpus: Corpus, cfg: TrainConfig, device: str, group: Group) -> float:
+    """The validation loss, the same number on every rank. Ranks evaluate their share of the
+    `eval_batch_size` streams and add up; rank 0's result is everyone's, so the lr schedule agrees."""
+    lo, hi = group.streams(cfg.eval_batch_size)
+    if hi == lo:  # more ranks than validation streams
+        nll, count = group.sum([0.0, 0.0])
+        return group.from_main([nll / count])[0]
+    shard = stream_slice(corpus.valid, cfg.eval_batch_size, lo, hi)
+    res = evaluate(TorchEngine(model, device=device), shard, bptt=cfg.bptt, batch_size=hi - lo)
+    if not group.distributed:
+        return res.loss
+    nll, count = group.sum([res.loss * res.tokens, res.tokens])
+    return group.from_main([nll / count])[0]
+
+
 def train(
     cfg: TrainConfig,
     corpus: Corpus,
@@ -207,41 +265,44 @@ def train(
 ) -> RunState:
     """Train (or continue training) a model; returns where the run stands when it stops.
 
-    Stops after `cfg.epochs` epochs or, saving its state first, once `max_minutes` have passed.
+    Stops after `cfg.epochs` epochs or, saving its state first, once `max_minutes` have passed. In a
+    process group of several ranks (torchrun, `wordlm.distributed.setup`), every rank calls this with
+    the same arguments and `device` its own: DDP over the ranks' shares of the batch's streams.
     """
-    cfg.check()
     run_dir = Path(run_dir)
-    if max_minutes is not None and max_minutes <= 0:
-        raise WordLMError(f"--max-minutes must be positive, got {max_minutes}")
     if device != "cpu" and not device.startswith("cuda"):
         raise WordLMError(f"--device must be cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WordLMError("--device cuda: no CUDA device is available on this machine")
-    has_state = (settle_dir(run_dir / "state") / STATE_MARKER).exists()
-    if resume and not has_state:
-        raise WordLMError(f"--resume: {run_dir} has no training state to resume")
-    if not resume and has_state:
-        raise WordLMError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    group = Group.current(device)
+    saved = group.share(lambda: _prepare(cfg, corpus, run_dir, resume, max_minutes, group.world_size))
 
+    B, per_rank = cfg.batch_size, cfg.batch_size // group.world_size  # global and per-rank streams
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(len(corpus.vocab))
     model = RecurrentLM(model_cfg)
     model.init_weights(cfg.init)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-    if resume:
-        st, hidden = _load_state(run_dir, cfg, model, opt, device, corpus.vocab.sha256)
-        log.info("resuming %s at epoch %d, batch %d", run_dir, st.epoch, st.batch)
-    else:
-        st, hidden = RunState(lr=cfg.lr), model.init_hidden(cfg.batch_size)
-    st.commands.append({"epoch": st.epoch, "batch": st.batch, "command": command})
-
-    if len(corpus.train) // cfg.batch_size < 2:
-        raise WordLMError(
-            f"--batch-size {cfg.batch_size} leaves fewer than 2 tokens per stream of the {len(corpus.train)}-token "
-            "training split; use a smaller batch"
+    if saved is not None:
+        st, hidden = _restore(saved, cfg, model, opt, device, group)
+        was = saved[0].get("world_size", 1)
+        moved = (
+            f" (its {B} streams re-sharded from {was} to {group.world_size} ranks)" if was != group.world_size else ""
         )
-    train_data = torch.from_numpy(batchify(corpus.train, cfg.batch_size)).to(device)  # [n, batch]
+        log.info("resuming %s at epoch %d, batch %d%s", run_dir, st.epoch, st.batch, moved)
+    else:
+        st, hidden = RunState(lr=cfg.lr), model.init_hidden(per_rank)
+        if group.distributed:  # dropout draws differ by rank (the weights were drawn alike above)
+            torch.manual_seed(rank_seed(cfg.seed, group.rank))
+    st.commands.append({"epoch": st.epoch, "batch": st.batch, "command": command, "world_size": group.world_size})
+    net: nn.Module = model
+    if group.distributed:
+        net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+        log.info("DDP on %d ranks (%s), %d of the %d streams each", group.world_size, group.backend, per_rank, B)
+
+    lo, hi = group.streams(B)
+    train_data = torch.from_numpy(batchify(stream_slice(corpus.train, B, lo, hi), per_rank)).to(device)  # [n, per_rank]
     n_batches = math.ceil((train_data.size(0) - 1) / cfg.bptt)
     criterion = nn.CrossEntropyLoss()
     bf16 = effective_precision(cfg.precision, device) == "bf16"
@@ -251,13 +312,18 @@ def train(
 
     def checkpoint_state() -> None:
         st.elapsed_s = elapsed0 + time.monotonic() - t_start
-        _save_state(run_dir, cfg, st, model, hidden, opt, corpus.vocab.sha256)
+        _save_state(run_dir, cfg, st, model, hidden, opt, corpus.vocab.sha256, group)
+
+    def throughput() -> str:  # of this epoch's training so far (the tokens of all ranks)
+        tps = tokens / max(time.monotonic() - t_epoch, 1e-9)
+        return f"{tps:,.0f} tokens/s on {group.world_size} rank{'s' if group.distributed else ''}"
 
     while st.epoch <= cfg.epochs:
         for g in opt.param_groups:
             g["lr"] = st.lr
         model.train()
-        bar = tqdm(total=n_batches, initial=st.batch, desc=f"epoch {st.epoch}", unit="batch", leave=False)
+        progress = dict(desc=f"epoch {st.epoch}", unit="batch", leave=False, disable=not group.main)
+        bar = tqdm(total=n_batches, initial=st.batch, **progress)
         t_epoch, tokens, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
         for i, (ids, targets) in enumerate(bptt_batches(train_data, cfg.bptt)):
             if i < st.batch:
@@ -265,20 +331,23 @@ def train(
             hidden = repackage_hidden(hidden)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(**autocast):
-                logits, hidden = model(ids, hidden)
+                logits, hidden = net(ids, hidden)
                 loss = criterion(logits.view(-1, model_cfg.vocab_size).float(), targets.reshape(-1))
             hidden = tuple(h.float() for h in hidden)  # the carried state stays fp32 (and so does its save)
-            if not torch.isfinite(loss):  # the last saved state stays as it was
-                raise WordLMError(
-                    f"training diverged at epoch {st.epoch}, batch {st.batch + 1} (loss {loss.item()}); "
+            # one collective a batch: the mean loss over the ranks, and whether any rank ran out of time
+            loss_total, late = group.sum([loss.item(), float(time.monotonic() > deadline)])
+            loss_value = loss_total / group.world_size
+            if not math.isfinite(loss_value):  # the last saved state stays as it was
+                raise group.error(
+                    f"training diverged at epoch {st.epoch}, batch {st.batch + 1} (loss {loss_value}); "
                     "lower --lr or --clip"
                 )
-            loss.backward()
+            loss.backward()  # DDP averages the ranks' gradients here, so clipping sees the global gradient
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             st.batch += 1
-            tokens += ids.numel()
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            tokens += ids.numel() * group.world_size
+            loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
             if st.batch % 10 == 0 or st.batch == n_batches:
                 mean = loss_sum / loss_n
                 tps = tokens / max(time.monotonic() - t_epoch, 1e-9)
@@ -287,49 +356,54 @@ def train(
             bar.update(1)
             if st.batch % cfg.save_every == 0:
                 checkpoint_state()
-            if time.monotonic() > deadline:
+            if late:
                 bar.close()
+                speed = throughput()  # of the training, not of the save
                 checkpoint_state()
-                log.info("time limit reached at epoch %d, batch %d; state saved", st.epoch, st.batch)
+                log.info("time limit reached at epoch %d, batch %d; state saved (%s)", st.epoch, st.batch, speed)
                 return st
         bar.close()
-        val = evaluate(TorchEngine(model, device=device), corpus.valid, bptt=cfg.bptt, batch_size=cfg.eval_batch_size)
+        speed = throughput()
+        val_loss = _validate(model, corpus, cfg, device, group)
         model.train()
-        gain = st.best_val - val.loss  # inf on the first epoch
+        gain = st.best_val - val_loss  # inf on the first epoch
         improved = gain > 0
         st.history.append(
             {
                 "epoch": st.epoch,
                 "lr": st.lr,
-                "val_loss": val.loss,
-                "val_ppl": val.ppl,
+                "val_loss": val_loss,
+                "val_ppl": math.exp(val_loss),
                 "elapsed_s": elapsed0 + time.monotonic() - t_start,
             }
         )
         log.info(
-            "epoch %d: val loss %.4f (ppl %.1f), lr %g%s",
+            "epoch %d: val loss %.4f (ppl %.1f), lr %g%s; %s",
             st.epoch,
-            val.loss,
-            val.ppl,
+            val_loss,
+            math.exp(val_loss),
             st.lr,
             " (best)" if improved else "",
+            speed,
         )
         if improved:
-            st.best_val = val.loss
+            st.best_val = val_loss
+        if improved and group.main:
             meta = {
                 "command": command,
                 "commands": st.commands,
                 "train_config": asdict(cfg),
                 "epochs": st.epoch,
-                "val_loss": val.loss,
+                "val_loss": val_loss,
                 "history": st.history,
                 "hardware": " ".join(filter(None, (platform.machine(), platform.processor(), f"({device})"))),
+                "world_size": group.world_size,
                 "torch": torch.__version__,
             }
             save_checkpoint(Checkpoint(model_cfg, corpus.vocab, checkpoint_tensors(model), meta=meta), run_dir / "best")
         if gain <= cfg.min_improvement:
             st.lr /= cfg.lr_decay
         st.epoch, st.batch = st.epoch + 1, 0
-        hidden = model.init_hidden(cfg.batch_size)
+        hidden = model.init_hidden(per_rank)
         checkpoint_state()
     return st

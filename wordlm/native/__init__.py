@@ -5,16 +5,19 @@ NLL of targets, logits, log-sum-exp), and an int8 LSTM stack (`lstm`). `referenc
 `reference_lstm` are their slow numpy references, the same integer arithmetic: the GEMMs equal it bit
 for bit (tests/test_native.py).
 
-Kernels: one per instruction set, `ISAS`. `available_isas()` lists those this CPU runs, `active_isa()`
-the one every call uses unless it names one (`isa=`): the environment variable WORDLM_ISA
-(portable | avx2 | avx512-vnni) when set, so that tests and benchmarks can force a lower one, else the
-best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way for any count.
+Kernels: one per instruction set of this machine's architecture, `ISAS` (x86: portable, avx2,
+avx512-vnni; ARM64: portable, neon, dotprod, i8mm; elsewhere portable C only). `available_isas()` lists
+those this CPU runs, `active_isa()` the one every call uses unless it names one (`isa=`): the
+environment variable WORDLM_ISA (one of ISAS) when set, so that tests and benchmarks can force a lower
+one, else the best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way
+for any count.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,7 +26,18 @@ import numpy as np
 from wordlm.errors import WordLMError
 
 PANEL = 16  # rows of W per packed panel (kernels.h: NR)
-ISAS = ("portable", "avx2", "avx512-vnni")  # every kernel, lowest first, by kernels.c's number
+# every kernel of an architecture, lowest first, by kernels.c's number (its isa_names)
+ISAS_BY_ARCH = {"x86": ("portable", "avx2", "avx512-vnni"), "arm64": ("portable", "neon", "dotprod", "i8mm")}
+# platform.machine() as Linux, macOS and Windows spell it
+_ARCH = {"x86_64": "x86", "amd64": "x86", "i386": "x86", "i686": "x86", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def architecture(machine: str | None = None) -> str:
+    """'x86', 'arm64' or 'other' (portable C only) for platform.machine(), or for `machine`."""
+    return _ARCH.get((platform.machine() if machine is None else machine).lower(), "other")
+
+
+ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this machine's kernels
 
 
 def _library() -> ctypes.CDLL:
@@ -43,6 +57,13 @@ def _library() -> ctypes.CDLL:
     lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, c_int, c_int]
     lib.wl_sample.restype = i64
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
+    lib.wl_isa_name.restype = ctypes.c_char_p
+    lib.wl_isa_name.argtypes = [c_int]
+    built = []
+    while (name := lib.wl_isa_name(len(built))) is not None:
+        built.append(name.decode())
+    if tuple(built) != ISAS:  # never expected: a library built for another architecture than this Python's
+        raise WordLMError(f"wordlm's native kernels are {built}, but this {platform.machine()} machine's are {ISAS}")
     return lib
 
 

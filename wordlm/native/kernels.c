@@ -1,6 +1,7 @@
 /* wordlm native kernels: int8 GEMMs for the LSTM and the decoder of evaluation, with the loss fused.
  * This file: the arithmetic contract, the portable kernels, the choice of kernels, the threads and the
- * entry points called through ctypes; kernels_x86.c: the AVX2 and AVX-512 VNNI kernels.
+ * entry points called through ctypes; kernels_x86.c: the AVX2 and AVX-512 VNNI kernels; kernels_arm.c:
+ * the ARM64 ones (NEON, dot product, I8MM).
  *
  * The decoder: logits[m, n] = x[m, :] . W[n, :] + b[n] for M rows of LSTM output x and N = 33,278
  * words, then the negative log-likelihood of one target per row (and/or the log-sum-exp of the row,
@@ -16,14 +17,17 @@
  * - activations: per row, asymmetric 7-bit, u = clamp(rint(x * inv_s) + zp, 0, 127) with
  *   s = (max(x, 0) - min(x, 0)) / 127. Seven bits because the AVX2 int8 product (vpmaddubsw) adds
  *   pairs of u8 x s8 products in int16: 127 * 128 * 2 = 32,512 cannot saturate, where full u8
- *   activations could (the saturation ONNX Runtime documents for its AVX2 u8s8 kernels);
+ *   activations could (the saturation ONNX Runtime documents for its AVX2 u8s8 kernels); the same
+ *   bound lets ARMv8.0 NEON add two products per int16 lane (SMULL + SMLAL), and codes below 128 are
+ *   also int8, which ARM's signed SDOT and SMMLA take as they are;
  * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
  *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit.
  *
- * Three kernels, each a table of functions (kernels.h) as ggml chooses its own: AVX-512 VNNI, AVX2,
- * portable C; the caller names one (wordlm.native resolves WORDLM_ISA and the CPU's best). The GEMMs
- * are identical; exp (in the log-sum-exp and the LSTM's sigmoid and tanh) is a polynomial in the
- * vector kernels and libm in C, ~1e-7 relative apart.
+ * Kernels by architecture, each a table of functions (kernels.h) as ggml chooses its own, numbered
+ * from 0 (portable C) up (isa_names below): x86 AVX2 and AVX-512 VNNI, ARM64 NEON, dot product (SDOT)
+ * and I8MM (SMMLA); the caller names one (wordlm.native resolves WORDLM_ISA and the CPU's best). The
+ * GEMMs are identical; exp (in the log-sum-exp and the LSTM's sigmoid and tanh) is a polynomial in
+ * the vector kernels and libm in C, ~1e-7 relative apart.
  *
  * Threads (a pool started once, below): the work is cut into a partition that does not depend on the
  * number of threads (chunks of the vocabulary; blocks of the LSTM's hidden units), and whatever is
@@ -31,8 +35,10 @@
  * gives the same bits. The decoder's threads take chunks from a shared counter; the LSTM's each own a
  * run of unit blocks, computing those units' gates and cell, with one barrier per step.
  */
+#ifndef WL_NO_PYTHON /* a C program may link this file without Python (tests/arm) */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -95,11 +101,27 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
 
 const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c};
 
-/* ---- the kernels by number: 0 portable C, 1 AVX2, 2 AVX-512 VNNI ---- */
+/* ---- the kernels by number: x86 0 portable C, 1 AVX2, 2 AVX-512 VNNI; ARM64 0 portable C, 1 NEON,
+ * 2 dot product, 3 I8MM (wordlm.native's ISAS names them alike, and checks) ---- */
+
+#if defined(WL_X86)
+static const wl_kernels *const isa_tables[] = {&wl_kernels_portable, &wl_kernels_avx2, &wl_kernels_avx512_vnni};
+static const char *const isa_names[] = {"portable", "avx2", "avx512-vnni"};
+#elif defined(WL_ARM64)
+static const wl_kernels *const isa_tables[] = {&wl_kernels_portable, &wl_kernels_neon, &wl_kernels_dotprod,
+                                               &wl_kernels_i8mm};
+static const char *const isa_names[] = {"portable", "neon", "dotprod", "i8mm"};
+#else
+static const wl_kernels *const isa_tables[] = {&wl_kernels_portable};
+static const char *const isa_names[] = {"portable"};
+#endif
+#define ISA_COUNT ((int)(sizeof(isa_names) / sizeof(isa_names[0])))
 
 static int best_isa(void) {
-#ifdef WL_X86
+#if defined(WL_X86)
     return wl_x86_best_isa();
+#elif defined(WL_ARM64)
+    return wl_arm_best_isa();
 #else
     return 0;
 #endif
@@ -107,12 +129,8 @@ static int best_isa(void) {
 
 /* the table of kernel `isa`, or NULL when this CPU cannot run it: never a silent substitute */
 static const wl_kernels *kernels_for(int isa) {
-    if (isa < 0 || isa > best_isa()) return NULL;
-#ifdef WL_X86
-    if (isa == 2) return &wl_kernels_avx512_vnni;
-    if (isa == 1) return &wl_kernels_avx2;
-#endif
-    return &wl_kernels_portable;
+    if (isa < 0 || isa >= ISA_COUNT || isa > best_isa()) return NULL;
+    return isa_tables[isa];
 }
 
 /* ---- threads ---- */
@@ -227,7 +245,7 @@ static int64_t take_item(phases_t *ph, unsigned p, int64_t items, int id, int n)
         int o = (id + k) % n;
         uint64_t size = (uint64_t)(items * (o + 1) / n - items * o / n);
         atomic_ullong *next = &ph->share[o].next;
-        uint64_t v = atomic_load_explicit(next, memory_order_relaxed);
+        unsigned long long v = atomic_load_explicit(next, memory_order_relaxed); /* the atomic's own type */
         for (;;) { /* a share last taken from in an earlier phase is whole; in a later one, empty for p */
             unsigned vp = (unsigned)(v >> 32);
             uint64_t i = vp == p ? (v & 0xffffffffu) : vp < p ? 0 : size;
@@ -447,7 +465,7 @@ static void lse_merge(lse_t *into, const lse_t *part) {
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
  * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding.
- * isa: the kernel (0 portable, 1 AVX2, 2 AVX-512 VNNI; see wl_best_isa); threads >= 1.
+ * isa: the kernel (0 portable, then this architecture's: see wl_isa_name, wl_best_isa); threads >= 1.
  * Returns 0, or -1 for a bad argument (a target outside [0, n), a kernel this CPU lacks) or no memory. */
 int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
                    const float *wscale, const int32_t *wsum, const float *bias, const int64_t *targets, float *nll,
@@ -648,12 +666,18 @@ int wl_lstm(const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_
 /* the units per block of the LSTM's rows (wordlm.native checks that it orders them the same way) */
 int wl_lstm_block(void) { return LSTM_BLOCK; }
 
-/* the best kernel this CPU runs: 2 AVX-512 VNNI, 1 AVX2, 0 portable C */
+/* the best kernel this CPU runs, by number (x86: 2 AVX-512 VNNI, 1 AVX2; ARM64: 3 I8MM, 2 dot product,
+ * 1 NEON; 0 portable C) */
 int wl_best_isa(void) { return best_isa(); }
 
+/* the name of kernel `isa` of this build's architecture, lowest first; NULL past the last */
+const char *wl_isa_name(int isa) { return isa >= 0 && isa < ISA_COUNT ? isa_names[isa] : NULL; }
+
+#ifndef WL_NO_PYTHON
 /* A Python module only so that the library is built and found like any extension; the functions
  * above are called through ctypes (wordlm/native/__init__.py). */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_kernels", .m_doc = "wordlm's native kernels",
                                     .m_size = -1};
 
 PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+#endif

@@ -1,5 +1,5 @@
-/* What kernels.c (the arithmetic contract, portable C, threads, entry points) and kernels_x86.c (AVX2,
- * AVX-512 VNNI) share: the blocking constants, the running log-sum-exp, and the table of one
+/* What kernels.c (the arithmetic contract, portable C, threads, entry points), kernels_x86.c (AVX2,
+ * AVX-512 VNNI) and kernels_arm.c (NEON, dot product, I8MM) share: the blocking constants, the running log-sum-exp, and the table of one
  * instruction set's kernels. A new architecture is one more file that fills a wl_kernels table. */
 #ifndef WORDLM_KERNELS_H
 #define WORDLM_KERNELS_H
@@ -9,6 +9,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #define WL_X86 1
+#elif defined(__aarch64__) /* Linux, Android and macOS on ARM64 */
+#define WL_ARM64 1
 #endif
 
 /* shared between the files of the library, not exported from it (ctypes sees only the wl_ entry points) */
@@ -71,7 +73,8 @@ static inline __attribute__((always_inline)) void quantize_body(const float *x, 
     }
 }
 
-/* kernels.c: the portable kernels; the vector cells fall back to wl_cell_c for H not a multiple of 8 */
+/* kernels.c: the portable kernels; the vector cells fall back to wl_cell_c for H not a multiple of their
+ * width (8 on x86, 4 on ARM) */
 WL_INTERNAL extern const wl_kernels wl_kernels_portable;
 WL_INTERNAL void wl_cell_c(const float *g, int64_t hidden, float *h, float *c);
 
@@ -79,6 +82,12 @@ WL_INTERNAL void wl_cell_c(const float *g, int64_t hidden, float *h, float *c);
 /* kernels_x86.c */
 WL_INTERNAL extern const wl_kernels wl_kernels_avx2, wl_kernels_avx512_vnni;
 WL_INTERNAL int wl_x86_best_isa(void); /* 2: AVX-512 VNNI, 1: AVX2 (with FMA), 0: neither */
+#endif
+
+#ifdef WL_ARM64
+/* kernels_arm.c */
+WL_INTERNAL extern const wl_kernels wl_kernels_neon, wl_kernels_dotprod, wl_kernels_i8mm;
+WL_INTERNAL int wl_arm_best_isa(void); /* 3: I8MM (with SDOT), 2: SDOT, 1: Advanced SIMD, 0: none */
 #endif
 
 #endif

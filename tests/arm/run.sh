@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# make test-arm: wordlm's native kernels for ARM64, tested on an x86 machine.
+#
+# Installs what it lacks from Debian's packages (gcc-aarch64-linux-gnu, qemu-user), then:
+#  - builds tests/arm/test_kernels.c with every wordlm/native/*.c (kernels.c without Python), for the
+#    host and statically for aarch64, with setup.py's flags (-O3 -ffp-contract=off);
+#  - runs the host build (its reference against the x86 kernels), and the aarch64 build under user-mode
+#    QEMU as three CPUs: `max` (SDOT and SMMLA: picks i8mm), `neoverse-n1` (SDOT: dotprod) and
+#    `cortex-a53` (ARMv8.0: neon): each tests every kernel its CPU runs (`neoverse-n1`: dotprod alone,
+#    the others being tested on the other two) against the reference, threads
+#    1 to 3, and that run-time detection picked the one expected; QEMU raises SIGILL for an instruction
+#    its CPU lacks, so the baseline kernels are checked to contain none;
+#  - WORDLM_ISA: forcing a lower kernel runs that one alone; forcing one the CPU lacks is refused;
+#  - with clang too, where clang is installed (skipped otherwise): the sources with -Werror, and the
+#    test program under QEMU's `max` CPU (clang's build blocks some kernels differently);
+#  - the Python package: Debian's arm64 Python and numpy under QEMU run tests/test_native.py and
+#    tests/test_native_arm.py against the library cross-compiled for aarch64 (ARM_PYTHON, below).
+# Prints a pytest-style closing line; exits non-zero on any failure. Timings under QEMU mean nothing.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+start=$(date +%s%N)
+out=build/arm
+mkdir -p "$out"
+passed=0 failed=0 skipped=0
+
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAILED $*"; }
+
+# ---- what it needs, from Debian's packages ----
+need=()
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+if ((${#need[@]})); then
+    echo "installing ${need[*]} (apt-get)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $sudo apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+        $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null ||
+            { echo "could not install ${need[*]}"; exit 2; }
+    fi
+fi
+
+# ---- runs: each prints FAILED lines and its own closing line ----
+run() { # label, expected exit status, command... ; output in $out/run_<label>.txt
+    local label=$1 want=$2
+    shift 2
+    "$@" >"$out/run_$label.txt" 2>&1
+    echo $? >"$out/run_$label.rc"
+}
+
+# The Python package under QEMU (tests/arm/python.sh), beside the builds and the kernels' runs.
+# ARM_PYTHON=smoke (the default, ~40 s beside the rest): the architecture's kernel names, logits bit for
+# bit, extreme codes and WORDLM_ISA in subprocesses, on `max`; full (~2 min more): all of tests/test_native.py on `max` and the CPU and
+# WORDLM_ISA tests on `cortex-a53`; 0: none. The fork test is left out: QEMU 7.2's user mode aborts
+# in a child forked from a process with threads (an assertion in QEMU, cpu-exec.c), not in wordlm.
+arm_python=${ARM_PYTHON:-smoke}
+smoke='architecture or kernels_of_each or library_holds or not_a_kernel_here or every_arm64 or this_cpu_runs'
+smoke="$smoke or logits_equal or extreme_codes or wordlm_isa"
+python_runs() {
+    if ! tests/arm/python.sh prepare >"$out/run_python-prepare.txt" 2>&1; then
+        echo 1 >"$out/run_python-prepare.rc"
+        return
+    fi
+    echo 0 >"$out/run_python-prepare.rc"
+    if [ "$arm_python" = full ]; then
+        run python-max 0 tests/arm/python.sh max -k "not forked_child"
+        run python-cortex-a53 0 tests/arm/python.sh cortex-a53 \
+            -k "architecture or kernels_of_each or library_holds or every_arm64 or this_cpu_runs or wordlm_isa"
+    else
+        run python-max 0 tests/arm/python.sh max -k "$smoke"
+    fi
+}
+
+python_pid=
+case $arm_python in
+0 | off | no) skipped=$((skipped + 1)); echo "SKIPPED the Python package under QEMU (ARM_PYTHON=$arm_python)" ;;
+*) python_runs & python_pid=$! ;; # from the start: its download overlaps the builds below
+esac
+
+# ---- builds ----
+sources=(tests/arm/test_kernels.c wordlm/native/*.c)
+# setup.py's flags (and Python's -fwrapv); MIN_WORK low enough that small cases run on several threads
+flags=(-O3 -ffp-contract=off -fwrapv -pthread -Wall -Wextra -DWL_NO_PYTHON -DMIN_WORK=4096)
+build() { # name, compiler, extra flags...
+    local name=$1 cc=$2
+    shift 2
+    if "$cc" "${flags[@]}" "$@" "${sources[@]}" -lm -o "$out/$name" 2>"$out/$name.log"; then
+        pass
+    else
+        fail "build $name:"
+        cat "$out/$name.log"
+    fi
+    grep -i "warning" "$out/$name.log" | head -5
+}
+build test_kernels_host gcc
+build test_kernels_aarch64 aarch64-linux-gnu-gcc -static
+
+# clang too, where it is installed (skipped otherwise): the library's sources with -Werror, then the
+# test program, linked with the cross toolchain's libc and run under QEMU like GCC's
+clang=$(command -v clang || ls /usr/bin/clang-[0-9]* 2>/dev/null | sort -V | tail -1)
+if [ -z "$clang" ]; then
+    skipped=$((skipped + 1))
+    echo "SKIPPED clang --target=aarch64-linux-gnu: clang is not installed (apt-get install clang)"
+else
+    ok=1
+    rm -f "$out/clang.log"
+    for f in wordlm/native/*.c; do
+        "$clang" --target=aarch64-linux-gnu "${flags[@]}" -Werror -c "$f" -o "$out/clang_$(basename "$f" .c).o" \
+            2>>"$out/clang.log" || ok=0
+    done
+    if ((ok)); then pass; else fail "$clang --target=aarch64-linux-gnu -Werror:"; cat "$out/clang.log"; fi
+    build test_kernels_clang "$clang" --target=aarch64-linux-gnu -static
+fi
+
+tally() { # label, expected exit status, text the output must hold (for expected failures)
+    local label=$1 want=$2 text=${3:-} rc
+    rc=$(cat "$out/run_$label.rc")
+    local summary
+    summary=$(grep -E '^==== .* in .*s ====$' "$out/run_$label.txt" | tail -1)
+    if [ "$want" = 0 ]; then
+        local p f
+        p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+        f=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || echo 0)
+        passed=$((passed + ${p:-0}))
+        failed=$((failed + ${f:-0}))
+        grep '^FAILED' "$out/run_$label.txt" | sed "s/^FAILED /FAILED [$label] /"
+        if [ "$rc" != 0 ] && [ "${f:-0}" = 0 ]; then
+            fail "[$label] exited with status $rc:"
+            tail -5 "$out/run_$label.txt"
+        fi
+        echo "$label: ${summary:-no closing line}"
+    elif [ "$rc" = "$want" ] && grep -q -- "$text" "$out/run_$label.txt"; then
+        pass
+        echo "$label: refused as expected ($(head -1 "$out/run_$label.txt"))"
+    else
+        fail "[$label] expected exit status $want and '$text', got $rc:"
+        tail -5 "$out/run_$label.txt"
+    fi
+}
+
+tally_pytest() { # label: pytest's closing line ("3 passed, 2 deselected in 9.1s", "1 failed, ...")
+    local label=$1 rc summary p f e
+    rc=$(cat "$out/run_$label.rc")
+    summary=$(grep -E '^=* ?[0-9]+ (passed|failed|errors?|deselected|skipped).* in [0-9.]+s' "$out/run_$label.txt" |
+        tail -1 | sed 's/^=* //; s/ =*$//')
+    p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || true)
+    f=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || true)
+    e=$(echo "$summary" | grep -oE '[0-9]+ errors?' | grep -oE '[0-9]+' || true)
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0} + ${e:-0}))
+    grep -E '^(FAILED|ERROR) ' "$out/run_$label.txt" | sed -E "s/^(FAILED|ERROR) /\1 [$label] /"
+    if [ "$rc" != 0 ] && [ -z "$f$e" ]; then
+        fail "[$label] exited with status $rc:"
+        tail -15 "$out/run_$label.txt"
+    fi
+    echo "$label: ${summary:-no closing line}"
+}
+
+if [ -x "$out/test_kernels_aarch64" ] && [ -x "$out/test_kernels_host" ]; then
+    arm=$out/test_kernels_aarch64
+    # the kernels' runs two at a time (CI machines have 2 cores), beside the Python ones
+    run host 0 "$out/test_kernels_host" &
+    run max 0 qemu-aarch64 -cpu max "$arm" --expect-best i8mm &
+    wait_kernels() { for job in $(jobs -p); do [ "$job" = "$python_pid" ] || wait "$job"; done; }
+    wait_kernels
+    run neoverse-n1 0 env WORDLM_ISA=dotprod qemu-aarch64 -cpu neoverse-n1 "$arm" --expect-best dotprod &
+    run cortex-a53 0 qemu-aarch64 -cpu cortex-a53 "$arm" --expect-best neon &
+    wait_kernels
+    run forced-neon 0 env WORDLM_ISA=neon qemu-aarch64 -cpu max "$arm" &
+    run forced-i8mm-a53 2 env WORDLM_ISA=i8mm qemu-aarch64 -cpu cortex-a53 "$arm" &
+    run forced-avx2 2 env WORDLM_ISA=avx2 qemu-aarch64 -cpu max "$arm" &
+    wait_kernels
+    [ -x "$out/test_kernels_clang" ] && run clang-max 0 qemu-aarch64 -cpu max "$out/test_kernels_clang" --expect-best i8mm
+    tally host 0
+    tally max 0
+    tally neoverse-n1 0
+    tally cortex-a53 0
+    tally forced-neon 0
+    if ! grep -q 'testing: neon$' "$out/run_forced-neon.txt"; then fail "[forced-neon] did not test neon alone"; fi
+    tally forced-i8mm-a53 2 "this CPU does not run it"
+    tally forced-avx2 2 "is not a kernel"
+    [ -x "$out/test_kernels_clang" ] && tally clang-max 0
+fi
+if [ -n "$python_pid" ]; then
+    wait "$python_pid"
+    if [ "$(cat "$out/run_python-prepare.rc")" != 0 ]; then
+        fail "[python] could not prepare Debian's arm64 Python:"
+        tail -5 "$out/run_python-prepare.txt"
+    else
+        tally_pytest python-max
+        [ -f "$out/run_python-cortex-a53.rc" ] && [ "$arm_python" = full ] && tally_pytest python-cortex-a53
+    fi
+fi
+
+ms=$((($(date +%s%N) - start) / 1000000))
+summary="$passed passed"
+((failed)) && summary="$failed failed, $summary"
+((skipped)) && summary="$summary, $skipped skipped"
+printf "==== %s in %d.%02ds (make test-arm) ====\n" "$summary" $((ms / 1000)) $((ms % 1000 / 10))
+((failed == 0))
