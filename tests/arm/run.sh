@@ -11,8 +11,8 @@
 #    1 to 3, and that run-time detection picked the one expected; QEMU raises SIGILL for an instruction
 #    its CPU lacks, so the baseline kernels are checked to contain none;
 #  - WORDLM_ISA: forcing a lower kernel runs that one alone; forcing one the CPU lacks is refused;
-#  - with clang too, where clang is installed (skipped otherwise): the sources with -Werror, and the
-#    test program under QEMU's `max` CPU (clang's build blocks some kernels differently);
+#  - with clang too, where clang is installed (skipped otherwise): the test program built with -Werror
+#    and run under QEMU's `max` CPU (clang's build blocks some kernels differently);
 #  - the Python package: Debian's arm64 Python and numpy under QEMU run tests/test_native.py and
 #    tests/test_native_arm.py against the library cross-compiled for aarch64 (ARM_PYTHON, below).
 # Prints a pytest-style closing line; exits non-zero on any failure. Timings under QEMU mean nothing.
@@ -82,35 +82,29 @@ esac
 sources=(tests/arm/test_kernels.c wordlm/native/*.c)
 # setup.py's flags (and Python's -fwrapv); MIN_WORK low enough that small cases run on several threads
 flags=(-O3 -ffp-contract=off -fwrapv -pthread -Wall -Wextra -DWL_NO_PYTHON -DMIN_WORK=4096)
-build() { # name, compiler, extra flags...
+build() { # name, compiler, extra flags... (in the background: build_tally says how it went)
     local name=$1 cc=$2
     shift 2
-    if "$cc" "${flags[@]}" "$@" "${sources[@]}" -lm -o "$out/$name" 2>"$out/$name.log"; then
-        pass
-    else
-        fail "build $name:"
-        cat "$out/$name.log"
-    fi
-    grep -i "warning" "$out/$name.log" | head -5
+    ("$cc" "${flags[@]}" "$@" "${sources[@]}" -lm -o "$out/$name" 2>"$out/$name.log"; echo $? >"$out/$name.rc") &
+}
+build_tally() { # name
+    if [ "$(cat "$out/$1.rc")" = 0 ]; then pass; else fail "build $1:"; cat "$out/$1.log"; fi
+    grep -i "warning" "$out/$1.log" | head -5
 }
 build test_kernels_host gcc
 build test_kernels_aarch64 aarch64-linux-gnu-gcc -static
-
-# clang too, where it is installed (skipped otherwise): the library's sources with -Werror, then the
-# test program, linked with the cross toolchain's libc and run under QEMU like GCC's
+# clang too, where it is installed (skipped otherwise), with -Werror: the test program linked with the
+# cross toolchain's libc, run under QEMU like GCC's
 clang=$(command -v clang || ls /usr/bin/clang-[0-9]* 2>/dev/null | sort -V | tail -1)
-if [ -z "$clang" ]; then
+[ -n "$clang" ] && build test_kernels_clang "$clang" --target=aarch64-linux-gnu -static -Werror
+for job in $(jobs -p); do [ "$job" = "$python_pid" ] || wait "$job"; done
+build_tally test_kernels_host
+build_tally test_kernels_aarch64
+if [ -n "$clang" ]; then
+    build_tally test_kernels_clang
+else
     skipped=$((skipped + 1))
     echo "SKIPPED clang --target=aarch64-linux-gnu: clang is not installed (apt-get install clang)"
-else
-    ok=1
-    rm -f "$out/clang.log"
-    for f in wordlm/native/*.c; do
-        "$clang" --target=aarch64-linux-gnu "${flags[@]}" -Werror -c "$f" -o "$out/clang_$(basename "$f" .c).o" \
-            2>>"$out/clang.log" || ok=0
-    done
-    if ((ok)); then pass; else fail "$clang --target=aarch64-linux-gnu -Werror:"; cat "$out/clang.log"; fi
-    build test_kernels_clang "$clang" --target=aarch64-linux-gnu -static
 fi
 
 tally() { # label, expected exit status, text the output must hold (for expected failures)
@@ -142,14 +136,14 @@ tally() { # label, expected exit status, text the output must hold (for expected
 tally_pytest() { # label: pytest's closing line ("3 passed, 2 deselected in 9.1s", "1 failed, ...")
     local label=$1 rc summary p f e
     rc=$(cat "$out/run_$label.rc")
-    summary=$(grep -E '^=* ?[0-9]+ (passed|failed|errors?|deselected|skipped).* in [0-9.]+s' "$out/run_$label.txt" |
+    summary=$(grep -aE '^=* ?[0-9]+ (passed|failed|errors?|deselected|skipped).* in [0-9.]+s' "$out/run_$label.txt" |
         tail -1 | sed 's/^=* //; s/ =*$//')
     p=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || true)
     f=$(echo "$summary" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+' || true)
     e=$(echo "$summary" | grep -oE '[0-9]+ errors?' | grep -oE '[0-9]+' || true)
     passed=$((passed + ${p:-0}))
     failed=$((failed + ${f:-0} + ${e:-0}))
-    grep -E '^(FAILED|ERROR) ' "$out/run_$label.txt" | sed -E "s/^(FAILED|ERROR) /\1 [$label] /"
+    grep -aE '^(FAILED|ERROR) ' "$out/run_$label.txt" | sed -E "s/^(FAILED|ERROR) /\1 [$label] /"
     if [ "$rc" != 0 ] && [ -z "$f$e" ]; then
         fail "[$label] exited with status $rc:"
         tail -15 "$out/run_$label.txt"
@@ -171,7 +165,7 @@ if [ -x "$out/test_kernels_aarch64" ] && [ -x "$out/test_kernels_host" ]; then
     run forced-i8mm-a53 2 env WORDLM_ISA=i8mm qemu-aarch64 -cpu cortex-a53 "$arm" &
     run forced-avx2 2 env WORDLM_ISA=avx2 qemu-aarch64 -cpu max "$arm" &
     wait_kernels
-    [ -x "$out/test_kernels_clang" ] && run clang-max 0 qemu-aarch64 -cpu max "$out/test_kernels_clang" --expect-best i8mm
+    [ -n "$clang" ] && [ -x "$out/test_kernels_clang" ] && run clang-max 0 qemu-aarch64 -cpu max "$out/test_kernels_clang" --expect-best i8mm
     tally host 0
     tally max 0
     tally neoverse-n1 0
@@ -180,7 +174,7 @@ if [ -x "$out/test_kernels_aarch64" ] && [ -x "$out/test_kernels_host" ]; then
     if ! grep -q 'testing: neon$' "$out/run_forced-neon.txt"; then fail "[forced-neon] did not test neon alone"; fi
     tally forced-i8mm-a53 2 "this CPU does not run it"
     tally forced-avx2 2 "is not a kernel"
-    [ -x "$out/test_kernels_clang" ] && tally clang-max 0
+    [ -n "$clang" ] && [ -x "$out/test_kernels_clang" ] && tally clang-max 0
 fi
 if [ -n "$python_pid" ]; then
     wait "$python_pid"
