@@ -5,7 +5,7 @@ Each run is `wordlm train --preset tutorial` stopped by `--max-minutes`; the tok
 logs when it stops (its epoch's tokens, all ranks, over the training time, the state save excluded).
 The variants are interleaved, in a rotated order each repetition, and the medians are reported.
 
-    .venv/bin/python benchmarks/distributed.py --minutes 1.5 --reps 3 --out benchmarks/distributed.md
+    .venv/bin/python benchmarks/distributed.py --minutes 1.5 --reps 3 --out benchmarks/distributed_run.md
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=1.5, help="training time of each run")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/distributed.md"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/distributed_run.md"))
     args = ap.parse_args()
     names = list(VARIANTS)
     rows, speeds = [], {n: [] for n in names}
@@ -72,7 +72,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     base = statistics.median(speeds[names[0]])
     lines = [
-        "# Distributed training on the CPU (issue 15)",
+        "# Distributed training on the CPU: one run of benchmarks/distributed.py (write-up: distributed.md)",
         "",
         f"Machine: {cpu()}; {platform.platform()}; torch {torch.__version__}.",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')}, {args.reps} interleaved repetitions of {args.minutes} "
