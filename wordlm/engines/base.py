@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from wordlm.runtime import Sampling, State, sample
+from wordlm.runtime.weights import logsumexp
 
 __all__ = ["Engine", "State"]
 
@@ -42,9 +43,7 @@ class Engine:
         """Negative log-likelihood (nats) of each of targets[seq, batch] given ids[seq, batch]."""
         logits, state = self.forward(ids, state)
         z = logits.reshape(-1, logits.shape[-1]).astype(np.float64)
-        m = z.max(1)
-        lse = m + np.log(np.exp(z - m[:, None]).sum(1))
-        nll = lse - z[np.arange(len(z)), np.asarray(targets).reshape(-1)]
+        nll = logsumexp(z) - z[np.arange(len(z)), np.asarray(targets).reshape(-1)]
         return nll.reshape(np.shape(targets)).astype(np.float32), state
 
     def nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[float, State]:
@@ -56,8 +55,7 @@ class Engine:
         """Log-probabilities float32 [batch, vocab] of the word after the last position of ids[seq, batch]."""
         logits, state = self.forward(ids, state)
         z = logits[-1].astype(np.float64)
-        m = z.max(1, keepdims=True)
-        return (z - m - np.log(np.exp(z - m).sum(1, keepdims=True))).astype(np.float32), state
+        return (z - logsumexp(z)[:, None]).astype(np.float32), state
 
     def sample_next(
         self, ids: np.ndarray, state: State, sampling: Sampling, rng: np.random.Generator

@@ -109,6 +109,6 @@ class Runtime:
         uniform number as wordlm.runtime.sample, ~5x faster than numpy's exp); filters run in numpy."""
         y, state = self.hidden(ids, state)
         z = self.weights.decoder.logits(y[-1], self.threads)  # [B, V]: sampling needs no normalisation
-        if sampling.greedy or sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
+        if not sampling.plain:
             return np.array([sample(row, sampling, rng) for row in z], np.int64), state
         return np.array([native.sample(row, sampling.temperature, rng.random()) for row in z], np.int64), state

@@ -38,6 +38,11 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
 
+    @property
+    def plain(self) -> bool:
+        """A temperature and nothing else: what the native sampler draws from."""
+        return not self.greedy and not self.top_k and (self.top_p is None or self.top_p >= 1)
+
 
 def new_rng(seed: int | None = None) -> np.random.Generator:
     """The generator of one sampled text: PCG64 from `seed` (an integer >= 0, of any size), or from

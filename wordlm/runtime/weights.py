@@ -75,7 +75,7 @@ class Decoder:
         if self.packed is not None:
             return native.decoder_nll(x, self.packed, targets, threads=threads).nll
         z = self.dense(x).astype(np.float64)
-        return (_logsumexp(z) - z[np.arange(len(z)), targets]).astype(np.float32)
+        return (logsumexp(z) - z[np.arange(len(z)), targets]).astype(np.float32)
 
     def logits(self, x: np.ndarray, threads: int) -> np.ndarray:
         if self.packed is not None:
@@ -87,10 +87,11 @@ class Decoder:
             out = native.decoder_nll(x, self.packed, None, logits=True, lse=True, threads=threads)
             return out.logits - out.lse[:, None].astype(np.float32)
         z = self.dense(x)
-        return (z - _logsumexp(z.astype(np.float64))[:, None]).astype(np.float32)
+        return (z - logsumexp(z.astype(np.float64))[:, None]).astype(np.float32)
 
 
-def _logsumexp(z: np.ndarray) -> np.ndarray:
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log sum_n exp(z[m, n]) of each row, stable (the row's max taken out first)."""
     m = z.max(1)
     return m + np.log(np.exp(z - m[:, None]).sum(1))
 
