@@ -204,3 +204,47 @@ def test_max_vocab_and_min_count_reach_the_model(corpus_dir, corpus, tmp_path):
         vocab = load_checkpoint(out / "best").vocab
         assert len(vocab) == words + 1 and "<unk>" in vocab
     assert set(vocab.itos) == frequent | {"<unk>"}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [dict(cell="gru"), dict(cell="rnn_tanh"), dict(cell="rnn_relu"), dict(tied=True), dict(proj_size=8)],
+    ids=["gru", "rnn_tanh", "rnn_relu", "tied", "proj"],
+)
+def test_every_cell_trains_resumes_exactly_and_evaluates(corpus, tmp_path, shape):
+    """Each cell learns; its state (a 1-tuple for GRU/RNN) resumes to the uninterrupted run's weights; the
+    best checkpoint carries the cell and runs on the wordlm runtime."""
+    from wordlm.checkpoint import load_checkpoint
+    from wordlm.engines import load_engine
+    from wordlm.evaluate import evaluate
+
+    torch.set_num_threads(1)
+    kw = dict(preset="tiny", batch_size=4, bptt=8, lr=5, seed=1, **shape)
+    st = train(TrainConfig(**kw, epochs=2), corpus, tmp_path / "straight")
+    losses = [h["val_loss"] for h in st.history]
+    assert losses[-1] < 3.0  # log(V) of the tiny corpus is ~3.3
+    train(TrainConfig(**kw, epochs=1), corpus, tmp_path / "resumed")
+    train(TrainConfig(**kw, epochs=2), corpus, tmp_path / "resumed", resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ("hidden.c" in a) == (shape.get("cell", "lstm") == "lstm")
+
+    ckpt = load_checkpoint(tmp_path / "straight" / "best")
+    assert {k: getattr(ckpt.config, k) for k in shape} == shape
+    assert ("decoder.weight" in ckpt.tensors) != bool(shape.get("tied"))
+    loss = evaluate(load_engine("wordlm", ckpt), corpus.valid, bptt=8).loss
+    assert loss == pytest.approx(st.best_val, abs=0.2)  # validation ran at batch 10, here batch 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cell", "gru", "--proj-size", "4"], "proj_size applies to LSTM cells only"),
+        (["--tied", "--emb-dim", "8"], "tying the embedding and the decoder needs emb_dim"),
+        (["--cell", "lstm2"], "invalid choice"),
+    ],
+)
+def test_bad_model_shapes_are_one_line_errors(corpus_dir, tmp_path, args, message):
+    r = _train_cli(corpus_dir, tmp_path / "run", *args)
+    assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "run").exists()

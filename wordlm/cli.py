@@ -118,6 +118,9 @@ def cmd_train(args) -> None:
         hidden_dim=args.hidden_dim,
         num_layers=args.num_layers,
         dropout=args.dropout,
+        cell=args.cell,
+        tied=args.tied,
+        proj_size=args.proj_size,
         init=args.init,
         lr=args.lr,
         clip=args.clip,
@@ -319,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("emb-dim", "hidden-dim", "num-layers"):
         sp.add_argument(f"--{name}", type=integer(1))
     sp.add_argument("--dropout", type=number(0, 0.99))
+    sp.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"], help="recurrent cell (default: lstm)")
+    sp.add_argument(
+        "--tied", action="store_true", default=None, help="one matrix for the embedding and the decoder (Press & Wolf)"
+    )
+    sp.add_argument("--proj-size", type=integer(1), help="LSTM only: project h to this size (torch's proj_size)")
     sp.add_argument("--init", default="scaled", choices=["scaled", "tutorial"])
     sp.add_argument("--lr", type=number(0, lo_open=True), default=20.0)
     sp.add_argument("--clip", type=number(0, lo_open=True), default=0.25)

@@ -17,7 +17,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -51,6 +51,9 @@ class TrainConfig:
     hidden_dim: int | None = None
     num_layers: int | None = None
     dropout: float | None = None
+    cell: str | None = None  # lstm, gru, rnn_tanh, rnn_relu (None: the preset's)
+    tied: bool | None = None  # one matrix for the embedding and the decoder
+    proj_size: int | None = None  # LSTM only: project h to this size
     init: str = "scaled"  # see RecurrentLM.init_weights
     lr: float = 20.0
     clip: float = 0.25
@@ -78,6 +81,9 @@ class TrainConfig:
             hidden_dim=self.hidden_dim,
             num_layers=self.num_layers,
             dropout=self.dropout,
+            cell=self.cell,
+            tied=self.tied,
+            proj_size=self.proj_size,
         )
 
     def check(self, world_size: int = 1) -> None:
@@ -94,6 +100,7 @@ class TrainConfig:
             "emb_dim",
             "hidden_dim",
             "num_layers",
+            "proj_size",
         )
         for name in positive:
             value = getattr(self, name)
@@ -108,6 +115,7 @@ class TrainConfig:
             raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.precision not in ("fp32", "bf16"):
             raise WordLMError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        self.model_config(vocab_size=1)  # the model's own checks (proj_size on a GRU, tying unequal sizes)
         if self.batch_size % world_size:
             raise WordLMError(
                 f"--batch-size {self.batch_size} does not split into {world_size} ranks' streams; "
@@ -139,7 +147,9 @@ def _save_state(
     group: Group,
 ) -> None:
     """Every rank calls this at the same batch (it gathers the ranks' hidden states and RNGs); rank 0 writes."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | gather_rank_state(group, hidden)
+    # named_parameters, not state_dict: a tied matrix once (safetensors refuses shared storage)
+    weights = {f"model.{k}": v.detach() for k, v in model.named_parameters()}
+    tensors = weights | gather_rank_state(group, hidden)
     if not group.main:
         return
     opt_sd = opt.state_dict()
@@ -174,7 +184,10 @@ def _read_state(run_dir: Path, cfg: TrainConfig, vocab_sha256: str) -> tuple[dic
         raise WordLMError(f"{state_dir}: cannot resume, training state unreadable ({e!r})") from None
     if saved_vocab is not None and saved_vocab != vocab_sha256:
         raise WordLMError(f"cannot resume {run_dir}: it was trained on another corpus (vocabulary differs)")
-    diff = sorted(k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved_cfg.get(k) != v)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a field absent from an older state: its default
+    diff = sorted(
+        k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved_cfg.get(k, defaults[k]) != v
+    )
     if diff:
         raise WordLMError(f"cannot resume {run_dir}: settings differ from the run's ({', '.join(diff)})")
     return doc, tensors
@@ -192,7 +205,10 @@ def _restore(
     (re-sharded when the run was saved by another number of ranks)."""
     doc, tensors = saved
     st = RunState(**doc["run"])
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    if model.cfg.tied:  # saved once (see _save_state); the decoder reads the embedding's matrix
+        weights["decoder.weight"] = weights["encoder.weight"]
+    model.load_state_dict(weights)
     opt_sd = {"state": {}, "param_groups": doc["optim_groups"]}
     for k, v in tensors.items():
         if k.startswith("optim."):
