@@ -104,6 +104,11 @@ def test_import_then_eval_equals_examples_evaluate(corpus, corpus_dir, tmp_path,
         assert abs(got.loss - expected) < 1e-4, (engine, got.loss, expected)
     q = quantize_checkpoint(ck, get_scheme("int8"))
     assert abs(evaluate(load_engine("wordlm", q), corpus.test).loss - expected) < 0.02
+    if rnn_type in ("LSTM", "GRU"):  # torch.ao's dynamic int8 takes these cells
+        assert abs(evaluate(load_engine("torch-dynamic", ck), corpus.test).loss - expected) < 0.02
+    else:
+        with pytest.raises(WordLMError, match="no dynamic int8 RNN cell"):
+            load_engine("torch-dynamic", ck)
 
 
 def test_the_cli_imports_and_evaluates(corpus, corpus_dir, tmp_path):
@@ -135,6 +140,8 @@ def test_a_projected_lstm_runs_on_every_engine_that_takes_it(corpus, tmp_path):
     assert abs(evaluate(load_engine("wordlm", ck), corpus.test).loss - ref) < 1e-4
     q = quantize_checkpoint(ck, get_scheme("int8"))
     assert abs(evaluate(load_engine("wordlm", q), corpus.test).loss - ref) < 0.02
+    with pytest.raises(WordLMError, match="cannot run a projection"):
+        load_engine("torch-dynamic", ck)
 
 
 @pytest.mark.parametrize(

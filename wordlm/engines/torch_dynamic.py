@@ -1,4 +1,4 @@
-"""`torch-dynamic`: the tutorial's `quantize_dynamic` int8 path (LSTM + Linear), the baseline to beat.
+"""`torch-dynamic`: the tutorial's `quantize_dynamic` int8 path (LSTM or GRU, and Linear), the baseline to beat.
 
 torch.ao.quantization is deprecated upstream; this engine exists to measure against, not to ship.
 """
@@ -13,7 +13,7 @@ from wordlm.errors import WordLMError
 
 
 def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """The tutorial's call: dynamic int8 (per-tensor) for every nn.LSTM and nn.Linear."""
+    """The tutorial's call: dynamic int8 (per-tensor) for every nn.LSTM, nn.GRU and nn.Linear."""
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError:
@@ -25,11 +25,18 @@ def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization
-        return quantize_dynamic(model, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
     from wordlm.model import build_model
 
+    cfg = ckpt.config
+    # torch.ao has no dynamic nn.RNN (it would stay float), and its LSTM fails on proj_size (pytorch
+    # issues 60008, 74953): refused rather than measured as something it is not
+    if cfg.cell.startswith("rnn_"):
+        raise WordLMError("torch.ao.quantization has no dynamic int8 RNN cell; torch-dynamic takes LSTM and GRU")
+    if cfg.proj_size:
+        raise WordLMError("torch.ao.quantization's dynamic LSTM cannot run a projection (proj_size)")
     torch.set_num_threads(threads)
     return TorchEngine(quantize_dynamic_int8(build_model(ckpt)), name="torch-dynamic", threads=threads)
