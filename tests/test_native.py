@@ -1,8 +1,10 @@
-"""The native kernels (decoder + loss, LSTM layer) against their numpy references, for every kernel this CPU runs."""
+"""The native kernels (decoder + loss, recurrent stacks of every cell) against their numpy references, for every
+kernel this CPU runs."""
 
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -181,81 +183,141 @@ def test_a_bad_wordlm_isa_is_a_one_line_error_at_first_use(value):
     assert last.startswith("wordlm.errors.WordLMError: ") and f"WORDLM_ISA={value!r}" in last and "portable" in last
 
 
-def _lstm_case(steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
+# every cell of the recurrent kernels: torch's cells, and the LSTM with a projection (h = W_hr m)
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm-proj"]
 
-    def linear(k: int):
-        q = rng.integers(-128, 128, (4 * hidden, k), dtype=np.int8)
-        scales = (rng.random(4 * hidden) * 0.01 + 1e-3).astype(np.float32)
-        return q, scales, rng.standard_normal(4 * hidden).astype(np.float32)
+
+class _RnnCase(NamedTuple):
+    x: np.ndarray
+    weights: list  # per layer (W_ih, W_hh[, W_hr]) as (codes, scales, bias): reference_recurrent's
+    packed: native.PackedRecurrent
+    state: tuple[np.ndarray, ...]  # (h, c) for an LSTM, (h,) otherwise
+
+
+def _rnn_case(name: str, steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0) -> _RnnCase:
+    """A random int8 stack of cell `name` (one of CELLS); a projection to half the units (at least 4)."""
+    rng = np.random.default_rng(seed)
+    cell, proj = name.removesuffix("-proj"), name.endswith("-proj")
+    out = max(4, hidden // 8 * 4) if proj else hidden
+    gates = native.GATES[cell]
+
+    def linear(n: int, k: int, bias: bool = True):
+        q = rng.integers(-128, 128, (n, k), dtype=np.int8)
+        scales = (rng.random(n) * 0.01 + 1e-3).astype(np.float32)
+        return q, scales, rng.standard_normal(n).astype(np.float32) if bias else np.zeros(n, np.float32)
 
     x = rng.standard_normal((steps, batch, in_dim)).astype(np.float32)
-    h = np.tanh(rng.standard_normal((layers, batch, hidden))).astype(np.float32)
-    c = rng.standard_normal((layers, batch, hidden)).astype(np.float32)
-    weights = [(linear(in_dim if layer == 0 else hidden), linear(hidden)) for layer in range(layers)]
-    packed = native.PackedLSTM([(native.pack_linear(*a), native.pack_linear(*b)) for a, b in weights])
-    return x, weights, packed, h, c
+    state = (np.tanh(rng.standard_normal((layers, batch, out))).astype(np.float32),)
+    if cell == "lstm":
+        state += (rng.standard_normal((layers, batch, hidden)).astype(np.float32),)
+    weights = [
+        (linear(gates * hidden, in_dim if layer == 0 else out), linear(gates * hidden, out))
+        + ((linear(out, hidden, bias=False),) if proj else ())
+        for layer in range(layers)
+    ]
+    return _RnnCase(x, weights, _packed(cell, weights), state)
+
+
+def _packed(cell: str, weights: list) -> native.PackedRecurrent:
+    """The layers (W_ih, W_hh[, W_hr]) of codes, scales and bias, packed for the kernels."""
+    pack = [[native.pack_linear(*m) for m in layer] for layer in weights]
+    proj = [p[2] for p in pack] if len(pack[0]) == 3 else None
+    return native.PackedRecurrent([(a, b) for a, b, *_ in pack], cell, proj)
+
+
+def _one_code_of_m(layer: tuple, x: np.ndarray, state: tuple[np.ndarray, ...]) -> np.ndarray:
+    """How far a projected LSTM's h [B, P] moves at one step when one 7-bit code of m = o * tanh(c) moves by
+    one (the kernel's exp and numpy's may round it either side): per row, m's scale times the largest
+    |code| x scale of each row of W_hr."""
+    wih, whh, (q, scales, _) = layer
+    m = native.reference_recurrent("lstm", x, [(wih, whh)], *state)[0][0]  # no W_hr: h is m
+    return native.quantize_activations(m)[1][:, None] * (np.abs(q.astype(np.float32)).max(1) * scales) * 1.01
 
 
 @pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize(
-    ("steps", "batch", "in_dim", "hidden", "layers"), [(1, 1, 8, 4, 1), (25, 1, 512, 256, 2), (9, 3, 20, 12, 3)]
+    ("steps", "batch", "in_dim", "hidden", "layers"), [(1, 1, 8, 4, 1), (25, 1, 512, 256, 2), (9, 3, 20, 36, 3)]
 )
-def test_lstm_follows_the_reference(isa, steps, batch, in_dim, hidden, layers):
-    x, weights, packed, h, c = _lstm_case(steps, batch, in_dim, hidden, layers)
-    y, hn, cn = native.lstm(x, packed, h, c, isa=isa)
-    ry, rh, rc = native.reference_lstm(x, weights, h, c)
-    assert y.shape == (steps, batch, hidden) and hn.shape == cn.shape == h.shape
-    # the GEMMs are exact; exp differs by ~1 ulp, which can move a 7-bit code of h by one now and then
-    assert np.abs(y - ry).max() < 2e-3 and np.abs(y - ry).mean() < 1e-5
-    assert np.array_equal(hn[-1], y[-1]) and np.abs(hn - rh).max() < 2e-3 and np.abs(cn - rc).max() < 2e-2
-    assert not np.shares_memory(hn, h)  # the caller's state is left alone
+def test_recurrent_follows_the_reference(isa, name, steps, batch, in_dim, hidden, layers):
+    """The stack is its layers chained, and each layer its steps chained, bit for bit; step by step from
+    the kernel's own input and state, the reference's GEMMs are the kernel's bit for bit and its cells
+    differ by exp's last bits (which may move a 7-bit code of a projected LSTM's m by one, seldom:
+    `_one_code_of_m`). A ReLU RNN, with no exp, equals the reference over the whole stack bit for bit."""
+    x, weights, packed, state = _rnn_case(name, steps, batch, in_dim, hidden, layers, seed=steps + hidden)
+    cell = packed.cell
+    y, *last = native.recurrent(x, packed, *state, isa=isa)
+    assert y.shape == (steps, batch, packed.out_dim) and [s.shape for s in last] == [s.shape for s in state]
+    assert np.array_equal(last[0][-1], y[-1]) and not np.shares_memory(last[0], state[0])  # the caller's is left alone
+    inp = x
+    for layer, w in enumerate(weights):
+        one, s, ys = _packed(cell, [w]), tuple(st[layer : layer + 1] for st in state), []
+        for t in range(steps):
+            ry, *rs = native.reference_recurrent(cell, inp[t : t + 1], [w], *s)
+            slack = _one_code_of_m(w, inp[t : t + 1], s) if len(w) == 3 else 0  # for h = y, not c
+            ky, *s = native.recurrent(inp[t : t + 1], one, *s, isa=isa)
+            for got, want, more in zip((ky, *s), (ry, *rs), (slack, slack, 0)[: len(s) + 1], strict=True):
+                error = np.abs(got - want) - (2e-6 + 1e-5 * np.abs(want) + more)
+                assert (error <= 0).all(), (layer, t, np.abs(got - want).max())
+            ys.append(ky[0])
+        inp = np.stack(ys)
+        assert all(np.array_equal(a[layer : layer + 1], b) for a, b in zip(last, s, strict=True)), layer
+    assert np.array_equal(inp, y)
+    if cell == "rnn_relu":
+        ref = native.reference_recurrent(cell, x, weights, *state)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, (y, *last), strict=True))
 
 
 @pytest.mark.parametrize("isa", KERNELS)
-def test_lstm_threads_give_the_same_bits(isa):
-    x, _, packed, h, c = _lstm_case(25, 4, 512, 256, 2, seed=8)  # 100 x 512 x 1024: worth 2 threads
-    one = native.lstm(x, packed, h, c, isa=isa, threads=1)
+@pytest.mark.parametrize("name", CELLS)
+def test_recurrent_threads_give_the_same_bits(isa, name):
+    x, _, packed, state = _rnn_case(name, 25, 4, 512, 256, 2, seed=8)  # 100 x 512 x 1024: worth 2 threads
+    one = native.recurrent(x, packed, *state, isa=isa, threads=1)
     for threads in (2, 3):
-        out = native.lstm(x, packed, h, c, isa=isa, threads=threads)
-        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True))
-
-
-def test_lstm_carries_its_state():
-    x, _, packed, h, c = _lstm_case(10, 2, 8, 8, 2, seed=4)
-    y, hn, cn = native.lstm(x, packed, h, c)
-    y1, h1, c1 = native.lstm(x[:4], packed, h, c)
-    y2, h2, c2 = native.lstm(x[4:], packed, h1, c1)
-    assert np.array_equal(np.concatenate([y1, y2]), y) and np.array_equal(h2, hn) and np.array_equal(c2, cn)
-
-
-def test_lstm_bad_arguments_are_clear_errors():
-    x, weights, packed, h, c = _lstm_case(3, 1, 8, 4, 2)
-    (wih, whh), _ = weights
-    with pytest.raises(WordLMError, match="4 x 4 gate rows"):  # W_ih with 3H rows: not an LSTM's
-        native.PackedLSTM([(native.pack_linear(*(a[:12] for a in wih)), native.pack_linear(*whh))])
-    with pytest.raises(WordLMError, match="shapes"):
-        native.lstm(x[..., :4], packed, h, c)
-    with pytest.raises(WordLMError, match="shapes"):
-        native.lstm(x, packed, h[:1], c[:1])
-    with pytest.raises(WordLMError, match="threads"):
-        native.lstm(x, packed, h, c, threads=0)
+        out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
 
 
 @pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("hidden", [12, 40, 100, 256])  # blocks of 32 units: part of 1, 1 + 8 units, 3 + 4, 8
 @pytest.mark.parametrize("batch", [1, 3])
-def test_lstm_every_thread_count_gives_the_same_bits(isa, hidden, batch):
-    """Blocks of 32 hidden units, whichever thread computes one: 1 to 4 threads, the same y, h and c."""
-    assert native.lib().wl_lstm_block() == native.LSTM_BLOCK  # C and Python order the rows alike
+def test_recurrent_every_thread_count_gives_the_same_bits(isa, name, hidden, batch):
+    """Blocks of 32 hidden units (gate rows padded to whole panels in the last one), whichever thread
+    computes one: 1 to 4 threads, the same y and state."""
+    assert native.lib().wl_unit_block() == native.UNIT_BLOCK  # C and Python order the rows alike
     layers = 2 if hidden == 256 else 3
-    x, weights, packed, h, c = _lstm_case(7, batch, 20, hidden, layers, seed=hidden + batch)
-    one = native.lstm(x, packed, h, c, isa=isa, threads=1)
+    x, weights, packed, state = _rnn_case(name, 7, batch, 20, hidden, layers, seed=hidden + batch)
+    one = native.recurrent(x, packed, *state, isa=isa, threads=1)
     for threads in (2, 3, 4):
-        out = native.lstm(x, packed, h, c, isa=isa, threads=threads)
+        out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
         assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
-    ry, rh, rc = native.reference_lstm(x, weights, h, c)  # and the unit blocks are the right rows
-    assert np.abs(one[0] - ry).max() < 2e-3 and np.abs(one[2] - rc).max() < 2e-2
+    first = tuple(s[:1] for s in state)  # and the blocks are the right rows: the first layer's first step
+    got = native.recurrent(x[:1], _packed(packed.cell, weights[:1]), *first, isa=isa)
+    want = native.reference_recurrent(packed.cell, x[:1], weights[:1], *first)
+    assert all(np.allclose(a, b, rtol=1e-5, atol=2e-6) for a, b in zip(got, want, strict=True))
+
+
+def test_recurrent_bad_arguments_are_clear_errors():
+    x, weights, packed, state = _rnn_case("lstm", 3, 1, 8, 4, 2)
+    (wih, whh), _ = weights
+    with pytest.raises(WordLMError, match="4 x 4 gate rows"):  # W_ih with 3H rows: not an LSTM's
+        native.PackedRecurrent([(native.pack_linear(*(a[:12] for a in wih)), native.pack_linear(*whh))])
+    with pytest.raises(WordLMError, match="3 x 4 gate rows"):  # and a GRU's are not an LSTM's
+        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "gru")
+    with pytest.raises(WordLMError, match="no cell 'lstm2'"):
+        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "lstm2")
+    with pytest.raises(WordLMError, match="an LSTM's"):
+        pair = (native.pack_linear(*(a[:4] for a in wih)), native.pack_linear(*(a[:4] for a in whh)))
+        native.PackedRecurrent([pair], "rnn_tanh", [native.pack_linear(*(a[:4] for a in whh))])
+    with pytest.raises(WordLMError, match="shapes"):
+        native.recurrent(x[..., :4], packed, *state)
+    with pytest.raises(WordLMError, match="shapes"):
+        native.recurrent(x, packed, state[0][:1], state[1][:1])
+    with pytest.raises(WordLMError, match="shapes"):
+        native.recurrent(x, packed, state[0])  # an LSTM's state is (h, c)
+    with pytest.raises(WordLMError, match="threads"):
+        native.recurrent(x, packed, *state, threads=0)
 
 
 @pytest.mark.parametrize("isa", KERNELS)
@@ -272,14 +334,14 @@ def test_consecutive_calls_with_changing_thread_counts():
     """The pool grows to the largest count asked and serves smaller ones; nothing carries over."""
     x, q, s, b, t = _case(25, 9000, 256, seed=10)
     dec = native.pack_linear(q, s, b)
-    xl, _, packed, h, c = _lstm_case(25, 1, 64, 40, 2, seed=11)
+    xl, _, packed, state = _rnn_case("lstm-proj", 25, 1, 64, 40, 2, seed=11)  # two phases per step
     want_dec = native.decoder_nll(x, dec, t, lse=True)
-    want_lstm = native.lstm(xl, packed, h, c)
+    want_rnn = native.recurrent(xl, packed, *state)
     for threads in [2, 1, 3, 2, 5, 1, 4, 2, 2, 3, 1, 6, 2] * 3:
         got = native.decoder_nll(x, dec, t, lse=True, threads=threads)
         assert np.array_equal(got.nll, want_dec.nll) and np.array_equal(got.lse, want_dec.lse)
-        got_lstm = native.lstm(xl, packed, h, c, threads=threads)
-        assert all(np.array_equal(a, b) for a, b in zip(got_lstm, want_lstm, strict=True))
+        got_rnn = native.recurrent(xl, packed, *state, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(got_rnn, want_rnn, strict=True))
 
 
 def test_calls_from_several_python_threads_at_once():
@@ -288,16 +350,16 @@ def test_calls_from_several_python_threads_at_once():
 
     x, q, s, b, t = _case(25, 5000, 128, seed=12)
     dec = native.pack_linear(q, s, b)
-    xl, _, packed, h, c = _lstm_case(25, 1, 64, 64, 2, seed=13)
-    want_dec, want_lstm = native.decoder_nll(x, dec, t).nll, native.lstm(xl, packed, h, c)[0]
+    xl, _, packed, state = _rnn_case("gru", 25, 1, 64, 64, 2, seed=13)
+    want_dec, want_rnn = native.decoder_nll(x, dec, t).nll, native.recurrent(xl, packed, *state)[0]
     bad = []
 
     def work(threads: int) -> None:
         for _ in range(20):
             if not np.array_equal(native.decoder_nll(x, dec, t, threads=threads).nll, want_dec):
                 bad.append(("decoder", threads))
-            if not np.array_equal(native.lstm(xl, packed, h, c, threads=threads)[0], want_lstm):
-                bad.append(("lstm", threads))
+            if not np.array_equal(native.recurrent(xl, packed, *state, threads=threads)[0], want_rnn):
+                bad.append(("gru", threads))
 
     runners = [threading.Thread(target=work, args=(n,)) for n in (2, 3, 1, 2)]
     for r in runners:
@@ -315,15 +377,15 @@ def test_a_forked_child_can_use_threads():
 
     x, q, s, b, t = _case(25, 9000, 64, seed=14)
     dec = native.pack_linear(q, s, b)
-    xl, _, packed, h, c = _lstm_case(9, 1, 32, 48, 2, seed=15)
+    xl, _, packed, state = _rnn_case("lstm", 9, 1, 32, 48, 2, seed=15)
     want_dec = native.decoder_nll(x, dec, t, threads=2).nll  # the parent's pool is up
-    want_lstm = native.lstm(xl, packed, h, c, threads=2)[0]
+    want_lstm = native.recurrent(xl, packed, *state, threads=2)[0]
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 when both calls give the parent's bits
         code = 1
         try:
             ok = np.array_equal(native.decoder_nll(x, dec, t, threads=2).nll, want_dec)
-            ok = ok and np.array_equal(native.lstm(xl, packed, h, c, threads=3)[0], want_lstm)
+            ok = ok and np.array_equal(native.recurrent(xl, packed, *state, threads=3)[0], want_lstm)
             code = 0 if ok else 1
         finally:
             os._exit(code)

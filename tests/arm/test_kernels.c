@@ -2,11 +2,13 @@
  * WORDLM_ISA names), threads 1 to 3. Built by tests/arm/run.sh (`make test-arm`) for aarch64 and run
  * under user-mode QEMU with several CPUs, and natively on the host.
  *
- * The reference is written here from wordlm/native/__init__.py (quantize_activations, reference_linear,
- * reference_lstm), not from kernels.c: 7-bit codes per row, int64 sums, (float)acc * (s * w_scale) + b
- * in float32 with no fused multiply-add (built with -ffp-contract=off). The logits must equal it bit for
- * bit; the NLL and log-sum-exp (exp is a polynomial in the vector kernels) and the LSTM's outputs within
- * the tolerances of tests/test_native.py; every thread count gives the bits of one thread.
+ * The reference is written here from wordlm/native/reference.py (quantize_activations, reference_linear,
+ * cell_step, reference_recurrent), not from kernels.c: 7-bit codes per row, int64 sums, (float)acc *
+ * (s * w_scale) + b in float32 with no fused multiply-add (built with -ffp-contract=off), the cells with
+ * libm's expf and tanhf. The logits, and the recurrent stacks whose cells are C in every kernel (GRU,
+ * RNN; the LSTM's in the portable kernel), must equal it bit for bit; the NLL and log-sum-exp (exp is a
+ * polynomial in the vector kernels) and the vector kernels' LSTM within the tolerances of
+ * tests/test_native.py; every thread count gives the bits of one thread.
  *
  * usage: test_kernels [--expect-best NAME] [-v]   (WORDLM_ISA=NAME: that kernel only) */
 #include <math.h>
@@ -20,12 +22,15 @@
 int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
                    const float *wscale, const int32_t *wsum, const float *bias, const int64_t *targets, float *nll,
                    float *logits, float *lse, int isa, int threads);
-int wl_lstm(const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t layers,
-            const int8_t *const *wih, const float *const *wih_scale, const int32_t *const *wih_sum,
-            const float *const *b_ih, const int8_t *const *whh, const float *const *whh_scale,
-            const int32_t *const *whh_sum, const float *const *b_hh, float *h, float *c, float *y, int isa,
-            int threads);
-int wl_lstm_block(void);
+typedef struct {
+    const int8_t *panels;
+    const float *scale;
+    const int32_t *sum;
+    const float *bias;
+} wl_packed;
+int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
+           int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads);
+int wl_unit_block(void);
 int wl_best_isa(void);
 const char *wl_isa_name(int isa);
 int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums);
@@ -318,58 +323,84 @@ static void test_wide_logits(int isa) {
     free(x), free_linear(&l);
 }
 
-/* ---- the LSTM stack ---- */
+/* ---- the recurrent stacks: LSTM (with and without a projection), GRU, RNN tanh and ReLU ---- */
 
 typedef struct {
-    int64_t steps, batch, in_dim, hidden, layers;
-} lstm_case;
+    int cell; /* kernels.c's number: 0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN ReLU */
+    int64_t steps, batch, in_dim, hidden, proj, layers;
+} rnn_case;
 
-static const lstm_case lstm_cases[] = {
-    {1, 1, 8, 4, 1}, {9, 3, 20, 12, 3}, {7, 1, 20, 40, 3}, {7, 3, 20, 100, 2}, {5, 2, 36, 64, 2},
-    {25, 1, 128, 256, 2}, {4, 5, 28, 36, 1}, {3, 6, 16, 32, 2}, {6, 4, 12, 8, 2},
+static const char *const cell_names[] = {"lstm", "gru", "rnn_tanh", "rnn_relu"};
+static const int64_t cell_gates[] = {4, 3, 1, 1};
+
+static const rnn_case rnn_cases[] = {
+    {0, 1, 1, 8, 4, 0, 1},    {0, 9, 3, 20, 12, 0, 3},  {0, 7, 1, 20, 40, 0, 3},  {0, 7, 3, 20, 100, 0, 2},
+    {0, 5, 2, 36, 64, 0, 2},  {0, 25, 1, 128, 256, 0, 2}, {0, 4, 5, 28, 36, 0, 1}, {0, 3, 6, 16, 32, 0, 2},
+    {0, 6, 4, 12, 8, 0, 2},   {0, 7, 3, 20, 40, 12, 2}, {0, 5, 1, 16, 100, 36, 3}, {0, 4, 2, 8, 4, 4, 1},
+    {1, 1, 1, 8, 4, 0, 1},    {1, 9, 3, 20, 36, 0, 3},  {1, 7, 1, 20, 100, 0, 2}, {1, 25, 1, 128, 256, 0, 2},
+    {2, 1, 1, 8, 4, 0, 1},    {2, 9, 3, 20, 36, 0, 3},  {2, 7, 2, 20, 100, 0, 2}, {3, 1, 1, 8, 4, 0, 1},
+    {3, 9, 3, 20, 36, 0, 3},  {3, 7, 2, 20, 100, 0, 2},
 };
 
 static float sigmoid_ref(float x) { return 1.f / (1.f + expf(-x)); }
 
-/* reference_lstm: x [steps, batch, in] -> y, h, c (h, c [layers, batch, hidden] updated in place) */
-static void ref_lstm(const lstm_case *lc, const float *x, linear_t (*w)[2], float *h, float *c, float *y) {
-    int64_t S = lc->steps, B = lc->batch, H = lc->hidden;
-    float *in = xmalloc(sizeof(float) * (size_t)(S * B * (lc->in_dim > H ? lc->in_dim : H)));
-    float *xproj = xmalloc(sizeof(float) * (size_t)(S * B * 4 * H)), *g = xmalloc(sizeof(float) * (size_t)(B * 4 * H));
-    memcpy(in, x, sizeof(float) * (size_t)(S * B * lc->in_dim));
-    for (int64_t l = 0; l < lc->layers; l++) {
-        float *hl = h + l * B * H, *cl = c + l * B * H;
+/* cell_step (wordlm/native/reference.py) of one batch row: xp, g [gates x H] (g overwritten), the
+ * previous h [H] -> h [H] (in place of hprev allowed), c [H] (LSTM) */
+static void ref_cell(int cell, const float *xp, float *g, int64_t H, const float *hprev, float *h, float *c) {
+    for (int64_t j = 0; j < H; j++) {
+        if (cell == 0) {
+            float i = sigmoid_ref(xp[j] + g[j]), f = sigmoid_ref(xp[H + j] + g[H + j]);
+            float gg = tanhf(xp[2 * H + j] + g[2 * H + j]), o = sigmoid_ref(xp[3 * H + j] + g[3 * H + j]);
+            c[j] = f * c[j] + i * gg;
+            h[j] = o * tanhf(c[j]);
+        } else if (cell == 1) {
+            float r = sigmoid_ref(xp[j] + g[j]), z = sigmoid_ref(xp[H + j] + g[H + j]);
+            float n = tanhf(xp[2 * H + j] + r * g[2 * H + j]);
+            h[j] = (1.f - z) * n + z * hprev[j];
+        } else {
+            float a = xp[j] + g[j];
+            h[j] = cell == 2 ? tanhf(a) : a > 0.f ? a : 0.f;
+        }
+    }
+}
+
+/* reference_recurrent: x [steps, batch, in] -> y [steps, batch, P], h [layers, batch, P] and c [layers,
+ * batch, hidden] (LSTM) updated in place; P = proj or hidden; w[l]: W_ih, W_hh, W_hr; m_last (or NULL):
+ * a projected LSTM's last m = o * tanh(c) [batch, hidden] */
+static void ref_rnn(const rnn_case *rc, const float *x, linear_t (*w)[3], float *h, float *c, float *y,
+                    float *m_last) {
+    int64_t S = rc->steps, B = rc->batch, H = rc->hidden, P = rc->proj ? rc->proj : H, G = cell_gates[rc->cell] * H;
+    float *in = xmalloc(sizeof(float) * (size_t)(S * B * (rc->in_dim > P ? rc->in_dim : P)));
+    float *xproj = xmalloc(sizeof(float) * (size_t)(S * B * G)), *g = xmalloc(sizeof(float) * (size_t)(B * G));
+    float *m = xmalloc(sizeof(float) * (size_t)(B * H));
+    memcpy(in, x, sizeof(float) * (size_t)(S * B * rc->in_dim));
+    for (int64_t l = 0; l < rc->layers; l++) {
+        float *hl = h + l * B * P, *cl = rc->cell == 0 ? c + l * B * H : NULL;
         ref_linear(in, S * B, &w[l][0], xproj);
         for (int64_t t = 0; t < S; t++) {
             ref_linear(hl, B, &w[l][1], g);
-            for (int64_t b = 0; b < B; b++) {
-                const float *xp = xproj + (t * B + b) * 4 * H;
-                float *gb = g + b * 4 * H;
-                for (int64_t j = 0; j < 4 * H; j++) gb[j] = xp[j] + gb[j];
-                for (int64_t j = 0; j < H; j++) {
-                    float i = sigmoid_ref(gb[j]), f = sigmoid_ref(gb[H + j]), gg = tanhf(gb[2 * H + j]);
-                    float o = sigmoid_ref(gb[3 * H + j]);
-                    cl[b * H + j] = f * cl[b * H + j] + i * gg;
-                    hl[b * H + j] = o * tanhf(cl[b * H + j]);
-                    y[(t * B + b) * H + j] = hl[b * H + j];
-                }
-            }
+            for (int64_t b = 0; b < B; b++)
+                ref_cell(rc->cell, xproj + (t * B + b) * G, g + b * G, H, hl + b * P, rc->proj ? m + b * H : hl + b * H,
+                         cl ? cl + b * H : NULL);
+            if (rc->proj) ref_linear(m, B, &w[l][2], hl);
+            memcpy(y + t * B * P, hl, sizeof(float) * (size_t)(B * P));
         }
-        memcpy(in, y, sizeof(float) * (size_t)(S * B * H));
+        memcpy(in, y, sizeof(float) * (size_t)(S * B * P));
     }
-    free(in), free(xproj), free(g);
+    if (m_last && rc->proj) memcpy(m_last, m, sizeof(float) * (size_t)(B * H));
+    free(in), free(xproj), free(g), free(m);
 }
 
-/* W's rows in the kernels' order (wordlm.native._unit_block_order): blocks of wl_lstm_block() units,
- * each block's rows of gate i, then f, g, o */
-static linear_t block_ordered(const linear_t *src, int64_t hidden) {
-    int64_t k = src->k, block = wl_lstm_block(), dst = 0;
+/* W's rows in the kernels' order (wordlm.native._unit_block_order): blocks of wl_unit_block() units,
+ * each block's rows of every gate in turn */
+static linear_t block_ordered(const linear_t *src, int64_t hidden, int64_t gates) {
+    int64_t k = src->k, block = wl_unit_block(), dst = 0;
     linear_t l = {.n = src->n, .k = k};
     l.q = xmalloc((size_t)(l.n * k));
     l.scale = xmalloc(sizeof(float) * (size_t)l.n);
     l.bias = xmalloc(sizeof(float) * (size_t)l.n);
     for (int64_t u0 = 0; u0 < hidden; u0 += block)
-        for (int64_t gate = 0; gate < 4; gate++)
+        for (int64_t gate = 0; gate < gates; gate++)
             for (int64_t u = u0; u < u0 + block && u < hidden; u++, dst++) {
                 int64_t row = gate * hidden + u;
                 memcpy(l.q + dst * k, src->q + row * k, (size_t)k);
@@ -379,72 +410,152 @@ static linear_t block_ordered(const linear_t *src, int64_t hidden) {
     return l;
 }
 
-static void test_lstm_case(const lstm_case *lc, int isa) {
-    int64_t S = lc->steps, B = lc->batch, H = lc->hidden, L = lc->layers, state = L * B * H, out = S * B * H;
-    rng = (uint64_t)(S * 7919 + B * 104729 + H * 31 + L);
-    linear_t(*w)[2] = xmalloc(sizeof(linear_t[2]) * (size_t)L), (*packed)[2] = xmalloc(sizeof(linear_t[2]) * (size_t)L);
-    for (int64_t l = 0; l < L; l++)
-        for (int j = 0; j < 2; j++) {
-            w[l][j] = random_linear(4 * H, j == 0 && l == 0 ? lc->in_dim : H, 8, 1e-3f, 0.01f);
-            packed[l][j] = block_ordered(&w[l][j], H);
-        }
-    float *x = xmalloc(sizeof(float) * (size_t)(S * B * lc->in_dim));
-    float *h0 = xmalloc(sizeof(float) * (size_t)state), *c0 = xmalloc(sizeof(float) * (size_t)state);
-    for (int64_t i = 0; i < S * B * lc->in_dim; i++) x[i] = (float)normal();
-    for (int64_t i = 0; i < state; i++) h0[i] = (float)tanh(normal());
-    for (int64_t i = 0; i < state; i++) c0[i] = (float)normal();
-    float *rh = xmalloc(sizeof(float) * (size_t)state), *rc = xmalloc(sizeof(float) * (size_t)state);
-    float *ry = xmalloc(sizeof(float) * (size_t)out);
-    memcpy(rh, h0, sizeof(float) * (size_t)state), memcpy(rc, c0, sizeof(float) * (size_t)state);
-    ref_lstm(lc, x, w, rh, rc, ry);
+static wl_packed packed_of(const linear_t *l) { return (wl_packed){l->panels, l->pscale, l->psum, l->pbias}; }
 
-    const int8_t **wih = xmalloc(sizeof(void *) * (size_t)L), **whh = xmalloc(sizeof(void *) * (size_t)L);
-    const float **sih = xmalloc(sizeof(void *) * (size_t)L), **shh = xmalloc(sizeof(void *) * (size_t)L);
-    const float **bih = xmalloc(sizeof(void *) * (size_t)L), **bhh = xmalloc(sizeof(void *) * (size_t)L);
-    const int32_t **qih = xmalloc(sizeof(void *) * (size_t)L), **qhh = xmalloc(sizeof(void *) * (size_t)L);
-    for (int64_t l = 0; l < L; l++) {
-        wih[l] = packed[l][0].panels, sih[l] = packed[l][0].pscale, bih[l] = packed[l][0].pbias, qih[l] = packed[l][0].psum;
-        whh[l] = packed[l][1].panels, shh[l] = packed[l][1].pscale, bhh[l] = packed[l][1].pbias, qhh[l] = packed[l][1].psum;
+static double max_error(const float *a, const float *b, int64_t n, double *mean) {
+    double top = 0, sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        top = e > top ? e : top;
+        sum += e;
     }
-    float *h = xmalloc(sizeof(float) * (size_t)state), *c = xmalloc(sizeof(float) * (size_t)state);
+    if (mean) *mean = sum / (double)n;
+    return top;
+}
+
+/* |a - b| <= 2e-6 + 1e-5 |b| (+ slack[r] * wmax[j] at [r, j] of rows of `cols`, where slack is given)
+ * everywhere: numpy's allclose, as tests/test_native.py */
+static int allclose(const float *a, const float *b, int64_t n, int64_t cols, const float *slack, const float *wmax) {
+    for (int64_t i = 0; i < n; i++) {
+        double tol = 2e-6 + 1e-5 * fabs((double)b[i]) + (slack ? 1.01 * slack[i / cols] * wmax[i % cols] : 0);
+        if (!(fabs((double)a[i] - b[i]) <= tol)) return 0;
+    }
+    return 1;
+}
+
+/* A vector LSTM cell's exp differs from libm's by ~1 ulp, which can move a 7-bit code of h by one and
+ * the run away from the reference's; so, as tests/test_native.py: layer by layer and step by step from
+ * the kernel's own input and state, the kernel (one layer, one step) and the reference agree within
+ * exp's last bits, and chained they give the whole run's bits (y, h, c). With a projection, one code
+ * of m may move by one (seldom): h may move by m's scale x the largest |code| x scale of W_hr's row. */
+static void check_stepwise(const rnn_case *rc, const float *x, linear_t (*w)[3], const wl_packed *mats,
+                           const float *h0, const float *c0, const float *y, const float *h, const float *c,
+                           int isa) {
+    int64_t S = rc->steps, B = rc->batch, H = rc->hidden, P = rc->proj ? rc->proj : H;
+    int64_t widest = rc->in_dim > P ? rc->in_dim : P;
+    float *in = xmalloc(sizeof(float) * (size_t)(S * B * widest)), *out = xmalloc(sizeof(float) * (size_t)(S * B * P));
+    float *kh = xmalloc(sizeof(float) * (size_t)(B * P)), *kc = xmalloc(sizeof(float) * (size_t)(B * H));
+    float *rh = xmalloc(sizeof(float) * (size_t)(B * P)), *rcs = xmalloc(sizeof(float) * (size_t)(B * H));
+    float *ky = xmalloc(sizeof(float) * (size_t)(B * P)), *ry = xmalloc(sizeof(float) * (size_t)(B * P));
+    float *m = xmalloc(sizeof(float) * (size_t)(B * H)), *slack = xmalloc(sizeof(float) * (size_t)B);
+    float *wmax = xmalloc(sizeof(float) * (size_t)P);
+    uint8_t *u = xmalloc((size_t)H);
+    memcpy(in, x, sizeof(float) * (size_t)(S * B * rc->in_dim));
+    for (int64_t l = 0; l < rc->layers; l++) {
+        int64_t k = l ? P : rc->in_dim;
+        rnn_case one = {rc->cell, 1, B, k, H, rc->proj, 1};
+        for (int64_t j = 0; rc->proj && j < P; j++) {
+            int top = 0;
+            for (int64_t i = 0; i < H; i++) top = abs(w[l][2].q[j * H + i]) > top ? abs(w[l][2].q[j * H + i]) : top;
+            wmax[j] = (float)top * w[l][2].scale[j];
+        }
+        memcpy(kh, h0 + l * B * P, sizeof(float) * (size_t)(B * P));
+        memcpy(kc, c0 + l * B * H, sizeof(float) * (size_t)(B * H));
+        for (int64_t t = 0; t < S; t++) {
+            memcpy(rh, kh, sizeof(float) * (size_t)(B * P)), memcpy(rcs, kc, sizeof(float) * (size_t)(B * H));
+            ref_rnn(&one, in + t * B * k, &w[l], rh, rcs, ry, m);
+            for (int64_t b = 0; rc->proj && b < B; b++) {
+                int32_t zp;
+                ref_quantize(m + b * H, H, u, &slack[b], &zp);
+            }
+            const float *sl = rc->proj ? slack : NULL;
+            int rcode = wl_rnn(rc->cell, in + t * B * k, 1, B, k, H, rc->proj, 1, mats + 3 * l, kh, kc, ky, isa, 1);
+            CHECK(rcode == 0 && allclose(ky, ry, B * P, P, sl, wmax) && allclose(kh, rh, B * P, P, sl, wmax) &&
+                      allclose(kc, rcs, B * H, H, NULL, NULL),
+                  "layer %d, step %d: max |error| y %.3g, c %.3g", (int)l, (int)t, max_error(ky, ry, B * P, NULL),
+                  max_error(kc, rcs, B * H, NULL));
+            memcpy(out + t * B * P, ky, sizeof(float) * (size_t)(B * P));
+        }
+        CHECK(!memcmp(kh, h + l * B * P, sizeof(float) * (size_t)(B * P)) &&
+                  !memcmp(kc, c + l * B * H, sizeof(float) * (size_t)(B * H)),
+              "layer %d: the steps chained end in another state than the whole run's", (int)l);
+        memcpy(in, out, sizeof(float) * (size_t)(S * B * P));
+    }
+    CHECK(!memcmp(out, y, sizeof(float) * (size_t)(S * B * P)), "the layers chained give another y than the whole run");
+    free(in), free(out), free(kh), free(kc), free(rh), free(rcs), free(ky), free(ry), free(m), free(slack), free(wmax);
+    free(u);
+}
+
+/* The kernels' GEMMs are exact and the GRU's and RNN's cells (and the portable LSTM's) are the same C
+ * as the reference's: those equal it bit for bit; the vector LSTM cells: check_stepwise. */
+static void test_rnn_case(const rnn_case *rc, int isa) {
+    int64_t S = rc->steps, B = rc->batch, H = rc->hidden, L = rc->layers, P = rc->proj ? rc->proj : H;
+    int64_t gates = cell_gates[rc->cell], hstate = L * B * P, cstate = L * B * H, out = S * B * P;
+    int exact = rc->cell != 0 || isa == 0;
+    rng = (uint64_t)(S * 7919 + B * 104729 + H * 31 + L + rc->cell * 17 + P * 3);
+    linear_t(*w)[3] = xmalloc(sizeof(linear_t[3]) * (size_t)L), (*packed)[2] = xmalloc(sizeof(linear_t[2]) * (size_t)L);
+    wl_packed *mats = xmalloc(sizeof(wl_packed) * (size_t)(3 * L));
+    for (int64_t l = 0; l < L; l++) {
+        for (int j = 0; j < 2; j++) {
+            w[l][j] = random_linear(gates * H, j == 0 && l == 0 ? rc->in_dim : P, 8, 1e-3f, 0.01f);
+            packed[l][j] = block_ordered(&w[l][j], H, gates);
+            mats[l * 3 + j] = packed_of(&packed[l][j]);
+        }
+        mats[l * 3 + 2] = (wl_packed){0};
+        if (rc->proj) {
+            w[l][2] = random_linear(P, H, 8, 1e-3f, 0.01f);
+            memset(w[l][2].bias, 0, sizeof(float) * (size_t)P); /* torch's W_hr has no bias */
+            pack(&w[l][2]); /* in its own row order: the reference reads q, the kernels the panels */
+            mats[l * 3 + 2] = packed_of(&w[l][2]);
+        }
+    }
+    float *x = xmalloc(sizeof(float) * (size_t)(S * B * rc->in_dim));
+    float *h0 = xmalloc(sizeof(float) * (size_t)hstate), *c0 = xmalloc(sizeof(float) * (size_t)cstate);
+    for (int64_t i = 0; i < S * B * rc->in_dim; i++) x[i] = (float)normal();
+    for (int64_t i = 0; i < hstate; i++) h0[i] = (float)tanh(normal());
+    for (int64_t i = 0; i < cstate; i++) c0[i] = (float)normal();
+    float *rh = xmalloc(sizeof(float) * (size_t)hstate), *rcs = xmalloc(sizeof(float) * (size_t)cstate);
+    float *ry = xmalloc(sizeof(float) * (size_t)out);
+    memcpy(rh, h0, sizeof(float) * (size_t)hstate), memcpy(rcs, c0, sizeof(float) * (size_t)cstate);
+    ref_rnn(rc, x, w, rh, rcs, ry, NULL);
+
+    float *h = xmalloc(sizeof(float) * (size_t)hstate), *c = xmalloc(sizeof(float) * (size_t)cstate);
     float *y = xmalloc(sizeof(float) * (size_t)out), *y1 = xmalloc(sizeof(float) * (size_t)out);
-    float *h1 = xmalloc(sizeof(float) * (size_t)state), *c1 = xmalloc(sizeof(float) * (size_t)state);
+    float *h1 = xmalloc(sizeof(float) * (size_t)hstate), *c1 = xmalloc(sizeof(float) * (size_t)cstate);
     begin();
     for (int threads = 1; threads <= 3; threads++) {
-        memcpy(h, h0, sizeof(float) * (size_t)state), memcpy(c, c0, sizeof(float) * (size_t)state);
-        int rcode = wl_lstm(x, S, B, lc->in_dim, H, L, wih, sih, qih, bih, whh, shh, qhh, bhh, h, c, y, isa, threads);
-        CHECK(rcode == 0, "wl_lstm returned %d (threads %d)", rcode, threads);
+        memcpy(h, h0, sizeof(float) * (size_t)hstate), memcpy(c, c0, sizeof(float) * (size_t)cstate);
+        int rcode = wl_rnn(rc->cell, x, S, B, rc->in_dim, H, rc->proj, L, mats, h, rc->cell == 0 ? c : NULL, y, isa,
+                           threads);
+        CHECK(rcode == 0, "wl_rnn returned %d (threads %d)", rcode, threads);
         if (rcode) break;
         if (threads == 1) {
-            /* the GEMMs are exact; exp differs by ~1 ulp, which can move a 7-bit code of h by one */
-            double ymax = 0, ysum = 0, hmax = 0, cmax = 0;
-            for (int64_t i = 0; i < out; i++) {
-                double e = fabs((double)y[i] - ry[i]);
-                ymax = e > ymax ? e : ymax;
-                ysum += e;
+            if (exact) {
+                double ymax = max_error(y, ry, out, NULL), hmax = max_error(h, rh, hstate, NULL);
+                double cmax = rc->cell == 0 ? max_error(c, rcs, cstate, NULL) : 0;
+                CHECK(ymax == 0 && hmax == 0 && cmax == 0, "not bit for bit: max |error| y %.3g, h %.3g, c %.3g", ymax,
+                      hmax, cmax);
+            } else {
+                check_stepwise(rc, x, w, mats, h0, c0, y, h, c, isa);
             }
-            for (int64_t i = 0; i < state; i++) {
-                double eh = fabs((double)h[i] - rh[i]), ec = fabs((double)c[i] - rc[i]);
-                hmax = eh > hmax ? eh : hmax;
-                cmax = ec > cmax ? ec : cmax;
-            }
-            CHECK(ymax < 2e-3 && ysum / (double)out < 1e-5, "y: max |error| %.3g, mean %.3g", ymax, ysum / (double)out);
-            CHECK(hmax < 2e-3 && cmax < 2e-2, "state: max |error| h %.3g, c %.3g", hmax, cmax);
-            CHECK(!memcmp(h + (L - 1) * B * H, y + (S - 1) * B * H, sizeof(float) * (size_t)(B * H)),
+            CHECK(!memcmp(h + (L - 1) * B * P, y + (S - 1) * B * P, sizeof(float) * (size_t)(B * P)),
                   "the top layer's h is not y's last step");
-            memcpy(y1, y, sizeof(float) * (size_t)out), memcpy(h1, h, sizeof(float) * (size_t)state);
-            memcpy(c1, c, sizeof(float) * (size_t)state);
+            memcpy(y1, y, sizeof(float) * (size_t)out), memcpy(h1, h, sizeof(float) * (size_t)hstate);
+            memcpy(c1, c, sizeof(float) * (size_t)cstate);
         } else {
-            CHECK(!memcmp(y, y1, sizeof(float) * (size_t)out) && !memcmp(h, h1, sizeof(float) * (size_t)state) &&
-                      !memcmp(c, c1, sizeof(float) * (size_t)state),
+            CHECK(!memcmp(y, y1, sizeof(float) * (size_t)out) && !memcmp(h, h1, sizeof(float) * (size_t)hstate) &&
+                      !memcmp(c, c1, sizeof(float) * (size_t)cstate),
                   "%d threads differ from one", threads);
         }
     }
-    end("lstm[%s-s%d-b%d-in%d-h%d-l%d]", wl_isa_name(isa), (int)S, (int)B, (int)lc->in_dim, (int)H, (int)L);
-    for (int64_t l = 0; l < L; l++)
+    end("%s[%s-s%d-b%d-in%d-h%d-p%d-l%d]", cell_names[rc->cell], wl_isa_name(isa), (int)S, (int)B, (int)rc->in_dim,
+        (int)H, (int)rc->proj, (int)L);
+    for (int64_t l = 0; l < L; l++) {
         for (int j = 0; j < 2; j++) free_linear(&w[l][j]), free_linear(&packed[l][j]);
-    free(w), free(packed), free(x), free(h0), free(c0), free(rh), free(rc), free(ry), free(h), free(c), free(y), free(y1);
-    free(h1), free(c1), free(wih), free(whh), free(sih), free(shh), free(bih), free(bhh), free(qih), free(qhh);
+        if (rc->proj) free_linear(&w[l][2]);
+    }
+    free(w), free(packed), free(mats), free(x), free(h0), free(c0), free(rh), free(rcs), free(ry), free(h), free(c);
+    free(y), free(y1), free(h1), free(c1);
 }
 
 /* ---- kernels this CPU does not run are refused, never substituted ---- */
@@ -461,12 +572,11 @@ static void test_refusal(int count, int best) {
               "kernel %d was not refused", isa);
     CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, &target, nll, NULL, NULL, -1, 1) == -1,
           "kernel -1 was not refused");
-    const int8_t *wp[1] = {l.panels};
-    const float *sc[1] = {l.pscale}, *bi[1] = {l.pbias};
-    const int32_t *su[1] = {l.psum};
-    CHECK(wl_lstm(x, 1, 1, 4, 4, 1, wp, sc, su, bi, wp, sc, su, bi, h, c, y, best + 1, 1) == -1,
-          "the LSTM ran kernel %d", best + 1);
-    CHECK(wl_lstm(x, 1, 1, 4, 4, 1, wp, sc, su, bi, wp, sc, su, bi, h, c, y, best, 1) == 0, "the LSTM refused the best");
+    wl_packed mats[3] = {{l.panels, l.pscale, l.psum, l.pbias}, {l.panels, l.pscale, l.psum, l.pbias}, {0}};
+    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best + 1, 1) == -1, "the LSTM ran kernel %d", best + 1);
+    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == 0, "the LSTM refused the best");
+    CHECK(wl_rnn(4, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == -1, "cell 4 was not refused");
+    CHECK(wl_rnn(1, x, 1, 1, 4, 4, 4, 1, mats, h, c, y, best, 1) == -1, "a GRU with a projection was not refused");
     end("unavailable_kernels_are_refused");
     free_linear(&l);
 }
@@ -554,7 +664,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof decoder_cases / sizeof decoder_cases[0]; i++) test_decoder_case(&decoder_cases[i], isa);
         for (int64_t m = 1; m <= 7; m++) test_extreme_codes(m, isa);
         test_wide_logits(isa);
-        for (size_t i = 0; i < sizeof lstm_cases / sizeof lstm_cases[0]; i++) test_lstm_case(&lstm_cases[i], isa);
+        for (size_t i = 0; i < sizeof rnn_cases / sizeof rnn_cases[0]; i++) test_rnn_case(&rnn_cases[i], isa);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);

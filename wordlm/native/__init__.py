@@ -1,9 +1,10 @@
 """wordlm's native kernels, built by `pip install` from kernels*.c and called through ctypes.
 
 Two operations (kernels.c says how and why): the int8 decoder GEMM with the loss fused (`decoder_nll`:
-NLL of targets, logits, log-sum-exp), and an int8 LSTM stack (`lstm`). `reference_linear` and
-`reference_lstm` are their slow numpy references, the same integer arithmetic: the GEMMs equal it bit
-for bit (tests/test_native.py).
+NLL of targets, logits, log-sum-exp), and an int8 recurrent stack (`recurrent`: LSTM with or without a
+projection, GRU, RNN with tanh or ReLU). `reference_linear` and `reference_recurrent` (reference.py) are
+their slow numpy references, the same integer arithmetic: the GEMMs equal it bit for bit
+(tests/test_native.py).
 
 Kernels: one per instruction set of this machine's architecture, `ISAS` (x86: portable, avx2,
 avx512-vnni; ARM64: portable, neon, dotprod, i8mm; elsewhere portable C only). `available_isas()` lists
@@ -23,7 +24,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wordlm.config import CELLS as GATES  # cell -> gate rows per hidden unit
 from wordlm.errors import WordLMError
+from wordlm.native.reference import cell_step as cell_step  # re-exported: the runtime's float cells
+from wordlm.native.reference import quantize_activations as quantize_activations  # and the references
+from wordlm.native.reference import reference_linear as reference_linear
+from wordlm.native.reference import reference_recurrent as reference_recurrent
 
 PANEL = 16  # rows of W per packed panel (kernels.h: NR)
 # every kernel of an architecture, lowest first, by kernels.c's number (its isa_names)
@@ -50,11 +56,11 @@ def _library() -> ctypes.CDLL:
     # cost ~40 us per call, more than a layer's step
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.wl_best_isa.restype = c_int
-    lib.wl_lstm_block.restype = c_int
+    lib.wl_unit_block.restype = c_int
     lib.wl_decoder_nll.restype = c_int
     lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int]
-    lib.wl_lstm.restype = c_int
-    lib.wl_lstm.argtypes = [ptr, i64, i64, i64, i64, i64, *[ptr] * 8, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_rnn.restype = c_int
+    lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int]
     lib.wl_sample.restype = i64
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
@@ -231,17 +237,18 @@ def decoder_nll(
     return out
 
 
-LSTM_BLOCK = 32  # hidden units per block of the LSTM's partition among threads (kernels.c: LSTM_BLOCK)
+UNIT_BLOCK = 32  # hidden units per block of the recurrent layers' partition among threads (kernels.c)
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the recurrent cells by kernels.c's number (its cells)
 
 
-def _unit_block_order(hidden: int) -> np.ndarray:
-    """The 4H gate rows (torch's order: i, f, g, o, each [H]) in the kernels' order: block by block of
-    LSTM_BLOCK units (the last one what remains), that block's rows of i, then f, g, o."""
+def _unit_block_order(hidden: int, gates: int) -> np.ndarray:
+    """The gates x H rows (torch's order: gate by gate, each [H]) in the kernels' order: block by block of
+    UNIT_BLOCK units (the last one what remains), that block's rows of each gate in turn."""
     return np.concatenate(
         [
-            np.arange(gate * hidden + u, gate * hidden + min(u + LSTM_BLOCK, hidden))
-            for u in range(0, hidden, LSTM_BLOCK)
-            for gate in range(4)
+            np.arange(gate * hidden + u, gate * hidden + min(u + UNIT_BLOCK, hidden))
+            for u in range(0, hidden, UNIT_BLOCK)
+            for gate in range(gates)
         ]
     )
 
@@ -252,110 +259,90 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
     return pack_linear(codes[: p.n][order], p.scales[: p.n][order], p.bias[: p.n][order])
 
 
-@dataclass
-class PackedLSTM:
-    """A stack of LSTM layers for the kernels: (W_ih with b_ih, W_hh with b_hh) per layer, and the
-    arrays of their addresses that `wl_lstm` takes (built once).
+class _Matrix(ctypes.Structure):
+    """kernels.c's wl_packed: a PackedLinear's addresses (all NULL: no matrix)."""
 
-    Given packed in torch's row order, the layers are kept with their gate rows in blocks of hidden
-    units (`_unit_block_order`), so that a thread owns whole blocks: all four gates of its units.
+    _fields_ = [(name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")]
+
+
+@dataclass
+class PackedRecurrent:
+    """A stack of recurrent layers of `cell` (one of CELLS) for the kernels: (W_ih with b_ih, W_hh with
+    b_hh) per layer, W_hr per layer in `proj` for an LSTM with a projection (torch's proj_size: h = W_hr
+    (o * tanh(c))), and the array of their addresses that `wl_rnn` takes (built once).
+
+    Given packed in torch's row order, W_ih and W_hh are kept with their gate rows in blocks of hidden
+    units (`_unit_block_order`), so that a thread owns whole blocks: all the gates of its units.
     """
 
     layers: list[tuple[PackedLinear, PackedLinear]]
+    cell: str = "lstm"
+    proj: list[PackedLinear] | None = None
 
     def __post_init__(self) -> None:
-        hidden = self.layers[0][1].k
-        if any(p.n != 4 * hidden for pair in self.layers for p in pair):
-            raise WordLMError(f"native LSTM: every W_ih and W_hh needs 4 x {hidden} gate rows (hidden = W_hh's inputs)")
-        order = _unit_block_order(hidden)
+        if self.cell not in CELLS:
+            raise WordLMError(f"native kernels: no cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.proj and (self.cell != "lstm" or len(self.proj) != len(self.layers)):
+            raise WordLMError(f"native {self.cell}: a projection is an LSTM's, one W_hr per layer")
+        gates, hidden, out = GATES[self.cell], self.hidden, self.out_dim
+        if any(p.n != gates * hidden for pair in self.layers for p in pair):
+            raise WordLMError(
+                f"native {self.cell}: every W_ih and W_hh needs {gates} x {hidden} gate rows (hidden = "
+                f"{'W_hr' if self.proj else 'W_hh'}'s inputs)"
+            )
+        ks = [p.k for pair in self.layers[1:] for p in pair] + [self.layers[0][1].k]
+        if any(k != out for k in ks) or any((p.n, p.k) != (out, hidden) for p in self.proj or []):
+            raise WordLMError(f"native {self.cell}: W_hh and the upper layers' W_ih need {out} inputs (h's size)")
+        order = _unit_block_order(hidden, gates)
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
-        self._args = []  # W_ih's panels, scales, sums, biases, then W_hh's: one address per layer each
-        for i in (0, 1):
-            for field in ("panels", "scales", "sums", "bias"):
-                arr = (ctypes.c_void_p * len(self.layers))(*(getattr(p[i], field).ctypes.data for p in self.layers))
-                self._args.append(arr)
+        hr = self.proj or [None] * len(self.layers)
+        mats = [p for (a, b), r in zip(self.layers, hr, strict=True) for p in (a, b, r)]  # [layers][W_ih, W_hh, W_hr]
+        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args) if p else _Matrix() for p in mats))
 
     @property
     def hidden(self) -> int:
-        return self.layers[0][1].k
+        return self.proj[0].k if self.proj else self.layers[0][1].k
+
+    @property
+    def out_dim(self) -> int:
+        """The size of h: the projection's, else hidden."""
+        return self.proj[0].n if self.proj else self.hidden
 
 
-def lstm(
-    x: np.ndarray,
-    packed: PackedLSTM,
-    h: np.ndarray,
-    c: np.ndarray,
-    *,
-    isa: str | None = None,
-    threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The int8 LSTM stack: x [S, B, in] and state h, c [L, B, H] -> (y [S, B, H] of the top layer, h, c).
+def recurrent(
+    x: np.ndarray, packed: PackedRecurrent, *state: np.ndarray, isa: str | None = None, threads: int = 1
+) -> tuple[np.ndarray, ...]:
+    """The int8 recurrent stack: x [S, B, in] and the state, h [L, B, P] (and c [L, B, H] for an LSTM) ->
+    (y [S, B, P] of the top layer, *the new state); P is the projection's size (proj), else H.
 
-    Torch's gate order; h and c are not modified (new arrays come back). `isa` as for decoder_nll;
-    `threads` (up to one per LSTM_BLOCK hidden units) each compute the input projection, the recurrent
-    GEMM and the cell of their own units, meeting once per step; every count gives the same bits.
+    Torch's gate orders; the state is not modified (new arrays come back). `isa` as for decoder_nll;
+    `threads` (up to one per UNIT_BLOCK hidden units) each compute the input projection, the recurrent
+    GEMM and the cell of their own units (and rows of the projection), meeting once per step (twice
+    with a projection); every count gives the same bits.
     """
     kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)
-    steps, batch, in_dim = x.shape
-    n_layers, hidden = len(packed.layers), packed.hidden
-    if packed.layers[0][0].k != in_dim or h.shape != (n_layers, batch, hidden) or c.shape != h.shape:
-        raise WordLMError(f"native LSTM: shapes do not fit (x {list(x.shape)}, h {list(h.shape)})")
-    h = np.array(h, np.float32, order="C")  # copies: the kernel updates them in place
-    c = np.array(c, np.float32, order="C")
-    y = np.empty((steps, batch, hidden), np.float32)
-    addr = [_addr(a) for a in (x, h, c, y)]
-    rc = lib().wl_lstm(addr[0], steps, batch, in_dim, hidden, n_layers, *packed._args, *addr[1:], kernel, n_threads)
+    n_layers, hidden, out, lstm = len(packed.layers), packed.hidden, packed.out_dim, packed.cell == "lstm"
+    batch = x.shape[1] if x.ndim == 3 else 0
+    shapes = [(n_layers, batch, out), (n_layers, batch, hidden)][: 2 if lstm else 1]
+    if x.ndim != 3 or packed.layers[0][0].k != x.shape[2] or [np.shape(s) for s in state] != shapes:
+        raise WordLMError(
+            f"native {packed.cell}: shapes do not fit (x {list(x.shape)}, state {[list(np.shape(s)) for s in state]})"
+        )
+    steps, _, in_dim = x.shape
+    state = tuple(np.array(s, np.float32, order="C") for s in state)  # copies: the kernel updates them in place
+    y = np.empty((steps, batch, out), np.float32)
+    h, c = _addr(state[0]), _addr(state[1]) if lstm else None
+    sizes = (steps, batch, in_dim, hidden, out if packed.proj else 0, n_layers)
+    cell, weights = CELLS.index(packed.cell), ctypes.addressof(packed._matrices)
+    rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads)
     if rc != 0:
-        raise WordLMError("native LSTM: bad arguments (sizes must be multiples of 4, 4 x hidden of 16)")
-    return y, h, c
+        raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
+    return (y, *state)
 
 
-def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x float32 [M, K] -> (7-bit codes uint8 [M, K], scales float32 [M], zero points int32 [M]), per row."""
-    x = np.asarray(x, np.float32)
-    lo = np.minimum(x.min(1), 0).astype(np.float32)
-    hi = np.maximum(x.max(1), 0).astype(np.float32)
-    s = (hi - lo) / np.float32(127)
-    s = np.where(s > 0, s, np.float32(1)).astype(np.float32)
-    inv = (np.float32(1) / s).astype(np.float32)
-    zp = np.clip(np.rint(-lo * inv), 0, 127).astype(np.int32)
-    u = np.clip(np.rint(x * inv[:, None]) + zp[:, None].astype(np.float32), 0, 127).astype(np.uint8)
-    return u, s, zp
-
-
-def reference_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The kernels' GEMM, slowly: y [M, N] of x [M, K] and codes q [N, K] (the decoder's logits)."""
-    u, s, zp = quantize_activations(x)
-    acc = u.astype(np.int64) @ q.astype(np.int64).T - zp[:, None].astype(np.int64) * q.astype(np.int64).sum(1)
-    scale = (s[:, None] * scales.astype(np.float32)[None, :]).astype(np.float32)
-    return (acc.astype(np.float32) * scale + bias.astype(np.float32)).astype(np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1 / (1 + np.exp(-x))).astype(np.float32)
-
-
-def reference_lstm(
-    x: np.ndarray, layers: list[tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]], h: np.ndarray, c: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`lstm`, slowly; layers hold ((codes, scales, bias) of W_ih, the same of W_hh) per layer."""
-    steps, batch, _ = x.shape
-    hidden = h.shape[-1]
-    hs, cs = [], []
-    for layer, (wih, whh) in enumerate(layers):
-        xproj = reference_linear(x.reshape(steps * batch, -1), *wih).reshape(steps, batch, 4 * hidden)
-        hl, cl, ys = h[layer].astype(np.float32), c[layer].astype(np.float32), []
-        for t in range(steps):
-            g = xproj[t] + reference_linear(hl, *whh)
-            i, f, gg, o = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
-            cl = (_sigmoid(f) * cl + _sigmoid(i) * np.tanh(gg)).astype(np.float32)
-            hl = (_sigmoid(o) * np.tanh(cl)).astype(np.float32)
-            ys.append(hl)
-        x = np.stack(ys)
-        hs.append(hl)
-        cs.append(cl)
-    return x, np.stack(hs), np.stack(cs)
+# the names of the LSTM-only version, which benchmarks/kernels.py calls
+PackedLSTM, lstm = PackedRecurrent, recurrent
 
 
 def sample(z: np.ndarray, temperature: float, u: float) -> int:

@@ -1,4 +1,5 @@
-/* wordlm native kernels: int8 GEMMs for the LSTM and the decoder of evaluation, with the loss fused.
+/* wordlm native kernels: int8 GEMMs for the recurrent layers (LSTM, GRU, RNN) and the decoder of
+ * evaluation, with the loss fused.
  * This file: the arithmetic contract, the portable kernels, the choice of kernels, the threads and the
  * entry points called through ctypes; kernels_x86.c: the AVX2 and AVX-512 VNNI kernels; kernels_arm.c:
  * the ARM64 ones (NEON, dot product, I8MM).
@@ -8,10 +9,10 @@
  * from which a caller gets log-probabilities as logits - lse). Each block of logits goes to a small
  * buffer that stays in L1 and is folded into a running log-sum-exp, so the M x N logits never reach
  * memory and no separate log-softmax pass reads them back (benchmarks/quant.md).
- * The LSTM: per layer, the input projection of every step is one GEMM, then per step the recurrent
- * GEMM of the batch's h and the cell, vectorised.
+ * The recurrent layers: per layer, the input projection of every step is one GEMM, then per step the
+ * recurrent GEMM of the batch's h and the cell (the LSTM's vectorised), and an LSTM's projection.
  *
- * Arithmetic (the numpy reference in wordlm/native/__init__.py computes exactly the same GEMMs):
+ * Arithmetic (the numpy reference in wordlm/native/reference.py computes exactly the same GEMMs):
  * - weights: int8 codes q[n, k] in [-128, 127] with one float scale per row, packed by `pack_linear`
  *   into panels of 16 rows: [N/16][K/4][16][4] bytes;
  * - activations: per row, asymmetric 7-bit, u = clamp(rint(x * inv_s) + zp, 0, 127) with
@@ -27,13 +28,14 @@
  * from 0 (portable C) up (isa_names below): x86 AVX2 and AVX-512 VNNI, ARM64 NEON, dot product (SDOT)
  * and I8MM (SMMLA); the caller names one (wordlm.native resolves WORDLM_ISA and the CPU's best). The
  * GEMMs are identical; exp (in the log-sum-exp and the LSTM's sigmoid and tanh) is a polynomial in
- * the vector kernels and libm in C, ~1e-7 relative apart.
+ * the vector kernels and libm in C, ~1e-7 relative apart (the GRU's and RNN's cells are C in all).
  *
  * Threads (a pool started once, below): the work is cut into a partition that does not depend on the
- * number of threads (chunks of the vocabulary; blocks of the LSTM's hidden units), and whatever is
- * summed across pieces is summed on the calling thread in the partition's order: every thread count
- * gives the same bits. The decoder's threads take chunks from a shared counter; the LSTM's each own a
- * run of unit blocks, computing those units' gates and cell, with one barrier per step.
+ * number of threads (chunks of the vocabulary; blocks of the recurrent layers' hidden units), and
+ * whatever is summed across pieces is summed on the calling thread in the partition's order: every
+ * thread count gives the same bits. The decoder's threads take chunks from a shared counter; the recurrent layers'
+ * take blocks of units, computing those units' gates and cell, with one barrier per step (two with an
+ * LSTM's projection).
  */
 #ifndef WL_NO_PYTHON /* a C program may link this file without Python (tests/arm) */
 #define PY_SSIZE_T_CLEAN
@@ -499,172 +501,282 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     return ok ? 0 : -1;
 }
 
-/* ---- the LSTM ---- */
+/* ---- the recurrent stack: LSTM (with or without a projection), GRU, RNN ---- */
 
-/* The unit of the recurrence's partition: blocks of LSTM_BLOCK hidden units (the last block of a
- * layer holds what remains, a multiple of 4). W_ih, W_hh and their biases come with their 4H rows in
- * block order (wordlm.native.PackedLSTM arranges them): block by block, the block's rows of gate i,
- * then f, g, o, so that a block's 4 x 32 gate rows are 8 whole panels (4 x a multiple of 4 rows for
- * the last) and its gates are laid out as the cell reads those of a layer of that many units. A
- * block of a step (its gate rows, the cell of its units) is one item of a phase (above), the same
+/* The unit of the recurrence's partition: blocks of UNIT_BLOCK hidden units (the last block of a
+ * layer holds what remains, a multiple of 4). W_ih, W_hh and their biases come with their gates x H
+ * rows in block order (wordlm.native.PackedRecurrent arranges them): block by block, the block's rows
+ * of each gate in torch's order (LSTM i, f, g, o; GRU r, z, n; RNN its one), so that a block's gate
+ * rows are whole panels (gates x 32 rows; the last block's rows end the matrix, whose padding fills
+ * their last panel) and its gates are laid out as the cell reads those of a layer of that many units.
+ * A block of a step (its gate rows, the cell of its units) is one item of a phase (above), the same
  * calls whatever thread takes it. 32 units rather than 16: the calls per block cost ~4% of the
- * one-thread LSTM at 16 (tutorial sizes), and 8 blocks still balance 2 to 4 threads. */
-#define LSTM_BLOCK 32
+ * one-thread LSTM at 16 (tutorial sizes), and 8 blocks still balance 2 to 4 threads. An LSTM's
+ * projection (h = W_hr m, m = o * tanh(c)) is one more phase per step, in blocks of UNIT_BLOCK rows
+ * of W_hr: it needs every unit's m. */
+#define UNIT_BLOCK 32
 #define QUANT_ROWS 8 /* rows of a layer's input per item of quantization */
 
-typedef struct {
-    const wl_kernels *kern;
-    int64_t steps, batch, in_dim, hidden, layers;
-    const float *x;
-    const int8_t *const *wih, *const *whh;
-    const float *const *wih_scale, *const *b_ih, *const *whh_scale, *const *b_hh;
-    const int32_t *const *wih_sum, *const *whh_sum;
-    float *h, *c, *y;
-    float *buf;   /* [steps, batch, H]: the output of the layers that do not write y */
-    float *h0;    /* [layers, batch, H]: the state h as it came in (h is written at the last step) */
-    uint8_t *ux;  /* [steps * batch, widest]: the layer input's codes */
-    float *xs;    /* [steps * batch]: their scales */
-    int32_t *xz;  /* [steps * batch]: their zero points */
-    float *xproj; /* [steps * batch, 4H]: the input projection */
-    float *gates; /* [batch, 4H]: the gates of one step */
-    uint8_t *uh;  /* per thread [batch, H]: the previous h, quantized (by each thread that needs it) */
-    float *hs;    /* per thread [batch] */
-    int32_t *hz;  /* per thread [batch] */
-} lstm_job;
+/* The cell of one batch row's block of `width` units: xp and g are the block's gate rows of the input
+ * projection and of the recurrent GEMM, each with its bias (g is the cell's to overwrite); hprev the
+ * units' h of the step before, h their new h (m, for a projected LSTM), c their LSTM cell state
+ * (updated in place; unused by the others). The vector kernels' LSTM cell is the table's; the other
+ * cells are portable C for every kernel (their GEMMs are where the time goes). */
+typedef void (*cell_fn)(const wl_kernels *kern, const float *xp, float *g, int64_t width, const float *hprev,
+                        float *h, float *c);
 
-/* one thread's view: the layer and step it is at, and its quantized copy of the previous h */
-typedef struct {
-    const lstm_job *j;
-    int64_t layer, step, k;
-    const float *in; /* the layer's input [steps * batch, k] */
-    float *out;      /* and output [steps, batch, H] */
-    uint8_t *uh;
-    float *hs;
-    int32_t *hz;
-    int64_t quantized; /* the step whose previous h uh holds (-1: none) */
-} lstm_thread;
+static void lstm_cell(const wl_kernels *kern, const float *xp, float *g, int64_t width, const float *hprev,
+                      float *h, float *c) {
+    (void)hprev;
+    for (int64_t i = 0; i < 4 * width; i++) g[i] = xp[i] + g[i];
+    kern->cell(g, width, h, c);
+}
 
-/* rows [0, rows) of u (the batch) x `panels` panels of W from wp -> out[r * ldo + ...], in groups of
- * MR rows */
-static void qgemm_rows(const wl_kernels *kern, const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp,
-                       int64_t panels, const float *ascale, const int32_t *zp, const float *wscale,
-                       const int32_t *wsum, const float *bias, float *out, int64_t ldo) {
-    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-        int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        kern->qgemm(u + r0 * k, nr, k, wp, panels, ascale + r0, zp + r0, wscale, wsum, bias, out + r0 * ldo, ldo);
+/* torch's GRU: the reset gate scales W_hn h + b_hn, the recurrent part with its bias, which is why
+ * the input projection and the recurrent GEMM are kept apart until the cell */
+static void gru_cell(const wl_kernels *kern, const float *xp, float *g, int64_t width, const float *hprev, float *h,
+                     float *c) {
+    (void)kern, (void)c;
+    for (int64_t j = 0; j < width; j++) {
+        float r = sigmoid_c(xp[j] + g[j]), z = sigmoid_c(xp[width + j] + g[width + j]);
+        float n = tanhf(xp[2 * width + j] + r * g[2 * width + j]);
+        h[j] = (1.f - z) * n + z * hprev[j];
     }
 }
 
+static void rnn_tanh_cell(const wl_kernels *kern, const float *xp, float *g, int64_t width, const float *hprev,
+                          float *h, float *c) {
+    (void)kern, (void)hprev, (void)c;
+    for (int64_t j = 0; j < width; j++) h[j] = tanhf(xp[j] + g[j]);
+}
+
+static void rnn_relu_cell(const wl_kernels *kern, const float *xp, float *g, int64_t width, const float *hprev,
+                          float *h, float *c) {
+    (void)kern, (void)hprev, (void)c;
+    for (int64_t j = 0; j < width; j++) {
+        float a = xp[j] + g[j];
+        h[j] = a > 0.f ? a : 0.f;
+    }
+}
+
+/* the cells by number (wordlm.native's CELLS names them alike): gate rows per unit, and the cell */
+static const struct {
+    int64_t gates;
+    cell_fn fn;
+} cells[] = {{4, lstm_cell}, {3, gru_cell}, {1, rnn_tanh_cell}, {1, rnn_relu_cell}};
+#define CELL_COUNT ((int)(sizeof(cells) / sizeof(cells[0])))
+enum { CELL_LSTM };
+
+/* one packed matrix as the decoder takes it: codes in panels (64-byte aligned) and per row [n_pad] the
+ * scale, code sum and bias (wordlm.native.PackedLinear) */
+typedef struct {
+    const int8_t *panels;
+    const float *scale;
+    const int32_t *sum;
+    const float *bias;
+} wl_packed;
+
+enum { W_IH, W_HH, W_HR, MATRICES }; /* a layer's matrices, in wl_rnn's w[layers][MATRICES] */
+
+typedef struct {
+    const wl_kernels *kern;
+    cell_fn cell;
+    int64_t gates, steps, batch, in_dim, hidden, proj, layers;
+    int64_t out_dim; /* the size of h: proj, or hidden */
+    int64_t ldg;     /* the gate rows padded to whole panels (W_ih's and W_hh's n_pad) */
+    int64_t ldp;     /* proj padded to whole panels */
+    const float *x;
+    const wl_packed *w; /* [layers][MATRICES] */
+    float *h, *c, *y;
+    float *buf;   /* [steps, batch, out_dim]: the output of the layers that do not write y */
+    float *h0;    /* [layers, batch, out_dim]: the state h as it came in (h is written at the last step) */
+    uint8_t *ux;  /* [steps * batch, widest]: the layer input's codes */
+    float *xs;    /* [steps * batch]: their scales */
+    int32_t *xz;  /* [steps * batch]: their zero points */
+    float *xproj; /* [steps * batch, ldg]: the input projection */
+    float *grec;  /* [batch, ldg]: the recurrent GEMM of one step */
+    float *m;     /* [batch, hidden]: a projected LSTM's o * tanh(c) of one step */
+    float *pout;  /* [batch, ldp]: its projection */
+    uint8_t *uh;  /* per thread [batch, out_dim]: the previous h, quantized (by each thread that needs it) */
+    float *hs;    /* per thread [batch] */
+    int32_t *hz;  /* per thread [batch] */
+    uint8_t *um;  /* per thread [batch, hidden]: m quantized (projected LSTM) */
+    float *ms;    /* per thread [batch] */
+    int32_t *mz;  /* per thread [batch] */
+} rnn_job;
+
+/* one thread's view: the layer and step it is at, and its quantized copies of the previous h and of m */
+typedef struct {
+    const rnn_job *j;
+    const wl_packed *w; /* the layer's matrices */
+    int64_t layer, step, k;
+    const float *in; /* the layer's input [steps * batch, k] */
+    float *out;      /* and output [steps, batch, out_dim] */
+    uint8_t *uh, *um;
+    float *hs, *ms;
+    int32_t *hz, *mz;
+    int64_t h_quantized, m_quantized; /* the step whose previous h uh holds, whose m um holds (-1: none) */
+} rnn_thread;
+
+/* rows [0, rows) of u (the batch) x `panels` panels of W's rows from `row` -> out[r * ldo + ...], in
+ * groups of MR rows */
+static void qgemm_rows(const wl_kernels *kern, const uint8_t *u, int64_t rows, int64_t k, const wl_packed *w,
+                       int64_t row, int64_t panels, const float *ascale, const int32_t *zp, float *out, int64_t ldo) {
+    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+        int64_t nr = rows - r0 < MR ? rows - r0 : MR;
+        kern->qgemm(u + r0 * k, nr, k, w->panels + row * k, panels, ascale + r0, zp + r0, w->scale + row,
+                    w->sum + row, w->bias + row, out + r0 * ldo, ldo);
+    }
+}
+
+/* the units of the block that starts at unit v, and the panels of the gate rows of `width` units */
+static int64_t block_width(const rnn_job *j, int64_t v) {
+    return j->hidden - v < UNIT_BLOCK ? j->hidden - v : UNIT_BLOCK;
+}
+static int64_t block_panels(const rnn_job *j, int64_t width) { return (j->gates * width + NR - 1) / NR; }
+
 /* item: QUANT_ROWS rows of the layer's input -> their codes */
-static void lstm_quantize_rows(void *arg, int64_t item) {
-    lstm_thread *t = arg;
-    const lstm_job *j = t->j;
+static void rnn_quantize_rows(void *arg, int64_t item) {
+    rnn_thread *t = arg;
+    const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, r0 = item * QUANT_ROWS, nr = rows - r0 < QUANT_ROWS ? rows - r0 : QUANT_ROWS;
     j->kern->quantize(t->in + r0 * t->k, nr, t->k, j->ux + r0 * t->k, j->xs + r0, j->xz + r0);
 }
 
 /* item: the input projection of one block of units for MR rows (steps x batch) of the layer's input:
  * items small enough (~5 us at the tutorial's sizes) that no thread waits long for another's last */
-static void lstm_project(void *arg, int64_t item) {
-    lstm_thread *t = arg;
-    const lstm_job *j = t->j;
-    int64_t H = j->hidden, G = 4 * H, l = t->layer, rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
-    int64_t v = item / groups * LSTM_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
-    int64_t width = H - v < LSTM_BLOCK ? H - v : LSTM_BLOCK;
-    j->kern->qgemm(j->ux + r0 * t->k, nr, t->k, j->wih[l] + 4 * v * t->k, 4 * width / NR, j->xs + r0, j->xz + r0,
-                   j->wih_scale[l] + 4 * v, j->wih_sum[l] + 4 * v, j->b_ih[l] + 4 * v, j->xproj + r0 * G + 4 * v, G);
+static void rnn_input_gemm(void *arg, int64_t item) {
+    rnn_thread *t = arg;
+    const rnn_job *j = t->j;
+    int64_t rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
+    int64_t v = item / groups * UNIT_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
+    qgemm_rows(j->kern, j->ux + r0 * t->k, nr, t->k, &t->w[W_IH], j->gates * v, block_panels(j, block_width(j, v)),
+               j->xs + r0, j->xz + r0, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
 }
 
-/* item: one block of units at one step; at the last step its units of the new h go to the state too.
- * Step t reads h_{t-1} from out[t - 1] (h0 at t = 0) and writes out[t]: nothing is written that
- * another item of the phase reads. */
-static void lstm_block_step(void *arg, int64_t block) {
-    lstm_thread *t = arg;
-    const lstm_job *j = t->j;
-    const wl_kernels *kern = j->kern;
-    int64_t H = j->hidden, B = j->batch, G = 4 * H, l = t->layer, s = t->step;
-    int64_t v = block * LSTM_BLOCK, width = H - v < LSTM_BLOCK ? H - v : LSTM_BLOCK, panels = 4 * width / NR;
-    if (t->quantized != s) {
-        kern->quantize(s ? t->out + (s - 1) * B * H : j->h0 + l * B * H, B, H, t->uh, t->hs, t->hz);
-        t->quantized = s;
+/* item: one block of units at one step; at the last step its units of the new h go to the state too
+ * (a projected LSTM's h comes from rnn_project). Step t reads h_{t-1} from out[t - 1] (h0 at t = 0) and
+ * writes out[t] (m): nothing is written that another item of the phase reads. */
+static void rnn_block_step(void *arg, int64_t block) {
+    rnn_thread *t = arg;
+    const rnn_job *j = t->j;
+    int64_t H = j->hidden, P = j->out_dim, B = j->batch, l = t->layer, s = t->step;
+    int64_t v = block * UNIT_BLOCK, width = block_width(j, v), row = j->gates * v;
+    const float *prev = s ? t->out + (s - 1) * B * P : j->h0 + l * B * P;
+    if (t->h_quantized != s) {
+        j->kern->quantize(prev, B, P, t->uh, t->hs, t->hz);
+        t->h_quantized = s;
     }
-    qgemm_rows(kern, t->uh, B, H, j->whh[l] + 4 * v * H, panels, t->hs, t->hz, j->whh_scale[l] + 4 * v,
-               j->whh_sum[l] + 4 * v, j->b_hh[l] + 4 * v, j->gates + 4 * v, G);
-    float *cur = t->out + s * B * H, *c = j->c + l * B * H;
+    qgemm_rows(j->kern, t->uh, B, P, &t->w[W_HH], row, block_panels(j, width), t->hs, t->hz, j->grec + row, j->ldg);
+    float *cur = j->proj ? j->m : t->out + s * B * H; /* rows of H units either way (P = H unprojected) */
     for (int64_t b = 0; b < B; b++) {
-        float *g = j->gates + b * G + 4 * v;
-        const float *xp = j->xproj + (s * B + b) * G + 4 * v;
-        for (int64_t i = 0; i < 4 * width; i++) g[i] = xp[i] + g[i];
-        kern->cell(g, width, cur + b * H + v, c + b * H + v);
-        if (s == j->steps - 1) memcpy(j->h + (l * B + b) * H + v, cur + b * H + v, sizeof(float) * (size_t)width);
+        j->cell(j->kern, j->xproj + (s * B + b) * j->ldg + row, j->grec + b * j->ldg + row, width, prev + b * P + v,
+                cur + b * H + v, j->c ? j->c + (l * B + b) * H + v : NULL);
+        if (!j->proj && s == j->steps - 1)
+            memcpy(j->h + (l * B + b) * H + v, cur + b * H + v, sizeof(float) * (size_t)width);
+    }
+}
+
+/* item: UNIT_BLOCK rows of a projected LSTM's W_hr at one step: m -> those units of h (out[t], and the
+ * state at the last step), through pout, whose rows are whole panels */
+static void rnn_project(void *arg, int64_t block) {
+    rnn_thread *t = arg;
+    const rnn_job *j = t->j;
+    int64_t H = j->hidden, P = j->proj, B = j->batch, s = t->step, p0 = block * UNIT_BLOCK;
+    int64_t width = P - p0 < UNIT_BLOCK ? P - p0 : UNIT_BLOCK;
+    if (t->m_quantized != s) {
+        j->kern->quantize(j->m, B, H, t->um, t->ms, t->mz);
+        t->m_quantized = s;
+    }
+    qgemm_rows(j->kern, t->um, B, H, &t->w[W_HR], p0, (width + NR - 1) / NR, t->ms, t->mz, j->pout + p0, j->ldp);
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(t->out + (s * B + b) * P + p0, j->pout + b * j->ldp + p0, sizeof(float) * (size_t)width);
+        if (s == j->steps - 1)
+            memcpy(j->h + (t->layer * B + b) * P + p0, j->pout + b * j->ldp + p0, sizeof(float) * (size_t)width);
     }
 }
 
 /* the stack on one thread of the team: per layer, a phase of quantizing its input, one of its input
- * projection, then one per step of its blocks of units */
-static void lstm_region(void *arg, team_t *team) {
-    const lstm_job *j = arg;
-    int64_t H = j->hidden, B = j->batch, rows = j->steps * B, blocks = (H + LSTM_BLOCK - 1) / LSTM_BLOCK;
-    lstm_thread t = {.j = j, .in = j->x, .uh = j->uh + team->id * B * H, .hs = j->hs + team->id * B,
-                     .hz = j->hz + team->id * B};
+ * projection, then per step one of its blocks of units (and one of the projection) */
+static void rnn_region(void *arg, team_t *team) {
+    const rnn_job *j = arg;
+    int64_t B = j->batch, rows = j->steps * B, blocks = (j->hidden + UNIT_BLOCK - 1) / UNIT_BLOCK;
+    int64_t proj_blocks = (j->proj + UNIT_BLOCK - 1) / UNIT_BLOCK;
+    rnn_thread t = {.j = j, .in = j->x, .uh = j->uh + team->id * B * j->out_dim, .hs = j->hs + team->id * B,
+                    .hz = j->hz + team->id * B};
+    if (j->proj) t.um = j->um + team->id * B * j->hidden, t.ms = j->ms + team->id * B, t.mz = j->mz + team->id * B;
     for (t.layer = 0; t.layer < j->layers; t.layer++) {
-        t.k = t.layer ? H : j->in_dim;
+        t.w = j->w + t.layer * MATRICES;
+        t.k = t.layer ? j->out_dim : j->in_dim;
         t.out = (j->layers - 1 - t.layer) % 2 == 0 ? j->y : j->buf; /* alternate, so that the top layer writes y */
-        phase(team, (rows + QUANT_ROWS - 1) / QUANT_ROWS, lstm_quantize_rows, &t);
-        phase(team, blocks * ((rows + MR - 1) / MR), lstm_project, &t);
-        t.quantized = -1;
-        for (t.step = 0; t.step < j->steps; t.step++) phase(team, blocks, lstm_block_step, &t);
+        phase(team, (rows + QUANT_ROWS - 1) / QUANT_ROWS, rnn_quantize_rows, &t);
+        phase(team, blocks * ((rows + MR - 1) / MR), rnn_input_gemm, &t);
+        t.h_quantized = t.m_quantized = -1;
+        for (t.step = 0; t.step < j->steps; t.step++) {
+            phase(team, blocks, rnn_block_step, &t);
+            if (j->proj) phase(team, proj_blocks, rnn_project, &t);
+        }
         t.in = t.out;
     }
 }
 
-/* A stack of LSTM layers (torch's gate order) over x[steps, batch, in_dim]: y[steps, batch, hidden] of
- * the top layer, and the state h, c [layers, batch, hidden] (read, then updated in place). Per layer
- * l: W_ih [4H, in] (in = in_dim for the first layer, hidden above) and W_hh [4H, hidden] packed as
- * for the decoder with their rows in LSTM_BLOCK order (above), with their scales, code sums and
- * biases [4H] in the same order; hidden a multiple of 4. isa, threads: as for wl_decoder_nll (the
- * threads: up to one per block of units). Returns 0, or -1 for a bad argument or no memory. */
-int wl_lstm(const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t layers,
-            const int8_t *const *wih, const float *const *wih_scale, const int32_t *const *wih_sum,
-            const float *const *b_ih, const int8_t *const *whh, const float *const *whh_scale,
-            const int32_t *const *whh_sum, const float *const *b_hh, float *h, float *c, float *y, int isa,
-            int threads) {
+/* A stack of recurrent layers of cell `cell` (0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN ReLU; torch's gate
+ * orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
+ * batch, P] and, for the LSTM, c [layers, batch, hidden] (read, then updated in place; c NULL
+ * otherwise), where P = proj for an LSTM with a projection (proj > 0: h = W_hr (o * tanh(c))), else
+ * hidden. w[layers][3]: W_ih [G, in] (in = in_dim for the first layer, P above) and W_hh [G, P], G =
+ * gates x hidden, packed as for the decoder with their rows in UNIT_BLOCK order (above), their scales,
+ * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
+ * in_dim, hidden and proj multiples of 4. isa, threads: as for wl_decoder_nll (the threads: up to one
+ * per block of units). Returns 0, or -1 for a bad argument or no memory. */
+int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
+           int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads) {
     const wl_kernels *kern = kernels_for(isa);
-    if (!kern || threads < 1 || steps < 1 || batch < 1 || layers < 1 || in_dim < 4 || hidden < 4 || in_dim % 4 ||
-        hidden % 4)
+    if (!kern || cell < 0 || cell >= CELL_COUNT || threads < 1 || steps < 1 || batch < 1 || layers < 1 ||
+        in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
+        (proj && cell != CELL_LSTM) || (cell == CELL_LSTM && !c))
         return -1;
     for (int64_t l = 0; l < layers; l++)
-        if (((uintptr_t)wih[l] & 63) || ((uintptr_t)whh[l] & 63)) return -1;
-    int64_t blocks = (hidden + LSTM_BLOCK - 1) / LSTM_BLOCK, n = threads < blocks ? threads : blocks;
+        for (int i = 0; i < MATRICES; i++)
+            if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
+    int64_t gates = cells[cell].gates, P = proj ? proj : hidden;
+    int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
     if (n > POOL_MAX) n = POOL_MAX;
-    int64_t rows = steps * batch, g4 = 4 * hidden, widest = in_dim > hidden ? in_dim : hidden;
-    lstm_job job = {.kern = kern, .steps = steps, .batch = batch, .in_dim = in_dim, .hidden = hidden,
-                    .layers = layers, .x = x, .wih = wih, .whh = whh, .wih_scale = wih_scale, .b_ih = b_ih,
-                    .whh_scale = whh_scale, .b_hh = b_hh, .wih_sum = wih_sum, .whh_sum = whh_sum, .h = h, .c = c,
-                    .y = y};
-    job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * hidden)) : NULL;
-    job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * hidden));
+    int64_t rows = steps * batch, ldg = (gates * hidden + NR - 1) / NR * NR, widest = in_dim > P ? in_dim : P;
+    rnn_job job = {.kern = kern, .cell = cells[cell].fn, .gates = gates, .steps = steps, .batch = batch,
+                   .in_dim = in_dim, .hidden = hidden, .proj = proj, .layers = layers, .out_dim = P, .ldg = ldg,
+                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cell == CELL_LSTM ? c : NULL,
+                   .y = y};
+    job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * P)) : NULL;
+    job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * P));
     job.ux = malloc((size_t)(rows * widest));
     job.xs = malloc(sizeof(float) * (size_t)rows);
     job.xz = malloc(sizeof(int32_t) * (size_t)rows);
-    job.xproj = malloc(sizeof(float) * (size_t)(rows * g4));
-    job.gates = malloc(sizeof(float) * (size_t)(batch * g4));
-    job.uh = malloc((size_t)(n * batch * hidden));
+    job.xproj = malloc(sizeof(float) * (size_t)(rows * ldg));
+    job.grec = malloc(sizeof(float) * (size_t)(batch * ldg));
+    job.uh = malloc((size_t)(n * batch * P));
     job.hs = malloc(sizeof(float) * (size_t)(n * batch));
     job.hz = malloc(sizeof(int32_t) * (size_t)(n * batch));
-    int ok = (layers == 1 || job.buf) && job.h0 && job.ux && job.xs && job.xz && job.xproj && job.gates && job.uh &&
-             job.hs && job.hz;
-    if (ok) {
-        memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * hidden));
-        run_region((int)n, lstm_region, &job);
+    if (proj) {
+        job.m = malloc(sizeof(float) * (size_t)(batch * hidden));
+        job.pout = malloc(sizeof(float) * (size_t)(batch * job.ldp));
+        job.um = malloc((size_t)(n * batch * hidden));
+        job.ms = malloc(sizeof(float) * (size_t)(n * batch));
+        job.mz = malloc(sizeof(int32_t) * (size_t)(n * batch));
     }
-    free(job.buf), free(job.h0), free(job.ux), free(job.xs), free(job.xz), free(job.xproj), free(job.gates);
-    free(job.uh), free(job.hs), free(job.hz);
+    int ok = (layers == 1 || job.buf) && job.h0 && job.ux && job.xs && job.xz && job.xproj && job.grec && job.uh &&
+             job.hs && job.hz && (!proj || (job.m && job.pout && job.um && job.ms && job.mz));
+    if (ok) {
+        memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * P));
+        run_region((int)n, rnn_region, &job);
+    }
+    free(job.buf), free(job.h0), free(job.ux), free(job.xs), free(job.xz), free(job.xproj), free(job.grec);
+    free(job.uh), free(job.hs), free(job.hz), free(job.m), free(job.pout), free(job.um), free(job.ms), free(job.mz);
     return ok ? 0 : -1;
 }
 
-/* the units per block of the LSTM's rows (wordlm.native checks that it orders them the same way) */
-int wl_lstm_block(void) { return LSTM_BLOCK; }
+/* the units per block of the recurrent layers' rows (wordlm.native checks that it orders them the same way) */
+int wl_unit_block(void) { return UNIT_BLOCK; }
 
 /* the best kernel this CPU runs, by number (x86: 2 AVX-512 VNNI, 1 AVX2; ARM64: 3 I8MM, 2 dot product,
  * 1 NEON; 0 portable C) */
