@@ -200,7 +200,7 @@ def native_variants(layers=5, E=512, H=256):
             np.zeros(4 * H, np.float32),
         )
 
-    stack = native.PackedLSTM([(lstm_layer(E if layer == 0 else H), lstm_layer(H)) for layer in range(layers)])
+    stack = native.PackedRecurrent([(lstm_layer(E if layer == 0 else H), lstm_layer(H)) for layer in range(layers)])
     state = np.zeros((layers, 1, H), np.float32)
     ort_dec = session(
         [
@@ -253,7 +253,7 @@ def native_variants(layers=5, E=512, H=256):
             (
                 f"int8 LSTM: wordlm native, {isa}, {layers} layers",
                 *(
-                    clock(lambda s=s, xs=xs, isa=isa: native.lstm(xs[s], stack, state, state, isa=isa), r)
+                    clock(lambda s=s, xs=xs, isa=isa: native.recurrent(xs[s], stack, state, state, isa=isa), r)
                     for s, r in ((25, 30), (1, 200))
                 ),
             )

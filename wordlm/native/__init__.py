@@ -341,9 +341,6 @@ def recurrent(
     return (y, *state)
 
 
-# the names of the LSTM-only version, which benchmarks/kernels.py calls
-PackedLSTM, lstm = PackedRecurrent, recurrent
-
 
 def sample(z: np.ndarray, temperature: float, u: float) -> int:
     """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
