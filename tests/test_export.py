@@ -40,6 +40,16 @@ QUANT_SCHEMES = {
     "int4-g16": get_scheme("int4", group_size=16),
     "int4-row": get_scheme("int4"),  # groups of 256 > the trained model's 32 inputs: one scale per row
     "int8-g16-float-lstm": Scheme("int8", 1, encoder=QSpec(8, 16), rnn=QSpec(None), decoder=QSpec(8, 16)),
+    # every width of a --budget plan: 3-bit groups in the embedding, 5-, 6- and 2-bit rows in GEMMs
+    "mixed": get_scheme(
+        "mixed",
+        plan={
+            "encoder.weight": QSpec(3, 16),
+            "decoder.weight": QSpec(5),
+            "rnn.weight_ih_l0": QSpec(6),
+            "rnn.weight_hh_l1": QSpec(2),
+        },
+    ),
 }
 # ORT's u8 x s8 integer ops, whose int8 weights must be 7-bit (input index of the weights in each)
 INT8_WEIGHT_INPUTS = {"DynamicQuantizeLSTM": (1, 2), "DynamicQuantizeMatMul": (1,)}
@@ -189,6 +199,12 @@ def test_quantized_graph_matches_the_dequantized_reference(trained_ckpt, corpus,
         assert snr_db(expected, got) > 30, snr_db(expected, got)
     for a, b in zip(ref_state, got_state, strict=True):  # h and c
         np.testing.assert_allclose(b, a, atol=0.05)
+
+
+def test_blocks_of_widths_onnxruntime_lacks_are_refused(trained_ckpt):
+    q = quantize_checkpoint(load_checkpoint(trained_ckpt), get_scheme("mixed", plan={"decoder.weight": QSpec(5, 16)}))
+    with pytest.raises(WordLMError, match="5-bit blocks of the decoder"):
+        onnx_bytes(q)
 
 
 @pytest.mark.parametrize("name", ["int8", "int4-row"])

@@ -101,6 +101,51 @@ def test_loss_and_next_logprobs_agree_with_reference(models, corpus, name, isa):
     assert np.isclose(np.exp(lf.astype(np.float64)).sum(), 1, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def cells(corpus):
+    """A tiny random GRU, tanh RNN, ReLU RNN and projected LSTM (36 units: a block of 32 and one of 4,
+    gate rows not a whole number of panels; a projection to 12), each float and int8."""
+    from wordlm.checkpoint import Checkpoint
+    from wordlm.config import ModelConfig
+    from wordlm.model import RecurrentLM, checkpoint_tensors
+
+    torch.set_num_threads(1)
+    out = {}
+    for name in ("gru", "rnn_tanh", "rnn_relu", "lstm-proj"):
+        torch.manual_seed(0)
+        cell, proj = name.removesuffix("-proj"), 12 if name.endswith("-proj") else 0
+        cfg = ModelConfig(len(corpus.vocab), emb_dim=16, hidden_dim=36, num_layers=2, cell=cell, proj_size=proj)
+        ck = Checkpoint(cfg, corpus.vocab, checkpoint_tensors(RecurrentLM(cfg)))
+        q = quantize_checkpoint(ck, get_scheme("int8"))
+        out[name] = (ck, q, TorchEngine(build_model(ck)), TorchEngine(build_model(dequantize_checkpoint(q))))
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("name", ["gru", "rnn_tanh", "rnn_relu", "lstm-proj"])
+def test_every_cell_runs_natively_and_agrees_with_reference(cells, corpus, name, isa):
+    """Quantized GRU, RNN and projected LSTM run their whole stack in C, as the LSTM does, and agree with
+    the dequantized fp32 model (torch); float ones run numpy's cells and agree with torch's."""
+    ck, q, ref_float, ref_q = cells[name]
+    cell = ck.config.cell
+    assert Runtime(q).kernels == f"{cell} native {isa}, decoder native {isa}"
+    assert Runtime(ck).kernels == f"{cell} numpy float32, decoder numpy float32"
+    ids = corpus.test[:60].reshape(20, 3)  # batch 3, two chunks with the state carried
+    for model, ref, close in ((q, ref_q, 0.05), (ck, ref_float, 1e-4)):
+        fast = load_engine("wordlm", model)
+        sf, sr = fast.init_state(3), ref.init_state(3)
+        for chunk in (ids[:12], ids[12:]):
+            lf, sf = fast.forward(chunk, sf)
+            lr, sr = ref.forward(chunk, sr)
+            assert snr_db(lr, lf) > (30 if model is q else 80)
+        assert len(sf) == len(sr) and all(np.allclose(a, b, atol=close) for a, b in zip(sf, sr, strict=True))
+        a, b = evaluate(fast, corpus.test), evaluate(ref, corpus.test)
+        assert a.tokens == b.tokens and abs(a.loss - b.loss) < (5e-3 if model is q else 1e-5)
+    one, two = Runtime(q, threads=1), Runtime(q, threads=2)
+    tgt = corpus.test[1:61].reshape(20, 3)
+    assert np.array_equal(one.token_nll(ids, tgt, one.init_state(3))[0], two.token_nll(ids, tgt, two.init_state(3))[0])
+
+
 def test_every_kernel_computes_the_same_loss(models, corpus, monkeypatch):
     """The GEMMs are bit-exact across kernels; only exp's last bits differ."""
     q, _ = models[1]["int8"]

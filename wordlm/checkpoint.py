@@ -29,6 +29,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # bfloat16 files ar
 TensorSpec = dict[str, tuple[tuple[int, ...], tuple[np.dtype, ...]]]
 
 
+METADATA = {"format": "wordlm"}  # the safetensors header metadata of model.safetensors
+
+
 @dataclass
 class Checkpoint:
     config: ModelConfig
@@ -48,7 +51,7 @@ class Checkpoint:
         """Bytes of the weights file on disk (or as it would be written)."""
         if self.path is not None:
             return (self.path / WEIGHTS).stat().st_size
-        return len(tensors_bytes(self.tensors))
+        return len(tensors_bytes(self.tensors, metadata=METADATA))
 
 
 def tensor_spec(config: ModelConfig, scheme: Scheme | None) -> TensorSpec:
@@ -89,7 +92,7 @@ def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:
     }
 
     def fill(tmp: Path) -> None:
-        (tmp / WEIGHTS).write_bytes(tensors_bytes(ckpt.tensors, metadata={"format": "wordlm"}))
+        (tmp / WEIGHTS).write_bytes(tensors_bytes(ckpt.tensors, metadata=METADATA))
         (tmp / VOCAB).write_text(ckpt.vocab.to_text(), encoding="utf-8")
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 

@@ -235,13 +235,48 @@ def cmd_export(args) -> None:
 
 def cmd_quantize(args) -> None:
     from wordlm.checkpoint import load_checkpoint, save_checkpoint
-    from wordlm.quant import get_scheme
-    from wordlm.quantize import quantize_checkpoint
+    from wordlm.quant import get_scheme, plan_from_dict
+    from wordlm.quantize import make_rounder, quantize_checkpoint
 
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
-    qckpt = quantize_checkpoint(ckpt, get_scheme(args.scheme, group_size=args.group_size))
+    if ckpt.scheme is not None:
+        raise WordLMError(f"checkpoint is already quantized ({ckpt.scheme.name}); quantize a float one")
+    if args.budget is not None and (args.plan or args.group_size):
+        raise WordLMError("--plan and --group-size go with --scheme; --budget chooses every weight's width itself")
+    rounder, provenance = make_rounder(ckpt, args.method, args.calib_tokens, args.data)
+    report = None
+    if args.budget is not None:
+        from wordlm.budget import BudgetConfig, search
+
+        cfg = BudgetConfig(budget=args.budget, val_tokens=args.val_tokens, threads=args.threads)
+        scheme, report = search(ckpt, cfg, rounder, data_dir=args.data)
+    else:
+        plan = plan_from_dict(read_json(args.plan)) if args.plan else None
+        scheme = get_scheme(args.scheme, group_size=args.group_size, plan=plan)
+    qckpt = quantize_checkpoint(ckpt, scheme, rounder, provenance)
     out = save_checkpoint(qckpt, args.out)
-    print(f"wrote {out}: {args.scheme}, {qckpt.size_bytes / 1e6:.2f} MB (from {ckpt.size_bytes / 1e6:.2f} MB)")
+    if report is not None:
+        from wordlm.budget import write_report
+
+        write_report(report, out)
+        print(
+            f"validation loss {report.loss:.4f} ({report.loss - report.float_loss:+.4f} within {report.budget:g}); "
+            f"plan and report in {out}"
+        )
+    print(
+        f"wrote {out}: {scheme.name} ({args.method}), {qckpt.size_bytes / 1e6:.2f} MB "
+        f"(from {ckpt.size_bytes / 1e6:.2f} MB)"
+    )
+
+
+def read_json(path: str) -> object:
+    """A JSON file's content, or a one-line error saying why it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise WordLMError(f"{path}: cannot read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WordLMError(f"{path}: not valid JSON ({e})") from None
 
 
 def cmd_bench(args) -> None:
@@ -396,9 +431,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("quantize", help="write a quantized checkpoint (run it with --engine wordlm)")
     sp.add_argument("checkpoint", nargs="?", help="float checkpoint (default: the shipped model)")
-    sp.add_argument("--scheme", required=True, help="int8 or int4 (see wordlm.quant.SCHEMES)")
+    how = sp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--scheme", help="int8 or int4 (see wordlm.quant.SCHEMES)")
+    how.add_argument(
+        "--budget",
+        type=number(0, lo_open=True),
+        help="the smallest per-weight plan costing at most this many nats of validation loss (see wordlm.budget)",
+    )
     sp.add_argument(
-        "--group-size", type=integer(16), help="inputs per scale for the 4-bit parts (default: the scheme's)"
+        "--val-tokens", type=integer(100), default=20000, help="--budget: validation tokens that measure each cost"
+    )
+    sp.add_argument("--threads", type=integer(1, 256), default=1, help="--budget: CPU threads of its evaluations")
+    sp.add_argument(
+        "--group-size", type=integer(16), help="inputs per scale for the sub-8-bit parts (default: the scheme's)"
+    )
+    sp.add_argument(
+        "--method",
+        choices=["rtn", "gptq"],
+        default="rtn",
+        help="rtn: round to nearest; gptq: error-compensating rounding calibrated on training text",
+    )
+    sp.add_argument(
+        "--calib-tokens",
+        type=integer(40),
+        help="gptq: tokens of the training split to calibrate on (default: wordlm.calibrate.CALIB_TOKENS)",
+    )
+    sp.add_argument("--data", help="gptq: corpus directory with train.txt (default: the shipped WikiText-2)")
+    sp.add_argument(
+        "--plan", help='JSON file of per-weight overrides, e.g. {"rnn.weight_ih_l0": {"bits": 6, "group_size": null}}'
     )
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=cmd_quantize)

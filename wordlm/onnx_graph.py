@@ -62,7 +62,10 @@ def _gate_order(w: np.ndarray, hidden: int) -> np.ndarray:
 
 
 def seven_bit(q: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes and their scales -> codes in [-64, 63] and doubled scales (ORT's reduce_range)."""
+    """int8 codes and their scales -> codes in [-64, 63] and doubled scales (ORT's reduce_range); codes
+    already in that range (every width up to 7 bits) stay exact."""
+    if q.min() >= -64 and q.max() <= 63:
+        return q, np.asarray(scales, np.float32)
     return np.clip(np.rint(q / 2), -64, 63).astype(np.int8), (scales * 2).astype(np.float32)
 
 
@@ -95,8 +98,8 @@ class QuantizedGraph:
         group = self.cfg.emb_dim // scales.shape[1]
         last = b.const("ax_last", np.array([-1]))
         sbe = b.const("shape_sbe", np.array([0, 0, self.cfg.emb_dim]))
-        if spec.bits == 8:
-            rows = b.op("Cast", b.op("Gather", b.const("emb_q", np.asarray(self.t[f"{name}.qweight"])), ids), to=1)
+        if spec.bits != 4:  # int8 codes (other widths unpacked to them: ONNX has no 3- or 5-bit gather)
+            rows = b.op("Cast", b.op("Gather", b.const("emb_q", codes(self.t, name, spec)), ids), to=1)
         else:  # packed 4-bit: low nibble = even column; codes are offset by 8
             packed = b.op("Gather", b.const("emb_q4", np.asarray(self.t[f"{name}.qweight"])), ids)
             lo = b.op("BitwiseAnd", packed, b.const("mask", np.array(15, np.uint8)))
@@ -190,12 +193,14 @@ class QuantizedGraph:
         q, s = self._codes_scales(name)
         group = K // s.shape[1]
         if group == K:  # one scale per row: ORT's int8 GEMM (4-bit codes are exact int8 codes too)
-            q, s = seven_bit(q, s) if spec.bits == 8 else (q, s)
+            q, s = seven_bit(q, s)
             return b.op(
                 "DynamicQuantizeMatMul", x, b.const("dec_qt", q.T), b.const("dec_s", s[:, 0]), "", bias, ms=True
             )
         if not _pow2(group):
             raise WordLMError(f"ONNX export: block size {group} of the decoder must be a power of two >= 16")
+        if spec.bits not in (4, 8):
+            raise WordLMError(f"ONNX export: {spec.bits}-bit blocks of the decoder (MatMulNBits takes 4 and 8 bits)")
         if spec.bits == 8:
             blob = (q.astype(np.int16) + 128).astype(np.uint8).reshape(V, K // group, group)
         else:

@@ -341,7 +341,6 @@ def recurrent(
     return (y, *state)
 
 
-
 def sample(z: np.ndarray, temperature: float, u: float) -> int:
     """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
     (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""

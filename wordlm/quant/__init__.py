@@ -3,25 +3,29 @@
 The flow is gpt-fast's: quantize the state dict offline (wordlm.quantize, written as a normal
 checkpoint directory whose config.json names the scheme, its version and parameters), then let the
 runtime build its kernels from the stored codes at load. Every parameter group (embedding, LSTM,
-decoder) has its own `QSpec`, so per-layer (mixed) precision is a config, not a new code path.
-Tensors are numpy arrays; nothing here knows about checkpoints (they know about schemes).
+decoder) has its own `QSpec`, and a scheme's `plan` can override it for any single weight (mixed
+precision: a config, not a new code path); `Scheme.spec_for` is the one place that decides. Tensors
+are numpy arrays; nothing here knows about checkpoints (they know about schemes).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from wordlm.config import ModelConfig, expected_shapes
 from wordlm.errors import WordLMError
-from wordlm.quant.primitives import dequantize, pack_int4, quantize, unpack_int4
+from wordlm.quant.primitives import WIDTHS, dequantize, pack_bits, packed_width, quantize, row_unit, unpack_bits
+
+PARTS = ("encoder", "rnn", "decoder")
 
 
 @dataclass(frozen=True)
 class QSpec:
-    """How one parameter group is stored: `bits` None keeps it float; `group_size` None is one scale
-    per row (per output channel)."""
+    """How one weight is stored: `bits` None keeps it float; `group_size` None is one scale per row
+    (per output channel)."""
 
     bits: int | None = 8
     group_size: int | None = None
@@ -31,39 +35,81 @@ class QSpec:
         return min(self.group_size or k, k)
 
     def check(self, where: str) -> None:
-        if self.bits not in (None, 4, 8):
-            raise WordLMError(f"{where}: bits must be 4, 8 or null (float), got {self.bits}")
+        if self.bits is not None and (type(self.bits) is not int or self.bits not in WIDTHS):
+            raise WordLMError(f"{where}: bits must be one of {', '.join(map(str, WIDTHS))} or null, got {self.bits!r}")
         g = self.group_size
-        if g is not None and (not isinstance(g, int) or g < 16 or g & (g - 1)):
+        if g is not None and (type(g) is not int or g < 16 or g & (g - 1)):
             # what ONNX Runtime's block-wise kernels take (MatMulNBits: a power of two >= 16)
             raise WordLMError(f"{where}: group size must be a power of two >= 16, got {g!r}")
 
 
+def plan_from_dict(d: object) -> dict[str, QSpec]:
+    """A plan as config.json (or a --plan file) writes it: {weight name: {"bits", "group_size"}}."""
+    if not isinstance(d, dict):
+        raise WordLMError(f"a quantization plan must be an object of weight name -> spec, got {type(d).__name__}")
+    try:
+        return {name: QSpec(**spec) for name, spec in d.items()}
+    except TypeError as e:
+        raise WordLMError(f"malformed quantization plan ({e})") from None
+
+
+Rounder = Callable[[str, np.ndarray, QSpec], tuple[np.ndarray, np.ndarray]]  # (name, W, spec) -> (codes, scales)
+
+
+def round_to_nearest(name: str, w: np.ndarray, spec: QSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The default `Rounder`: each weight on its own, round to nearest under MSE-searched scales."""
+    return quantize(w, spec.bits, spec.group(w.shape[1]))
+
+
 @dataclass(frozen=True)
 class Scheme:
+    """A quantization plan: a QSpec per parameter group, and per-weight overrides in `plan`.
+
+    Version 1 (wordlm before issue 14): 4- and 8-bit parts, per-row int8 or float LSTM, no plan.
+    Version 2 adds the widths 2, 3, 5 and 6, any width with one scale per row for the LSTM, and the
+    plan; a version 1 config reads as it always did."""
+
     name: str
     version: int
     encoder: QSpec  # embedding rows
-    rnn: QSpec  # LSTM input and recurrent weights (per-row int8 or float: what the LSTM kernel takes)
+    rnn: QSpec  # recurrent weights: one scale per row (codes of any width are int8 codes to the kernels)
     decoder: QSpec  # output projection
     float_dtype: str = "float32"  # storage of what stays float (biases, float parts); run in fp32
+    plan: dict[str, QSpec] = field(default_factory=dict)  # weight name -> its QSpec, over its part's
 
     def check(self) -> None:
-        for part in ("encoder", "rnn", "decoder"):
+        for part in PARTS:
             getattr(self, part).check(f"scheme {self.name}, {part}")
+        for name, spec in self.plan.items():
+            spec.check(f"scheme {self.name}, plan for {name}")
         if self.float_dtype not in ("float32", "float16"):
             raise WordLMError(f"scheme {self.name}: float_dtype must be float32 or float16")
-        if self.rnn.bits not in (None, 8) or self.rnn.group_size is not None:
-            raise WordLMError(f"scheme {self.name}: LSTM weights must be per-row int8 or float")
+        rnn = [self.rnn, *(s for n, s in self.plan.items() if n.startswith("rnn."))]
+        if any(s.group_size is not None for s in rnn):
+            raise WordLMError(f"scheme {self.name}: recurrent weights take one scale per row (group_size null)")
+        widths = {s.bits for s in (self.encoder, self.decoder, *self.plan.values())}
+        if self.version == 1 and (self.plan or not widths <= {None, 4, 8} or self.rnn.bits not in (None, 8)):
+            raise WordLMError(f"scheme {self.name} version 1 has no plan and only 4- or 8-bit parts (int8 LSTM)")
+
+    def check_names(self, names: Iterable[str]) -> None:
+        """Every plan entry must name a weight (not a bias) of the model it quantizes."""
+        weights = {n for n in names if "weight" in n}
+        unknown = sorted(self.plan.keys() - weights)
+        if unknown:
+            raise WordLMError(f"scheme {self.name}: the plan names {unknown[:4]}, not weights of this model")
 
     def to_dict(self) -> dict:
-        params = {p: asdict(getattr(self, p)) for p in ("encoder", "rnn", "decoder")}
+        params = {p: asdict(getattr(self, p)) for p in PARTS}
         params["float_dtype"] = self.float_dtype
+        if self.plan:
+            params["plan"] = {name: asdict(spec) for name, spec in sorted(self.plan.items())}
         return {"scheme": self.name, "version": self.version, "params": params}
 
     def spec_for(self, name: str) -> QSpec | None:
-        """The QSpec of a parameter, or None for parameters kept float (biases)."""
-        if name == "encoder.weight":
+        """The QSpec of a parameter (its plan entry, else its part's), or None where it stays float."""
+        if name in self.plan:
+            spec = self.plan[name]
+        elif name == "encoder.weight":
             spec = self.encoder
         elif name.startswith("rnn.weight_"):
             spec = self.rnn
@@ -74,8 +120,10 @@ class Scheme:
         return spec if spec.bits is not None else None
 
     def tensor_spec(self, cfg: ModelConfig) -> dict:
+        shapes = expected_shapes(cfg)
+        self.check_names(shapes)
         out = {}
-        for name, shape in expected_shapes(cfg).items():
+        for name, shape in shapes.items():
             spec = self.spec_for(name)
             if spec is None:
                 out[name] = (shape, (np.dtype(self.float_dtype),))
@@ -84,20 +132,28 @@ class Scheme:
             group = spec.group(k)
             if k % group:
                 raise WordLMError(f"scheme {self.name}: group size {group} does not divide {name}'s {k} columns")
-            codes = ((n, k // 2), (np.dtype(np.uint8),)) if spec.bits == 4 else ((n, k), (np.dtype(np.int8),))
-            out[f"{name}.qweight"] = codes
+            if k % row_unit(spec.bits):
+                raise WordLMError(
+                    f"scheme {self.name}: {spec.bits}-bit rows of {name} need a multiple of {row_unit(spec.bits)} "
+                    f"columns, it has {k}"
+                )
+            dtype = np.dtype(np.int8 if spec.bits == 8 else np.uint8)
+            out[f"{name}.qweight"] = ((n, packed_width(k, spec.bits)), (dtype,))
             out[f"{name}.scales"] = ((n, k // group), (np.dtype(np.float16),))
         return out
 
-    def quantize(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def quantize(self, tensors: dict[str, np.ndarray], rounder: Rounder = round_to_nearest) -> dict[str, np.ndarray]:
+        """Float tensors -> stored ones: codes packed densely and fp16 scales for every quantized weight
+        (rounded by `rounder`: round to nearest, or wordlm.calibrate's error compensation)."""
+        self.check_names(tensors)
         out = {}
         for name, w in tensors.items():
             spec = self.spec_for(name)
             if spec is None:
                 out[name] = np.asarray(w, self.float_dtype)
                 continue
-            q, s = quantize(w, spec.bits, spec.group(w.shape[1]))
-            out[f"{name}.qweight"] = pack_int4(q) if spec.bits == 4 else q
+            q, s = rounder(name, np.asarray(w, np.float32), spec)
+            out[f"{name}.qweight"] = pack_bits(q, spec.bits)
             out[f"{name}.scales"] = s
         return out
 
@@ -113,23 +169,26 @@ class Scheme:
 
 
 def codes(tensors: dict[str, np.ndarray], name: str, spec: QSpec) -> np.ndarray:
-    """The int8 codes [N, K] of a quantized parameter (unpacked when stored as int4)."""
-    q = tensors[f"{name}.qweight"]
-    return unpack_int4(q) if spec.bits == 4 else q
+    """The int8 codes [N, K] of a quantized parameter (unpacked from their dense storage)."""
+    return unpack_bits(tensors[f"{name}.qweight"], spec.bits)
 
 
-# The registry. Bump a scheme's version whenever what it writes changes meaning.
+# The registry. Bump a scheme's version whenever what it writes changes meaning; every earlier version
+# stays readable (scheme_from_dict).
 SCHEMES: dict[str, Scheme] = {
     # everything int8, one scale per row: 28.8 MB for the tutorial model (vs 79.7 MB for torch.ao's)
-    "int8": Scheme("int8", 1, encoder=QSpec(8), rnn=QSpec(8), decoder=QSpec(8)),
+    "int8": Scheme("int8", 2, encoder=QSpec(8), rnn=QSpec(8), decoder=QSpec(8)),
     # embedding and decoder 4-bit in groups of 256 inputs (chosen by measurement, benchmarks/quant.md),
     # LSTM int8, biases stored fp16: 15.99 MB for the tutorial model
-    "int4": Scheme("int4", 1, encoder=QSpec(4, 256), rnn=QSpec(8), decoder=QSpec(4, 256), float_dtype="float16"),
+    "int4": Scheme("int4", 2, encoder=QSpec(4, 256), rnn=QSpec(8), decoder=QSpec(4, 256), float_dtype="float16"),
+    # a plan per weight, as `wordlm quantize --budget` chooses it (wordlm.budget); int8 where it is silent
+    "mixed": Scheme("mixed", 2, encoder=QSpec(8), rnn=QSpec(8), decoder=QSpec(8)),
 }
 
 
-def get_scheme(name: str, group_size: int | None = None) -> Scheme:
-    """A registered scheme; `group_size` overrides the group size of its 4-bit parts."""
+def get_scheme(name: str, group_size: int | None = None, plan: dict[str, QSpec] | None = None) -> Scheme:
+    """A registered scheme; `group_size` overrides the group size of its sub-8-bit parts, `plan` adds
+    per-weight overrides."""
     if name not in SCHEMES:
         raise WordLMError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEMES)}")
     scheme = SCHEMES[name]
@@ -137,11 +196,13 @@ def get_scheme(name: str, group_size: int | None = None) -> Scheme:
         parts = {
             p: replace(getattr(scheme, p), group_size=group_size)
             for p in ("encoder", "decoder")
-            if getattr(scheme, p).bits == 4
+            if getattr(scheme, p).bits not in (None, 8)
         }
         if not parts:
             raise WordLMError(f"scheme {name} has no group-wise part; --group-size does not apply")
         scheme = replace(scheme, **parts)
+    if plan:
+        scheme = replace(scheme, plan=dict(plan))
     scheme.check()
     return scheme
 
@@ -150,13 +211,15 @@ def scheme_from_dict(d: dict) -> Scheme:
     """The scheme recorded in a checkpoint's config.json, checked against this wordlm's registry."""
     try:
         name, version, params = d["scheme"], d["version"], d["params"]
-        parts = {p: QSpec(**params[p]) for p in ("encoder", "rnn", "decoder")}
-        scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"])
-    except (KeyError, TypeError) as e:
+        parts = {p: QSpec(**params[p]) for p in PARTS}
+        plan = plan_from_dict(params.get("plan", {}))
+        scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"], plan=plan)
+    except (KeyError, TypeError, AttributeError) as e:
         raise WordLMError(f"malformed quantization config ({e!r})") from None
     if not isinstance(name, str) or name not in SCHEMES:
         raise WordLMError(f"unknown quantization scheme {name!r}")
-    if type(version) is not int or version != SCHEMES[name].version:
-        raise WordLMError(f"scheme {name} version {version!r}; this wordlm reads version {SCHEMES[name].version}")
+    newest = SCHEMES[name].version
+    if type(version) is not int or not 1 <= version <= newest:
+        raise WordLMError(f"scheme {name} version {version!r}; this wordlm reads versions 1 to {newest}")
     scheme.check()
     return scheme

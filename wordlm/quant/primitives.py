@@ -1,24 +1,36 @@
-"""Pure quantization primitives: symmetric, per-row or group-wise, 8 or 4 bits.
+"""Pure quantization primitives: symmetric codes of 2 to 8 bits, per row or group-wise, dense packing.
 
 A weight W[N, K] (N output rows, K inputs) is cut into groups of `group_size` consecutive inputs per
 row (group_size = K: one scale per row). Each group gets one fp16 scale s = absmax / qmax and codes
 q = clamp(round(W / s), -qmax - 1, qmax). Scales are rounded to fp16 *before* the codes are computed,
 so dequantize(quantize(W)) is exactly what every kernel computes.
 
-4-bit codes are stored offset-binary (q + 8, in 0..15), two per byte, the even input in the low
-nibble: the layout of ONNX Runtime's MatMulNBits and GatherBlockQuantized, so packed weights go to
-the kernels as they are.
+Codes narrower than 8 bits are stored offset-binary (q + 2^(bits-1)), densely, as one little-endian
+bit stream per row: code j occupies bits [j * bits, (j + 1) * bits). At 4 bits that is two per byte,
+the even input in the low nibble: the layout of ONNX Runtime's MatMulNBits and GatherBlockQuantized,
+so packed 4-bit weights go to those kernels as they are. 8-bit codes are stored as int8 (two's
+complement is their dense packing, and it is what every int8 kernel reads).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from wordlm.errors import WordLMError
 
+WIDTHS = (2, 3, 4, 5, 6, 8)  # the code widths wordlm stores and runs
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # fractions of a group's absmax tried as its range
+
 
 def qmax(bits: int) -> int:
     return 2 ** (bits - 1) - 1
+
+
+def check_bits(bits: int) -> None:
+    if bits not in WIDTHS:
+        raise WordLMError(f"unsupported bit width {bits!r}; choose one of {', '.join(map(str, WIDTHS))}")
 
 
 def _groups(w: np.ndarray, group_size: int) -> np.ndarray:
@@ -28,32 +40,41 @@ def _groups(w: np.ndarray, group_size: int) -> np.ndarray:
     return np.asarray(w, np.float32).reshape(n, k // group_size, group_size)
 
 
-def quantize(w: np.ndarray, bits: int, group_size: int, mse_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """W[N, K] -> (codes int8 [N, K] in [-qmax-1, qmax], scales fp16 [N, K // group_size]).
+def round_codes(w: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """Round-to-nearest codes (as floats) of `w` under `scales` (broadcast), clamped to the width."""
+    hi = qmax(bits)
+    return np.clip(np.rint(w / scales), -hi - 1, hi)
 
-    With `mse_search`, each group's clipping range is the one among absmax * {1.0, 0.95, ..., 0.7} that
-    minimises the squared reconstruction error (clipping a few outliers buys resolution for the rest;
-    it matters at 4 bits).
+
+def fit_scales(g: np.ndarray, bits: int, ratios: tuple[float, ...] = CLIP_RATIOS) -> np.ndarray:
+    """Groups [..., gs] -> their scales [..., 1] (float32 holding fp16 values).
+
+    Each group's clipping range is the one among absmax * `ratios` that minimises the squared
+    reconstruction error (clipping a few outliers buys resolution for the rest; it matters at 4 bits
+    and below).
     """
-    if bits not in (4, 8):
-        raise WordLMError(f"unsupported bit width {bits}; choose 4 or 8")
-    g = _groups(w, group_size)  # [N, G, gs]
-    hi = np.float32(qmax(bits))
+    check_bits(bits)
+    g = np.asarray(g, np.float32)
     absmax = np.maximum(np.abs(g).max(-1, keepdims=True), np.float32(1e-12))
     tiny = np.float32(np.finfo(np.float16).tiny)
-    best_q = best_s = best_err = None
-    for ratio in (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7) if mse_search else (1.0,):
-        s = np.maximum((absmax * np.float32(ratio) / hi).astype(np.float16).astype(np.float32), tiny)
-        q = np.clip(np.rint(g / s), -hi - 1, hi)
-        err = ((q * s - g) ** 2).sum(-1, keepdims=True)
+    best_s = best_err = None
+    for ratio in ratios:
+        s = np.maximum((absmax * np.float32(ratio / qmax(bits))).astype(np.float16).astype(np.float32), tiny)
+        err = ((round_codes(g, s, bits) * s - g) ** 2).sum(-1, keepdims=True)
         if best_err is None:
-            best_q, best_s, best_err = q, s, err
+            best_s, best_err = s, err
         else:
-            better = err < best_err
-            best_q = np.where(better, q, best_q)
-            best_s = np.where(better, s, best_s)
+            best_s = np.where(err < best_err, s, best_s)
             best_err = np.minimum(err, best_err)
-    return best_q.astype(np.int8).reshape(w.shape), best_s[..., 0].astype(np.float16)
+    return best_s
+
+
+def quantize(w: np.ndarray, bits: int, group_size: int, mse_search: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """W[N, K] -> (codes int8 [N, K] in [-qmax-1, qmax], scales fp16 [N, K // group_size]): round to
+    nearest under each group's `fit_scales` scale."""
+    g = _groups(w, group_size)  # [N, G, gs]
+    s = fit_scales(g, bits, CLIP_RATIOS if mse_search else (1.0,))
+    return round_codes(g, s, bits).astype(np.int8).reshape(w.shape), s[..., 0].astype(np.float16)
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -63,21 +84,62 @@ def dequantize(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return (q.astype(np.float32).reshape(n, g, k // g) * scales.astype(np.float32)[..., None]).reshape(n, k)
 
 
-def pack_int4(q: np.ndarray) -> np.ndarray:
-    """int8 codes in [-8, 7], [N, K] (K even) -> uint8 [N, K // 2]: (q[2j] + 8) | (q[2j + 1] + 8) << 4."""
-    if q.shape[-1] % 2:
-        raise WordLMError("int4 packing needs an even row length")
-    if q.min() < -8 or q.max() > 7:
-        raise WordLMError("int4 codes must lie in [-8, 7]")
-    u = (q.astype(np.int16) + 8).astype(np.uint8)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
+def row_unit(bits: int) -> int:
+    """Codes per whole number of bytes: packed rows must hold a multiple of this many codes."""
+    return 8 // math.gcd(bits, 8)
 
 
-def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    """uint8 [N, K // 2] -> int8 codes [N, K]; the exact inverse of `pack_int4`."""
-    lo = (packed & 0x0F).astype(np.int8) - 8
-    hi = (packed >> 4).astype(np.int8) - 8
-    return np.stack((lo, hi), axis=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+def packed_width(k: int, bits: int) -> int:
+    """Bytes of a packed row of k codes (k a multiple of row_unit(bits))."""
+    return k * bits // 8
+
+
+def code_count(width: int, bits: int) -> int:
+    """Codes in a packed row of `width` bytes: the inverse of `packed_width`."""
+    return width * 8 // bits
+
+
+def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
+    """int8 codes [..., K] in [-qmax-1, qmax] -> their dense storage [..., K * bits / 8].
+
+    Below 8 bits: uint8, offset-binary codes in one little-endian bit stream per row (the module's
+    doc); 8 bits: the int8 codes themselves. Rows must fill whole bytes (K a multiple of
+    `row_unit(bits)`), so that a packed row's byte count gives its code count and rows can be
+    gathered (the embedding) without unpacking the table.
+    """
+    check_bits(bits)
+    k, unit = q.shape[-1], row_unit(bits)
+    if k % unit:
+        raise WordLMError(f"{bits}-bit rows must hold a multiple of {unit} codes to fill whole bytes, got {k}")
+    if q.size and (int(q.min()) < -qmax(bits) - 1 or int(q.max()) > qmax(bits)):
+        raise WordLMError(f"{bits}-bit codes must lie in [{-qmax(bits) - 1}, {qmax(bits)}]")
+    if bits == 8:
+        return np.asarray(q, np.int8)
+    lead = q.shape[:-1]
+    u = np.zeros((*lead, -(-k // 8) * 8), np.uint64)  # 8 codes (`bits` bytes) per 64-bit word
+    u[..., :k] = q.astype(np.int16) + (qmax(bits) + 1)
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    words = (u.reshape(*lead, -1, 8) << shifts).sum(-1, dtype=np.uint64)  # disjoint bits: sum is OR
+    stream = words.astype("<u8").view(np.uint8).reshape(*lead, -1, 8)[..., :bits].reshape(*lead, -1)
+    return np.ascontiguousarray(stream[..., : packed_width(k, bits)])
+
+
+def unpack_bits(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Dense storage [..., W] -> int8 codes [..., W * 8 / bits]; the exact inverse of `pack_bits`."""
+    check_bits(bits)
+    if bits == 8:
+        return np.asarray(packed, np.int8)
+    lead, width = packed.shape[:-1], packed.shape[-1]
+    chunks = -(-width // bits)
+    stream = np.zeros((*lead, chunks * bits), np.uint8)
+    stream[..., :width] = packed
+    buf = np.zeros((*lead, chunks, 8), np.uint8)
+    buf[..., :bits] = stream.reshape(*lead, chunks, bits)
+    words = buf.view("<u8")  # [..., chunks, 1]
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    u = (words >> shifts) & np.uint64((1 << bits) - 1)  # [..., chunks, 8]
+    k = code_count(width, bits)
+    return (u.reshape(*lead, -1)[..., :k].astype(np.int16) - (qmax(bits) + 1)).astype(np.int8)
 
 
 def snr_db(reference: np.ndarray, approx: np.ndarray) -> float:

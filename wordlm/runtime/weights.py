@@ -15,20 +15,18 @@ import numpy as np
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
 from wordlm.quant import codes
-from wordlm.quant.primitives import dequantize
+from wordlm.quant.primitives import code_count, dequantize, unpack_bits
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, np.float32)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow warning for large |x|
-
-
 @dataclass
 class Embedding:
-    """ids -> rows: float32 [V, E], int8 codes [V, E], or 4-bit codes packed [V, E / 2] with scales [V, G]."""
+    """ids -> rows: float32 [V, E], or codes of `bits` packed as stored ([V, E * bits / 8]) with scales
+    [V, G]. The table stays packed (a row lookup unpacks only the rows it reads): its RAM is its size
+    on disk."""
 
     table: np.ndarray
     scales: np.ndarray | None = None
@@ -38,8 +36,7 @@ class Embedding:
         rows = self.table[ids]
         if self.bits is None:
             return _f32(rows)
-        if self.bits == 4:  # low nibble = even column, offset by 8 (wordlm.quant.primitives)
-            rows = np.stack([rows & 15, rows >> 4], axis=-1).reshape(*ids.shape, -1).astype(np.int8) - 8
+        rows = unpack_bits(rows, self.bits)
         scales = _f32(self.scales[ids])[..., None]  # [..., G, 1]
         return (rows.astype(np.float32).reshape(*ids.shape, scales.shape[-2], -1) * scales).reshape(*ids.shape, -1)
 
@@ -52,16 +49,6 @@ class FloatLinear:
 
     def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
         return x @ self.w.T + self.b
-
-
-class NativeLinear:
-    """y = x W^T + b on the native int8 GEMM (7-bit activations per row, exact int32 sums)."""
-
-    def __init__(self, packed: native.PackedLinear) -> None:
-        self.packed = packed
-
-    def __call__(self, x: np.ndarray, threads: int = 1) -> np.ndarray:
-        return native.decoder_nll(x, self.packed, None, logits=True, threads=threads).logits
 
 
 @dataclass
@@ -96,43 +83,25 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(z - m[:, None]).sum(1))
 
 
-Linear = FloatLinear | NativeLinear
-
-
 class Recurrent:
-    """The recurrent stack step by step, its cells in numpy float32 in torch's gate order: LSTM (i, f,
-    g, o; with an optional projection h = W_hr (o * tanh(c))), GRU (r, z, n), RNN. Its GEMMs are
-    native int8 ones for quantized weights (NativeLinear), numpy's float ones otherwise."""
+    """The recurrent stack step by step in numpy float32, for float weights: numpy's GEMMs, the cells of
+    wordlm.native.cell_step (torch's gate orders), an LSTM's projection h = W_hr (o * tanh(c))."""
 
-    def __init__(self, cfg, layers: list[tuple[Linear, Linear, Linear | None]]) -> None:
-        self.cell, self.hidden, self.layers = cfg.cell, cfg.hidden_dim, layers  # (W_ih, W_hh, W_hr or None)
+    def __init__(self, cfg, layers: list[tuple[FloatLinear, FloatLinear, FloatLinear | None]]) -> None:
+        self.cell, self.layers = cfg.cell, layers  # (W_ih, W_hh, W_hr or None)
 
     def __call__(self, x: np.ndarray, *state: np.ndarray, threads: int):
         steps, batch, _ = x.shape
         state = tuple(s.astype(np.float32, copy=True) for s in state)
-        H = self.hidden
         for layer, (w_ih, w_hh, w_hr) in enumerate(self.layers):
-            xproj = w_ih(x.reshape(steps * batch, -1), threads).reshape(steps, batch, -1)  # every step at once
+            xproj = w_ih(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)  # every step at once
             h = state[0][layer]
             c = state[1][layer] if self.cell == "lstm" else None
             ys = np.empty((steps, batch, h.shape[-1]), np.float32)
             for t in range(steps):
-                xp, hp = xproj[t], w_hh(h, threads)
-                if self.cell == "lstm":
-                    g = xp + hp
-                    i, f, gg, o = (g[:, k * H : (k + 1) * H] for k in range(4))
-                    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
-                    h = _sigmoid(o) * np.tanh(c)
-                    if w_hr is not None:
-                        h = w_hr(h, threads)
-                elif self.cell == "gru":
-                    r = _sigmoid(xp[:, :H] + hp[:, :H])
-                    z = _sigmoid(xp[:, H : 2 * H] + hp[:, H : 2 * H])
-                    n = np.tanh(xp[:, 2 * H :] + r * hp[:, 2 * H :])
-                    h = (1 - z) * n + z * h
-                else:
-                    a = xp + hp
-                    h = np.tanh(a) if self.cell == "rnn_tanh" else np.maximum(a, 0)
+                h, c = native.cell_step(self.cell, xproj[t], w_hh(h), h, c)
+                if w_hr is not None:
+                    h = w_hr(h)
                 ys[t] = h
             state[0][layer] = h
             if c is not None:
@@ -141,18 +110,20 @@ class Recurrent:
         return (x, *state)
 
 
-class NativeLSTM:
-    def __init__(self, packed: native.PackedLSTM) -> None:
+class NativeRecurrent:
+    """The whole recurrent stack in C, any cell (wordlm.native.recurrent): int8 GEMMs and cells."""
+
+    def __init__(self, packed: native.PackedRecurrent) -> None:
         self.packed = packed
 
-    def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray, threads: int):
-        return native.lstm(x, self.packed, h, c, threads=threads)  # (y, h, c)
+    def __call__(self, x: np.ndarray, *state: np.ndarray, threads: int):
+        return native.recurrent(x, self.packed, *state, threads=threads)  # (y, *state)
 
 
 @dataclass
 class Weights:
     embedding: Embedding
-    recurrent: NativeLSTM | Recurrent  # (x, *state) -> (y, *state)
+    recurrent: NativeRecurrent | Recurrent  # (x, *state) -> (y, *state)
     decoder: Decoder
     kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
 
@@ -164,12 +135,12 @@ def pack(ckpt: Checkpoint) -> Weights:
     def spec(name: str):
         return scheme.spec_for(name) if scheme else None
 
-    def native_ok(name: str) -> bool:  # int8 (or 4-bit) codes with one scale per row, rows of 4k inputs
+    def native_ok(name: str) -> bool:  # codes of any width with one scale per row, rows of 4k inputs
         return spec(name) is not None and t[f"{name}.scales"].shape[1] == 1 and ckpt_shape(name)[1] % 4 == 0
 
     def ckpt_shape(name: str) -> tuple[int, int]:
-        n, k = t[f"{name}.qweight"].shape
-        return n, k * 2 if spec(name).bits == 4 else k
+        n, width = t[f"{name}.qweight"].shape
+        return n, code_count(width, spec(name).bits)
 
     def weight(name: str) -> np.ndarray:  # float32, dequantized where stored as codes
         s = spec(name)
@@ -192,15 +163,13 @@ def pack(ckpt: Checkpoint) -> Weights:
     quantized = all(native_ok(w) for w, _ in names) and all(native_ok(w) for w in proj)
     parts = [linear(w, b, quantized) for w, b in names]
     pairs = list(zip(parts[0::2], parts[1::2], strict=True))
-    if quantized and cfg.cell == "lstm" and not cfg.proj_size and cfg.hidden_dim % 4 == 0:
-        recurrent: NativeLSTM | Recurrent = NativeLSTM(native.PackedLSTM(pairs))  # the whole stack in C
+    hr = [linear(w, np.zeros(cfg.proj_size, np.float32), quantized) for w in proj]  # torch's W_hr has no bias
+    if quantized:  # every cell's whole stack in C (native_ok's multiples of 4 are the kernels' sizes)
+        recurrent: NativeRecurrent | Recurrent = NativeRecurrent(native.PackedRecurrent(pairs, cfg.cell, hr or None))
         where = f"native {native.active_isa()}"
-    else:  # every layer's GEMMs native (quantized) or float, the cells in numpy
-        zeros = np.zeros(cfg.proj_size, np.float32)
-        hr = [linear(w, zeros, quantized) for w in proj] or [None] * cfg.num_layers
-        wrap = NativeLinear if quantized else (lambda lin: lin)
-        recurrent = Recurrent(cfg, [(wrap(a), wrap(b), p and wrap(p)) for (a, b), p in zip(pairs, hr, strict=True)])
-        where = f"native {native.active_isa()} GEMMs, numpy cells" if quantized else "numpy float32"
+    else:
+        layers = [(a, b, p) for (a, b), p in zip(pairs, hr or [None] * cfg.num_layers, strict=True)]
+        recurrent, where = Recurrent(cfg, layers), "numpy float32"
 
     dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
     fast_dec = native_ok(dec_name)
