@@ -42,7 +42,7 @@ COST_UNITS = 2000  # the knapsack's resolution: the budget in this many steps
 @dataclass(frozen=True)
 class BudgetConfig:
     budget: float = 0.01  # nats of validation loss over the float model
-    val_tokens: int = 20_000  # the first tokens of the validation split that measure every cost
+    val_tokens: int = 10_000  # the first tokens of the validation split that measure every cost
     streams: int = 10  # evaluated as this many parallel streams (bptt 25), as training validates
     widths: tuple[int, ...] = WIDTHS
     embedding_groups: tuple[int | None, ...] = (None, 128, 64, 32)  # None: one scale per row
