@@ -45,7 +45,7 @@ class BudgetConfig:
     val_tokens: int = 10_000  # the first tokens of the validation split that measure every cost
     streams: int = 10  # evaluated as this many parallel streams (bptt 25), as training validates
     widths: tuple[int, ...] = WIDTHS
-    embedding_groups: tuple[int | None, ...] = (None, 128, 64, 32)  # None: one scale per row
+    embedding_groups: tuple[int | None, ...] = (None, 64)  # None: one scale per row
     max_rounds: int = 4  # plan, measure, shrink the budget by the overshoot: at most this often
     threads: int = 1
 

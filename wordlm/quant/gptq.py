@@ -17,7 +17,7 @@ from wordlm.errors import WordLMError
 from wordlm.quant.primitives import CLIP_RATIOS, dequantize, fit_scales, round_codes
 
 DAMP = 0.01  # damping added to H's diagonal, as a fraction of its mean (the paper's lambda)
-BLOCK = 128  # columns per lazy update (the paper's B)
+BLOCK = 64  # columns per lazy update (the paper's B: 128; 64 measured a little faster here)
 
 
 def inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
@@ -99,19 +99,21 @@ def _columns(
     if dynamic:
         scales = np.empty((n, k // group_size), np.float32)
         block = group_size * max(1, block // group_size)
-    w, group_of = w[:, order], order // group_size
-    codes = np.empty((n, k), np.int8)
+    # transposed, so that a column is a contiguous row and each update streams through memory
+    # (2x faster than updating the columns of a row-major [N, block] on a 33,278-row embedding)
+    wt, group_of = np.ascontiguousarray(w[:, order].T), order // group_size  # [K, N]
+    codes = np.empty((k, n), np.int8)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
-        w1, u1 = w[:, i1:i2].copy(), u[i1:i2, i1:i2]
+        w1, u1 = wt[i1:i2], u[i1:i2, i1:i2]
         err = np.empty_like(w1)
         for i in range(i2 - i1):
             if dynamic and (i1 + i) % group_size == 0:
-                scales[:, group_of[i1 + i]] = fit_scales(w1[:, i : i + group_size], bits)[:, 0]
+                scales[:, group_of[i1 + i]] = fit_scales(w1[i : i + group_size].T, bits)[:, 0]
             s = scales[:, group_of[i1 + i]].astype(np.float64)
-            q = round_codes(w1[:, i], s, bits)
-            codes[:, order[i1 + i]] = q
-            err[:, i] = (w1[:, i] - q * s) / u1[i, i]
-            w1[:, i + 1 :] -= np.outer(err[:, i], u1[i, i + 1 :])
-        w[:, i2:] -= err @ u[i1:i2, i2:]
-    return codes, scales.astype(np.float16)
+            q = round_codes(w1[i], s, bits)
+            codes[order[i1 + i]] = q
+            err[i] = (w1[i] - q * s) / u1[i, i]
+            w1[i + 1 :] -= u1[i, i + 1 :, None] * err[i]
+        wt[i2:] -= u[i1:i2, i2:].T @ err
+    return np.ascontiguousarray(codes.T), scales.astype(np.float16)
