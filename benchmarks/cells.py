@@ -1,8 +1,9 @@
 """Every cell side by side (issue 13): size, test loss and one-thread eval speed of each engine on the
 small models that benchmarks/cells_train.sh trains, one `wordlm bench` run per model.
 
-Run: .venv/bin/python benchmarks/cells.py RUNS_DIR [--reps 1] [--out benchmarks/cells.md]
-Writes the table (markdown) and, beside it, cells.json with every bench document.
+Run: .venv/bin/python benchmarks/cells.py RUNS_DIR [NAME ...] [--reps 1] [--out benchmarks/cells.md]
+Writes the table (markdown) and, beside it, cells.json with every bench document; the models named
+(default: all trained) are measured, the others' rows are kept from an earlier cells.json.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ def table(docs: dict[str, dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", type=Path)
+    ap.add_argument("names", nargs="*", default=NAMES)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("cells.md"))
     args = ap.parse_args()
     cfg = BenchConfig(variants=VARIANTS, reps=args.reps, all_cores=1, measure_rss=False, gen_tokens=100)
-    docs = {name: run_bench(args.runs / name / "best", cfg) for name in NAMES if (args.runs / name / "best").is_dir()}
+    store = args.out.with_suffix(".json")
+    docs = json.loads(store.read_text()) if store.exists() else {}
+    for name in args.names:
+        if (args.runs / name / "best").is_dir():
+            docs[name] = run_bench(args.runs / name / "best", cfg)
+    docs = {name: docs[name] for name in NAMES if name in docs}
     env = next(iter(docs.values()))
     load = os.getloadavg()
     cpu = env["hardware"]
@@ -62,7 +69,7 @@ def main() -> None:
         f"figures); commit {commit}.\n\n" + table(docs)
     )
     atomic_write(args.out, text)
-    atomic_write(args.out.with_suffix(".json"), json.dumps(docs, indent=1) + "\n")
+    atomic_write(store, json.dumps(docs, indent=1) + "\n")
     print(text)
 
 

@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the smallest per-weight plan costing at most this many nats of validation loss (see wordlm.budget)",
     )
     sp.add_argument(
-        "--val-tokens", type=integer(100), default=10000, help="--budget: validation tokens that measure each cost"
+        "--val-tokens", type=integer(100), default=20000, help="--budget: validation tokens that measure each cost"
     )
     sp.add_argument("--threads", type=integer(1, 256), default=1, help="--budget: CPU threads of its evaluations")
     sp.add_argument(
