@@ -294,6 +294,8 @@ def write_report(report: BudgetReport, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, p in report.points.items():
         ax.scatter(p["nbytes"] / 1e6, p["loss"] - report.float_loss, label=name)
+    tried = [(r.nbytes / 1e6, r.measured) for r in report.rounds]
+    ax.scatter(*zip(*tried, strict=True), marker="x", color="grey", label="plans tried (the search's rounds)")
     ax.scatter(report.nbytes / 1e6, report.loss - report.float_loss, marker="*", s=160, label="this plan")
     ax.axhline(report.budget, linestyle=":", color="grey", label=f"budget {report.budget:g}")
     ax.set_xlabel("size on disk (MB)")
