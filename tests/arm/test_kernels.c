@@ -19,21 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
-                   const float *wscale, const int32_t *wsum, const float *bias, const int64_t *targets, float *nll,
-                   float *logits, float *lse, int isa, int threads);
-typedef struct {
-    const int8_t *panels;
-    const float *scale;
-    const int32_t *sum;
-    const float *bias;
-} wl_packed;
-int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
-           int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads);
-int wl_unit_block(void);
-int wl_best_isa(void);
-const char *wl_isa_name(int isa);
-int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums);
+#include "../../wordlm/native/api.h"
 
 #define PANEL 16
 #define MAX_ISAS 8

@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api.h"
 #include "kernels.h"
 
 #define CHUNK_WORDS (4 * NB) /* the decoder's unit of work: 33 chunks for the tutorial's vocabulary */
@@ -566,15 +567,6 @@ static const struct {
 } cells[] = {{4, lstm_cell}, {3, gru_cell}, {1, rnn_tanh_cell}, {1, rnn_relu_cell}};
 #define CELL_COUNT ((int)(sizeof(cells) / sizeof(cells[0])))
 enum { CELL_LSTM };
-
-/* one packed matrix as the decoder takes it: codes in panels (64-byte aligned) and per row [n_pad] the
- * scale, code sum and bias (wordlm.native.PackedLinear) */
-typedef struct {
-    const int8_t *panels;
-    const float *scale;
-    const int32_t *sum;
-    const float *bias;
-} wl_packed;
 
 enum { W_IH, W_HH, W_HR, MATRICES }; /* a layer's matrices, in wl_rnn's w[layers][MATRICES] */
 
