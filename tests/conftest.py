@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,20 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
     )
+
+
+def wait_for_saved_batch(run: Path, batch: int, timeout: float = 120) -> Path:
+    """Wait until a training run's saved state has reached `batch` (for killing it mid-epoch); its
+    state.json path. Reads may meet the file mid-replace: they are retried."""
+    state, deadline = run / "state" / "state.json", time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads(state.read_text())["run"]["batch"] >= batch:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    return state
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.cli import _without_nproc, main
@@ -108,14 +107,7 @@ def test_killed_ddp_run_resumes_under_torchrun_to_the_uninterrupted_run(corpus_d
     run = tmp_path / "killed"
     train_args = ["--data", str(corpus_dir), "--out", str(run), *args]
     proc = _torchrun(["--standalone", "--nproc-per-node", "2"], train_args)
-    state, deadline = run / "state" / "state.json", time.time() + 120
-    while time.time() < deadline:
-        try:
-            if json.loads(state.read_text())["run"]["batch"] >= 40:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.01)
+    state = wait_for_saved_batch(run, 40)
     for pid in [*_children(proc.pid), proc.pid]:  # the ranks run in sessions of their own
         os.kill(pid, signal.SIGKILL)
     proc.communicate()

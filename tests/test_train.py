@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.errors import WordLMError
@@ -124,15 +123,7 @@ def test_killed_run_resumes_to_identical_weights(corpus_dir, tmp_path):
         stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    state = run / "state" / "state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if json.loads(state.read_text())["run"]["batch"] >= 40:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.01)
+    state = wait_for_saved_batch(run, 40)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(state.read_text())["run"]
