@@ -67,6 +67,16 @@ def test_gemm_weights_get_one_scale_per_row_and_the_embedding_groups():
     assert [s.bits for s in candidate_specs("rnn.weight_hh_l0", (64, 12), False, cfg)] == [4]  # 3-bit rows: 8k
 
 
+def test_recurrent_weights_stay_at_or_above_their_floor():
+    cfg = BudgetConfig(widths=(2, 3, 4, 8))
+    assert [s.bits for s in candidate_specs("rnn.weight_ih_l1", (64, 64), False, cfg)] == [4, 8]
+    assert [s.bits for s in candidate_specs("decoder.weight", (64, 64), False, cfg)] == [2, 3, 4, 8]
+    low = BudgetConfig(widths=(2, 3, 4, 8), recurrent_min_bits=2)
+    assert [s.bits for s in candidate_specs("rnn.weight_ih_l1", (64, 64), False, low)] == [2, 3, 4, 8]
+    with pytest.raises(WordLMError, match="--min-recurrent-bits must be one of"):
+        BudgetConfig(recurrent_min_bits=7).check()
+
+
 def test_search_keeps_its_budget_reproducibly_and_the_plan_survives_save_and_load(trained_ckpt, corpus_dir, tmp_path):
     ck = load_checkpoint(trained_ckpt)
     scheme, report = search(ck, SMALL, data_dir=str(corpus_dir))
@@ -110,6 +120,7 @@ def test_the_cli_writes_a_plan_and_its_report(trained_ckpt, corpus_dir, tmp_path
         (["--budget", "-1"], "argument --budget: must be a finite number"),
         (["--budget", "0.01", "--plan", "p.json"], "--plan and --group-size go with --scheme"),
         (["--budget", "0.01", "--scheme", "int8"], "not allowed with"),
+        (["--budget", "0.01", "--min-recurrent-bits", "7"], "--min-recurrent-bits must be one of"),
     ):
         r = run_cli("quantize", str(trained_ckpt), *bad, "--out", str(tmp_path / "bad"))
         assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -243,12 +243,19 @@ def cmd_quantize(args) -> None:
         raise WordLMError(f"checkpoint is already quantized ({ckpt.scheme.name}); quantize a float one")
     if args.budget is not None and (args.plan or args.group_size):
         raise WordLMError("--plan and --group-size go with --scheme; --budget chooses every weight's width itself")
-    rounder, provenance = make_rounder(ckpt, args.method, args.calib_tokens, args.data)
-    report = None
     if args.budget is not None:
         from wordlm.budget import BudgetConfig, search
 
-        cfg = BudgetConfig(budget=args.budget, val_tokens=args.val_tokens, threads=args.threads)
+        cfg = BudgetConfig(
+            budget=args.budget,
+            val_tokens=args.val_tokens,
+            recurrent_min_bits=args.min_recurrent_bits,
+            threads=args.threads,
+        )
+        cfg.check()  # before calibration's minutes
+    rounder, provenance = make_rounder(ckpt, args.method, args.calib_tokens, args.data)
+    report = None
+    if args.budget is not None:
         scheme, report = search(ckpt, cfg, rounder, data_dir=args.data)
     else:
         plan = plan_from_dict(read_json(args.plan)) if args.plan else None
@@ -440,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--val-tokens", type=integer(100), default=20000, help="--budget: validation tokens that measure each cost"
+    )
+    sp.add_argument(
+        "--min-recurrent-bits",
+        type=int,
+        default=4,
+        help="--budget: the recurrent weights' narrowest width (2-3-bit ones drift over a long context)",
     )
     sp.add_argument("--threads", type=integer(1, 256), default=1, help="--budget: CPU threads of its evaluations")
     sp.add_argument(
