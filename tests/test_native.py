@@ -218,9 +218,10 @@ def _rnn_case(name: str, steps: int, batch: int, in_dim: int, hidden: int, layer
     return _RnnCase(x, weights, _packed(cell, weights), state)
 
 
-def _packed(cell: str, weights: list) -> native.PackedRecurrent:
-    """The layers (W_ih, W_hh[, W_hr]) of codes, scales and bias, packed for the kernels."""
-    pack = [[native.pack_linear(*m) for m in layer] for layer in weights]
+def _packed(cell: str, weights: list, fine: bool = False) -> native.PackedRecurrent:
+    """The layers (W_ih, W_hh[, W_hr]) of codes, scales and bias, packed for the kernels (`fine`: W_ih's
+    inputs as two codes)."""
+    pack = [[native.pack_linear(*m, fine=fine and i == 0) for i, m in enumerate(layer)] for layer in weights]
     proj = [p[2] for p in pack] if len(pack[0]) == 3 else None
     return native.PackedRecurrent([(a, b) for a, b, *_ in pack], cell, proj)
 
@@ -401,3 +402,55 @@ def test_a_forked_child_can_use_threads():
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert np.array_equal(native.decoder_nll(x, dec, t, threads=2).nll, want_dec)  # the parent's pool still works
+
+
+# ---- fine activations: each row's residual quantized again and its product added (kernels.c) ----
+
+
+@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 16, 4), (7, 37, 12), (25, 300, 256), (1, 4100, 256), (11, 2049, 36)])
+def test_fine_logits_equal_the_reference_bit_for_bit_on_every_thread_count(isa, m, n, k):
+    x, q, s, b, t = _case(m, n, k, seed=m + n)
+    want = native.reference_linear(x, q, s, b, fine=True)
+    for threads in (1, 2, 3):
+        out = native.decoder_nll(x, native.pack_linear(q, s, b, fine=True), t, logits=True, isa=isa, threads=threads)
+        assert np.array_equal(out.logits, want), threads
+        ref = -_log_softmax(want)[np.arange(m), t]
+        np.testing.assert_allclose(out.nll, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fine_activations_shrink_the_activation_error_a_hundredfold():
+    """Against the float product of the same codes: 7-bit activations' error, and the two-code one's."""
+    x, q, s, b, _ = _case(25, 300, 256, seed=3)
+    exact = x.astype(np.float64) @ (q.astype(np.float64) * s[:, None]).T + b
+    coarse = np.abs(native.reference_linear(x, q, s, b) - exact).mean()
+    fine = np.abs(native.decoder_nll(x, native.pack_linear(q, s, b, fine=True), logits=True).logits - exact).mean()
+    assert fine < coarse / 100, (fine, coarse)
+
+
+@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("name", CELLS)
+def test_fine_input_projections_follow_the_reference(isa, name):
+    """W_ih fine: a ReLU RNN (no exp) equals the reference over the whole stack bit for bit; every cell
+    gives the same bits on 1-3 threads and stays within exp's last bits of the reference on a step."""
+    x, weights, _, state = _rnn_case(name, 9, 3, 20, 40, 2, seed=11)
+    cell, packed = name.removesuffix("-proj"), _packed(name.removesuffix("-proj"), weights, fine=True)
+    one = native.recurrent(x, packed, *state, isa=isa)
+    for threads in (2, 3):
+        out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
+    first = tuple(st[:1] for st in state)
+    got = native.recurrent(x[:1], _packed(cell, weights[:1], fine=True), *first, isa=isa)
+    want = native.reference_recurrent(cell, x[:1], weights[:1], *first, fine=True)
+    assert all(np.allclose(a, b, rtol=1e-5, atol=2e-6) for a, b in zip(got, want, strict=True))
+    if cell == "rnn_relu":
+        ref = native.reference_recurrent(cell, x, weights, *state, fine=True)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, one, strict=True))
+        assert not np.array_equal(one[0], native.recurrent(x, _packed(cell, weights), *state, isa=isa)[0])
+
+
+def test_only_input_projections_take_fine_activations():
+    _, weights, _, _ = _rnn_case("lstm", 1, 1, 8, 4, 1)
+    ((wih, whh),) = weights
+    with pytest.raises(WordLMError, match="only the input projections"):
+        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, fine=True))], "lstm")

@@ -54,6 +54,7 @@ class BudgetConfig:
     # their validation cost (benchmarks/budget.md, runs 1-2); they are ~6% of the model at 4 bits, so
     # the floor costs little size
     recurrent_min_bits: int = 4
+    fine_activations: bool = False  # the plan's scheme runs with them (wordlm.quant.Scheme), measured so
     embedding_groups: tuple[int | None, ...] = (None, 64)  # None: one scale per row
     max_rounds: int = 4  # plan, measure, shrink the budget by the overshoot: at most this often
     threads: int = 1
@@ -172,9 +173,9 @@ def _memo(rounder: Rounder) -> Rounder:
     return rounded
 
 
-def mixed_scheme(plan: dict[str, QSpec]) -> Scheme:
+def mixed_scheme(plan: dict[str, QSpec], fine_activations: bool = False) -> Scheme:
     """The registered "mixed" scheme carrying `plan` (one QSpec per weight)."""
-    return get_scheme("mixed", plan={name: spec for name, spec in plan.items()})
+    return get_scheme("mixed", plan={name: spec for name, spec in plan.items()}, fine_activations=fine_activations)
 
 
 def search(ckpt: Checkpoint, cfg: BudgetConfig, rounder: Rounder = round_to_nearest, data_dir: str | None = None):
@@ -213,7 +214,7 @@ def search(ckpt: Checkpoint, cfg: BudgetConfig, rounder: Rounder = round_to_near
         if key in tried:  # the budget moved less than a plan changes
             break
         tried.add(key)
-        scheme = mixed_scheme({c.name: c.spec for c in plan})
+        scheme = mixed_scheme({c.name: c.spec for c in plan}, cfg.fine_activations)
         quantized = quantize_checkpoint(ckpt, scheme, rounder)
         measured, nbytes = loss(quantized) - base, quantized.size_bytes
         predicted = sum(max(c.cost, 0.0) for c in plan)

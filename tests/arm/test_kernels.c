@@ -192,7 +192,7 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
     ref_linear(x, m, l, ref);
     for (int threads = 1; threads <= 3; threads++) {
         memset(logits, 0xff, sizeof(float) * (size_t)(m * n)); /* NaNs where nothing was written */
-        int rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, targets, nll, logits,
+        int rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, 0, targets, nll, logits,
                                 lse, isa, threads);
         CHECK(rc == 0, "wl_decoder_nll returned %d (threads %d)", rc, threads);
         if (rc) break;
@@ -210,7 +210,7 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
             memcpy(first, logits, sizeof(float) * (size_t)(m * n));
             memcpy(nll1, nll, sizeof(float) * (size_t)m), memcpy(lse1, lse, sizeof(float) * (size_t)m);
             /* the NLL alone (no logits, no lse): the same bits */
-            rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, targets, nll_only, NULL,
+            rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, 0, targets, nll_only, NULL,
                                 NULL, isa, 1);
             CHECK(rc == 0 && !memcmp(nll_only, nll1, sizeof(float) * (size_t)m), "the NLL alone differs");
         } else {
@@ -396,7 +396,7 @@ static linear_t block_ordered(const linear_t *src, int64_t hidden, int64_t gates
     return l;
 }
 
-static wl_packed packed_of(const linear_t *l) { return (wl_packed){l->panels, l->pscale, l->psum, l->pbias}; }
+static wl_packed packed_of(const linear_t *l) { return (wl_packed){l->panels, l->pscale, l->psum, l->pbias, 0}; }
 
 static double max_error(const float *a, const float *b, int64_t n, double *mean) {
     double top = 0, sum = 0;
@@ -553,12 +553,12 @@ static void test_refusal(int count, int best) {
     int64_t target = 0;
     begin();
     for (int isa = best + 1; isa <= count; isa++)
-        CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, &target, nll, NULL, NULL, isa, 1) ==
+        CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, isa, 1) ==
                   -1,
               "kernel %d was not refused", isa);
-    CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, &target, nll, NULL, NULL, -1, 1) == -1,
+    CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, -1, 1) == -1,
           "kernel -1 was not refused");
-    wl_packed mats[3] = {{l.panels, l.pscale, l.psum, l.pbias}, {l.panels, l.pscale, l.psum, l.pbias}, {0}};
+    wl_packed mats[3] = {{l.panels, l.pscale, l.psum, l.pbias, 0}, {l.panels, l.pscale, l.psum, l.pbias, 0}, {0}};
     CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best + 1, 1) == -1, "the LSTM ran kernel %d", best + 1);
     CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == 0, "the LSTM refused the best");
     CHECK(wl_rnn(4, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == -1, "cell 4 was not refused");

@@ -58,7 +58,7 @@ def _library() -> ctypes.CDLL:
     lib.wl_best_isa.restype = c_int
     lib.wl_unit_block.restype = c_int
     lib.wl_decoder_nll.restype = c_int
-    lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, c_int, ptr, ptr, ptr, ptr, c_int, c_int]
     lib.wl_rnn.restype = c_int
     lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int]
     lib.wl_sample.restype = i64
@@ -135,7 +135,11 @@ def _threads(threads: int) -> int:
 
 @dataclass
 class PackedLinear:
-    """Weights [N, K] as the kernels read them: int8 codes in panels of 16 rows, [N/16][K/4][16][4]."""
+    """Weights [N, K] as the kernels read them: int8 codes in panels of 16 rows, [N/16][K/4][16][4].
+
+    `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
+    twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
+    decoder."""
 
     panels: np.ndarray  # int8, flat, 64-byte aligned
     scales: np.ndarray  # float32 [n_pad]
@@ -143,6 +147,7 @@ class PackedLinear:
     bias: np.ndarray  # float32 [n_pad]
     n: int  # real rows (words)
     k: int
+    fine: bool = False
 
     def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
         self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
@@ -158,7 +163,7 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes]
 
 
-def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLinear:
+def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False) -> PackedLinear:
     """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear."""
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
@@ -187,6 +192,7 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> PackedLi
         bias=pad(bias, np.float32),
         n=n,
         k=k,
+        fine=fine,
     )
 
 
@@ -230,8 +236,9 @@ def decoder_nll(
         return out
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, *map(_addr, (tgt, *out)), kernel, n_threads
-    )
+        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.fine,
+        *map(_addr, (tgt, *out)), kernel, n_threads,
+    )  # fmt: skip
     if rc != 0:
         raise WordLMError("native decoder: bad arguments (a target outside the vocabulary?)")
     return out
@@ -256,13 +263,13 @@ def _unit_block_order(hidden: int, gates: int) -> np.ndarray:
 def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
     """p with its rows (codes, scale, code sum, bias) in `order` (of its p.n real rows)."""
     codes = p.panels.reshape(p.n_pad // PANEL, p.k // 4, PANEL, 4).transpose(0, 2, 1, 3).reshape(p.n_pad, p.k)
-    return pack_linear(codes[: p.n][order], p.scales[: p.n][order], p.bias[: p.n][order])
+    return pack_linear(codes[: p.n][order], p.scales[: p.n][order], p.bias[: p.n][order], p.fine)
 
 
 class _Matrix(ctypes.Structure):
-    """kernels.c's wl_packed: a PackedLinear's addresses (all NULL: no matrix)."""
+    """kernels.c's wl_packed: a PackedLinear's addresses and its `fine` (all NULL: no matrix)."""
 
-    _fields_ = [(name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")]
+    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("fine", ctypes.c_int64)]
 
 
 @dataclass
@@ -293,11 +300,13 @@ class PackedRecurrent:
         ks = [p.k for pair in self.layers[1:] for p in pair] + [self.layers[0][1].k]
         if any(k != out for k in ks) or any((p.n, p.k) != (out, hidden) for p in self.proj or []):
             raise WordLMError(f"native {self.cell}: W_hh and the upper layers' W_ih need {out} inputs (h's size)")
+        if any(b.fine for _, b in self.layers) or any(p.fine for p in self.proj or []):
+            raise WordLMError(f"native {self.cell}: only the input projections (W_ih) take fine activations")
         order = _unit_block_order(hidden, gates)
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)
         mats = [p for (a, b), r in zip(self.layers, hr, strict=True) for p in (a, b, r)]  # [layers][W_ih, W_hh, W_hr]
-        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args) if p else _Matrix() for p in mats))
+        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.fine) if p else _Matrix() for p in mats))
 
     @property
     def hidden(self) -> int:

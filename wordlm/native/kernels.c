@@ -22,7 +22,12 @@
  *   bound lets ARMv8.0 NEON add two products per int16 lane (SMULL + SMLAL), and codes below 128 are
  *   also int8, which ARM's signed SDOT and SMMLA take as they are;
  * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
- *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit.
+ *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit;
+ * - fine activations (a matrix's `fine`: the input projections and the decoder of a scheme that asks):
+ *   each row's residual r = x - (float)(u - zp) * s is quantized the same way and its product, without
+ *   the bias, is added: y = y(x) + y(r). Two 7-bit codes make ~14 bits (the residual's range is one step
+ *   of x's) from the same kernels, for twice the GEMM: on the shipped model the 7-bit activations cost
+ *   ~0.001 nats, nearly all at the input projections and the decoder (benchmarks/activations.md).
  *
  * Kernels by architecture, each a table of functions (kernels.h) as ggml chooses its own, numbered
  * from 0 (portable C) up (isa_names below): x86 AVX2 and AVX-512 VNNI, ARM64 NEON, dot product (SDOT)
@@ -103,6 +108,44 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
 }
 
 const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c};
+
+/* ---- fine activations ---- */
+
+/* rows of a matrix's input as the GEMMs take them: 7-bit codes u [rows, k], scale s and zero point zp
+ * per row (u NULL: none, e.g. no residual) */
+typedef struct {
+    uint8_t *u;
+    float *s;
+    int32_t *zp;
+} codes_t;
+
+static codes_t codes_from(codes_t a, int64_t row, int64_t k) {
+    return a.u ? (codes_t){a.u + row * k, a.s + row, a.zp + row} : a;
+}
+
+/* x [m, k] -> its codes a, and where r.u is given its residual's codes r (res: [m, k] floats of scratch) */
+static void quantize_fine(const wl_kernels *kern, const float *x, int64_t m, int64_t k, codes_t a, codes_t r,
+                          float *res) {
+    kern->quantize(x, m, k, a.u, a.s, a.zp);
+    if (!r.u) return;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++)
+            res[i * k + j] = x[i * k + j] - (float)((int32_t)a.u[i * k + j] - a.zp[i]) * a.s[i];
+    kern->quantize(res, m, k, r.u, r.s, r.zp);
+}
+
+/* the table's qgemm of codes a, plus (r.u given) that of the residual's codes r without the bias
+ * (zeros: as many zeros as bias has entries), summed into z; tmp: [rows, panels * NR] floats */
+static void qgemm_fine(const wl_kernels *kern, codes_t a, codes_t r, int64_t rows, int64_t k, const int8_t *wp,
+                       int64_t panels, const float *wscale, const int32_t *wsum, const float *bias, const float *zeros,
+                       float *z, int64_t ldz, float *tmp) {
+    kern->qgemm(a.u, rows, k, wp, panels, a.s, a.zp, wscale, wsum, bias, z, ldz);
+    if (!r.u) return;
+    int64_t width = panels * NR;
+    kern->qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < width; j++) z[i * ldz + j] += tmp[i * width + j];
+}
 
 /* ---- the kernels by number: x86 0 portable C, 1 AVX2, 2 AVX-512 VNNI; ARM64 0 portable C, 1 NEON,
  * 2 dot product, 3 I8MM (wordlm.native's ISAS names them alike, and checks) ---- */
@@ -419,14 +462,12 @@ static void parallel_for(int threads, int64_t items, int64_t work, task_fn fn, c
 
 typedef struct {
     const wl_kernels *kern;
-    const uint8_t *u;
-    const float *ascale;
-    const int32_t *zp;
+    codes_t a, r; /* the rows' codes, and their residual's (fine) */
     int64_t m, k, n, n_pad;
     const int8_t *wp;
     const float *wscale;
     const int32_t *wsum;
-    const float *bias;
+    const float *bias, *zeros; /* zeros [n_pad]: the residual's bias */
     const int64_t *targets; /* [m] or NULL */
     float *logits;          /* [m, n] or NULL */
     float *target_logit;    /* [m]: written by the chunk that holds the target */
@@ -437,7 +478,7 @@ typedef struct {
  * K = 256, stays in L2 while all rows pass), groups of MR rows inside */
 static void decoder_chunk(const void *arg, int64_t chunk) {
     const decoder_job *d = arg;
-    float z[MR * NB] __attribute__((aligned(64)));
+    float z[MR * NB] __attribute__((aligned(64))), tmp[MR * NB] __attribute__((aligned(64)));
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
@@ -446,8 +487,8 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
-            d->kern->qgemm(d->u + r0 * d->k, rows, d->k, d->wp + n0 * d->k, panels, d->ascale + r0, d->zp + r0,
-                           d->wscale + n0, d->wsum + n0, d->bias + n0, z, width);
+            qgemm_fine(d->kern, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, d->wp + n0 * d->k,
+                       panels, d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
             for (int64_t r = r0; r < r0 + rows; r++) {
                 const float *zr = z + (r - r0) * width;
                 if (d->logits) memcpy(d->logits + r * d->n + n0, zr, sizeof(float) * (size_t)valid);
@@ -467,12 +508,13 @@ static void lse_merge(lse_t *into, const lse_t *part) {
 
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
- * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding.
+ * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding;
+ * fine: the rows as two codes (above).
  * isa: the kernel (0 portable, then this architecture's: see wl_isa_name, wl_best_isa); threads >= 1.
  * Returns 0, or -1 for a bad argument (a target outside [0, n), a kernel this CPU lacks) or no memory. */
 int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
-                   const float *wscale, const int32_t *wsum, const float *bias, const int64_t *targets, float *nll,
-                   float *logits, float *lse, int isa, int threads) {
+                   const float *wscale, const int32_t *wsum, const float *bias, int fine, const int64_t *targets,
+                   float *nll, float *logits, float *lse, int isa, int threads) {
     const wl_kernels *kern = kernels_for(isa);
     if (!kern || threads < 1 || m < 1 || k < 4 || k % 4 || n < 1 || n_pad != (n + NR - 1) / NR * NR ||
         ((uintptr_t)wp & 63) || (targets && !nll))
@@ -480,16 +522,22 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     for (int64_t r = 0; targets && r < m; r++)
         if (targets[r] < 0 || targets[r] >= n) return -1;
     int64_t chunks = (n_pad + CHUNK_WORDS - 1) / CHUNK_WORDS;
-    uint8_t *u = malloc((size_t)(m * k));
-    float *ascale = malloc(sizeof(float) * (size_t)m), *target_logit = malloc(sizeof(float) * (size_t)m);
-    int32_t *zp = malloc(sizeof(int32_t) * (size_t)m);
+    int passes = fine ? 2 : 1;
+    codes_t a = {malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
+    codes_t r = {0};
+    float *res = NULL, *zeros = NULL, *target_logit = malloc(sizeof(float) * (size_t)m);
+    if (fine) {
+        r = (codes_t){malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
+        res = malloc(sizeof(float) * (size_t)(m * k));
+        zeros = calloc((size_t)n_pad, sizeof(float));
+    }
     lse_t *part = malloc(sizeof(lse_t) * (size_t)(chunks * m));
-    int ok = u && ascale && target_logit && zp && part;
+    int ok = a.u && a.s && a.zp && target_logit && part && (!fine || (r.u && r.s && r.zp && res && zeros));
     if (ok) {
-        kern->quantize(x, m, k, u, ascale, zp);
-        decoder_job job = {kern,   u,    ascale, zp,      m,      k,      n,           n_pad, wp,
-                           wscale, wsum, bias,   targets, logits, target_logit, part};
-        parallel_for(threads, chunks, m * k * n_pad, decoder_chunk, &job);
+        quantize_fine(kern, x, m, k, a, r, res);
+        decoder_job job = {kern,  a,       r,      m,      k,    n, n_pad, wp, wscale, wsum, bias,
+                           zeros, targets, logits, target_logit, part};
+        parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
         for (int64_t r = 0; r < m; r++) {
             lse_t all = {-INFINITY, 0.0};
             for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &part[c * m + r]);
@@ -498,7 +546,8 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
             if (targets) nll[r] = (float)(log_z - target_logit[r]);
         }
     }
-    free(u), free(ascale), free(target_logit), free(zp), free(part);
+    free(a.u), free(a.s), free(a.zp), free(r.u), free(r.s), free(r.zp), free(res), free(zeros);
+    free(target_logit), free(part);
     return ok ? 0 : -1;
 }
 
@@ -582,9 +631,10 @@ typedef struct {
     float *h, *c, *y;
     float *buf;   /* [steps, batch, out_dim]: the output of the layers that do not write y */
     float *h0;    /* [layers, batch, out_dim]: the state h as it came in (h is written at the last step) */
-    uint8_t *ux;  /* [steps * batch, widest]: the layer input's codes */
-    float *xs;    /* [steps * batch]: their scales */
-    int32_t *xz;  /* [steps * batch]: their zero points */
+    codes_t xa;   /* [steps * batch, widest]: the layer input's codes, */
+    codes_t xr;   /* and its residual's where W_ih is fine (u NULL when no layer's is) */
+    float *xres;  /* [steps * batch, widest]: the residual (fine) */
+    float *zeros; /* [ldg]: the residual's bias (fine) */
     float *xproj; /* [steps * batch, ldg]: the input projection */
     float *grec;  /* [batch, ldg]: the recurrent GEMM of one step */
     float *m;     /* [batch, hidden]: a projected LSTM's o * tanh(c) of one step */
@@ -610,14 +660,15 @@ typedef struct {
     int64_t h_quantized, m_quantized; /* the step whose previous h uh holds, whose m um holds (-1: none) */
 } rnn_thread;
 
-/* rows [0, rows) of u (the batch) x `panels` panels of W's rows from `row` -> out[r * ldo + ...], in
- * groups of MR rows */
-static void qgemm_rows(const wl_kernels *kern, const uint8_t *u, int64_t rows, int64_t k, const wl_packed *w,
-                       int64_t row, int64_t panels, const float *ascale, const int32_t *zp, float *out, int64_t ldo) {
+/* rows [0, rows) of codes a (the batch; r: their residual's, fine, with zeros for its bias) x `panels`
+ * panels of W's rows from `row` -> out[r * ldo + ...], in groups of MR rows */
+static void qgemm_rows(const wl_kernels *kern, codes_t a, codes_t r, int64_t rows, int64_t k, const wl_packed *w,
+                       int64_t row, int64_t panels, const float *zeros, float *out, int64_t ldo) {
+    float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        kern->qgemm(u + r0 * k, nr, k, w->panels + row * k, panels, ascale + r0, zp + r0, w->scale + row,
-                    w->sum + row, w->bias + row, out + r0 * ldo, ldo);
+        qgemm_fine(kern, codes_from(a, r0, k), codes_from(r, r0, k), nr, k, w->panels + row * k, panels,
+                   w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL, out + r0 * ldo, ldo, tmp);
     }
 }
 
@@ -632,7 +683,9 @@ static void rnn_quantize_rows(void *arg, int64_t item) {
     rnn_thread *t = arg;
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, r0 = item * QUANT_ROWS, nr = rows - r0 < QUANT_ROWS ? rows - r0 : QUANT_ROWS;
-    j->kern->quantize(t->in + r0 * t->k, nr, t->k, j->ux + r0 * t->k, j->xs + r0, j->xz + r0);
+    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    quantize_fine(j->kern, t->in + r0 * t->k, nr, t->k, codes_from(j->xa, r0, t->k), r,
+                  j->xres ? j->xres + r0 * t->k : NULL);
 }
 
 /* item: the input projection of one block of units for MR rows (steps x batch) of the layer's input:
@@ -642,8 +695,9 @@ static void rnn_input_gemm(void *arg, int64_t item) {
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
     int64_t v = item / groups * UNIT_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
-    qgemm_rows(j->kern, j->ux + r0 * t->k, nr, t->k, &t->w[W_IH], j->gates * v, block_panels(j, block_width(j, v)),
-               j->xs + r0, j->xz + r0, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
+    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    qgemm_rows(j->kern, codes_from(j->xa, r0, t->k), r, nr, t->k, &t->w[W_IH], j->gates * v,
+               block_panels(j, block_width(j, v)), j->zeros, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
 }
 
 /* item: one block of units at one step; at the last step its units of the new h go to the state too
@@ -659,7 +713,8 @@ static void rnn_block_step(void *arg, int64_t block) {
         j->kern->quantize(prev, B, P, t->uh, t->hs, t->hz);
         t->h_quantized = s;
     }
-    qgemm_rows(j->kern, t->uh, B, P, &t->w[W_HH], row, block_panels(j, width), t->hs, t->hz, j->grec + row, j->ldg);
+    codes_t h = {t->uh, t->hs, t->hz}, none = {0};
+    qgemm_rows(j->kern, h, none, B, P, &t->w[W_HH], row, block_panels(j, width), NULL, j->grec + row, j->ldg);
     float *cur = j->proj ? j->m : t->out + s * B * H; /* rows of H units either way (P = H unprojected) */
     for (int64_t b = 0; b < B; b++) {
         j->cell(j->kern, j->xproj + (s * B + b) * j->ldg + row, j->grec + b * j->ldg + row, width, prev + b * P + v,
@@ -680,7 +735,8 @@ static void rnn_project(void *arg, int64_t block) {
         j->kern->quantize(j->m, B, H, t->um, t->ms, t->mz);
         t->m_quantized = s;
     }
-    qgemm_rows(j->kern, t->um, B, H, &t->w[W_HR], p0, (width + NR - 1) / NR, t->ms, t->mz, j->pout + p0, j->ldp);
+    codes_t m = {t->um, t->ms, t->mz}, none = {0};
+    qgemm_rows(j->kern, m, none, B, H, &t->w[W_HR], p0, (width + NR - 1) / NR, NULL, j->pout + p0, j->ldp);
     for (int64_t b = 0; b < B; b++) {
         memcpy(t->out + (s * B + b) * P + p0, j->pout + b * j->ldp + p0, sizeof(float) * (size_t)width);
         if (s == j->steps - 1)
@@ -719,8 +775,10 @@ static void rnn_region(void *arg, team_t *team) {
  * hidden. w[layers][3]: W_ih [G, in] (in = in_dim for the first layer, P above) and W_hh [G, P], G =
  * gates x hidden, packed as for the decoder with their rows in UNIT_BLOCK order (above), their scales,
  * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
- * in_dim, hidden and proj multiples of 4. isa, threads: as for wl_decoder_nll (the threads: up to one
- * per block of units). Returns 0, or -1 for a bad argument or no memory. */
+ * in_dim, hidden and proj multiples of 4. A W_ih may be fine (the input projection's rows as two codes);
+ * W_hh and W_hr not (their inputs carry ~1% of the 7-bit activations' cost: benchmarks/activations.md).
+ * isa, threads: as for wl_decoder_nll (the threads: up to one per block of units). Returns 0, or -1 for
+ * a bad argument or no memory. */
 int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
            int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads) {
     const wl_kernels *kern = kernels_for(isa);
@@ -728,9 +786,13 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
         in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
         (proj && cell != CELL_LSTM) || (cell == CELL_LSTM && !c))
         return -1;
-    for (int64_t l = 0; l < layers; l++)
+    int fine = 0;
+    for (int64_t l = 0; l < layers; l++) {
         for (int i = 0; i < MATRICES; i++)
             if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
+        if (w[l * MATRICES + W_HH].fine || (proj && w[l * MATRICES + W_HR].fine)) return -1;
+        fine |= w[l * MATRICES + W_IH].fine != 0;
+    }
     int64_t gates = cells[cell].gates, P = proj ? proj : hidden;
     int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
     if (n > POOL_MAX) n = POOL_MAX;
@@ -741,9 +803,14 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
                    .y = y};
     job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * P)) : NULL;
     job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * P));
-    job.ux = malloc((size_t)(rows * widest));
-    job.xs = malloc(sizeof(float) * (size_t)rows);
-    job.xz = malloc(sizeof(int32_t) * (size_t)rows);
+    job.xa = (codes_t){malloc((size_t)(rows * widest)), malloc(sizeof(float) * (size_t)rows),
+                       malloc(sizeof(int32_t) * (size_t)rows)};
+    if (fine) {
+        job.xr = (codes_t){malloc((size_t)(rows * widest)), malloc(sizeof(float) * (size_t)rows),
+                           malloc(sizeof(int32_t) * (size_t)rows)};
+        job.xres = malloc(sizeof(float) * (size_t)(rows * widest));
+        job.zeros = calloc((size_t)ldg, sizeof(float));
+    }
     job.xproj = malloc(sizeof(float) * (size_t)(rows * ldg));
     job.grec = malloc(sizeof(float) * (size_t)(batch * ldg));
     job.uh = malloc((size_t)(n * batch * P));
@@ -756,13 +823,15 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
         job.ms = malloc(sizeof(float) * (size_t)(n * batch));
         job.mz = malloc(sizeof(int32_t) * (size_t)(n * batch));
     }
-    int ok = (layers == 1 || job.buf) && job.h0 && job.ux && job.xs && job.xz && job.xproj && job.grec && job.uh &&
-             job.hs && job.hz && (!proj || (job.m && job.pout && job.um && job.ms && job.mz));
+    int ok = (layers == 1 || job.buf) && job.h0 && job.xa.u && job.xa.s && job.xa.zp && job.xproj && job.grec &&
+             job.uh && job.hs && job.hz && (!proj || (job.m && job.pout && job.um && job.ms && job.mz)) &&
+             (!fine || (job.xr.u && job.xr.s && job.xr.zp && job.xres && job.zeros));
     if (ok) {
         memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * P));
         run_region((int)n, rnn_region, &job);
     }
-    free(job.buf), free(job.h0), free(job.ux), free(job.xs), free(job.xz), free(job.xproj), free(job.grec);
+    free(job.buf), free(job.h0), free(job.xa.u), free(job.xa.s), free(job.xa.zp), free(job.xr.u), free(job.xr.s);
+    free(job.xr.zp), free(job.xres), free(job.zeros), free(job.xproj), free(job.grec);
     free(job.uh), free(job.hs), free(job.hz), free(job.m), free(job.pout), free(job.um), free(job.ms), free(job.mz);
     return ok ? 0 : -1;
 }

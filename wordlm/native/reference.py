@@ -20,9 +20,21 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return u, s, zp
 
 
-def reference_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The kernels' GEMM, slowly: y [M, N] of x [M, K] and codes q [N, K] (the decoder's logits)."""
+def reference_linear(
+    x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False
+) -> np.ndarray:
+    """The kernels' GEMM, slowly: y [M, N] of x [M, K] and codes q [N, K] (the decoder's logits). `fine`:
+    plus the product of the residual's codes, without the bias (kernels.c's fine activations)."""
+    x = np.asarray(x, np.float32)
     u, s, zp = quantize_activations(x)
+    y = _gemm(u, s, zp, q, scales, bias)
+    if not fine:
+        return y
+    residual = x - (u.astype(np.float32) - zp[:, None].astype(np.float32)) * s[:, None]
+    return y + _gemm(*quantize_activations(residual), q, scales, np.zeros_like(bias, np.float32))
+
+
+def _gemm(u, s, zp, q, scales, bias) -> np.ndarray:
     acc = u.astype(np.int64) @ q.astype(np.int64).T - zp[:, None].astype(np.int64) * q.astype(np.int64).sum(1)
     scale = (s[:, None] * scales.astype(np.float32)[None, :]).astype(np.float32)
     return (acc.astype(np.float32) * scale + bias.astype(np.float32)).astype(np.float32)
@@ -55,14 +67,15 @@ Codes = tuple[np.ndarray, np.ndarray, np.ndarray]  # a matrix as codes int8 [N, 
 
 
 def reference_recurrent(
-    cell: str, x: np.ndarray, layers: list[tuple[Codes, ...]], *state: np.ndarray
+    cell: str, x: np.ndarray, layers: list[tuple[Codes, ...]], *state: np.ndarray, fine: bool = False
 ) -> tuple[np.ndarray, ...]:
     """wordlm.native.recurrent, slowly: x [S, B, in], layers of (W_ih, W_hh) or, for an LSTM with a
-    projection, (W_ih, W_hh, W_hr), and the state (h, and c for an LSTM) -> (y, *the new state)."""
+    projection, (W_ih, W_hh, W_hr), and the state (h, and c for an LSTM) -> (y, *the new state).
+    `fine`: the input projections take fine activations."""
     steps, batch, _ = x.shape
     new: tuple[list, list] = ([], [])
     for layer, (wih, whh, *whr) in enumerate(layers):
-        xproj = reference_linear(x.reshape(steps * batch, -1), *wih).reshape(steps, batch, -1)
+        xproj = reference_linear(x.reshape(steps * batch, -1), *wih, fine=fine).reshape(steps, batch, -1)
         h = state[0][layer].astype(np.float32)
         c = state[1][layer].astype(np.float32) if cell == "lstm" else None
         ys = []

@@ -67,7 +67,12 @@ class Scheme:
 
     Version 1 (wordlm before issue 14): 4- and 8-bit parts, per-row int8 or float LSTM, no plan.
     Version 2 adds the widths 2, 3, 5 and 6, any width with one scale per row for the LSTM, and the
-    plan; a version 1 config reads as it always did."""
+    plan; a version 1 config reads as it always did.
+
+    `fine_activations` is the runtime's, not the weights': the input projections and the decoder take
+    their inputs as two 7-bit codes (~14 bits; wordlm.native.PackedLinear), twice those GEMMs' work for
+    the ~0.001 nats that 7-bit activations cost (benchmarks/activations.md). Written only when set, so
+    the stored codes of every other config are unchanged."""
 
     name: str
     version: int
@@ -76,12 +81,15 @@ class Scheme:
     decoder: QSpec  # output projection
     float_dtype: str = "float32"  # storage of what stays float (biases, float parts); run in fp32
     plan: dict[str, QSpec] = field(default_factory=dict)  # weight name -> its QSpec, over its part's
+    fine_activations: bool = False
 
     def check(self) -> None:
         for part in PARTS:
             getattr(self, part).check(f"scheme {self.name}, {part}")
         for name, spec in self.plan.items():
             spec.check(f"scheme {self.name}, plan for {name}")
+        if type(self.fine_activations) is not bool:
+            raise WordLMError(f"scheme {self.name}: fine_activations must be true or false")
         if self.float_dtype not in ("float32", "float16"):
             raise WordLMError(f"scheme {self.name}: float_dtype must be float32 or float16")
         rnn = [self.rnn, *(s for n, s in self.plan.items() if n.startswith("rnn."))]
@@ -103,6 +111,8 @@ class Scheme:
         params["float_dtype"] = self.float_dtype
         if self.plan:
             params["plan"] = {name: asdict(spec) for name, spec in sorted(self.plan.items())}
+        if self.fine_activations:
+            params["fine_activations"] = True
         return {"scheme": self.name, "version": self.version, "params": params}
 
     def spec_for(self, name: str) -> QSpec | None:
@@ -186,9 +196,11 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
-def get_scheme(name: str, group_size: int | None = None, plan: dict[str, QSpec] | None = None) -> Scheme:
+def get_scheme(
+    name: str, group_size: int | None = None, plan: dict[str, QSpec] | None = None, fine_activations: bool = False
+) -> Scheme:
     """A registered scheme; `group_size` overrides the group size of its sub-8-bit parts, `plan` adds
-    per-weight overrides."""
+    per-weight overrides, `fine_activations` sets the runtime's (Scheme)."""
     if name not in SCHEMES:
         raise WordLMError(f"unknown scheme {name!r}; choose one of {', '.join(SCHEMES)}")
     scheme = SCHEMES[name]
@@ -203,6 +215,8 @@ def get_scheme(name: str, group_size: int | None = None, plan: dict[str, QSpec] 
         scheme = replace(scheme, **parts)
     if plan:
         scheme = replace(scheme, plan=dict(plan))
+    if fine_activations:
+        scheme = replace(scheme, fine_activations=True)
     scheme.check()
     return scheme
 
@@ -213,7 +227,8 @@ def scheme_from_dict(d: dict) -> Scheme:
         name, version, params = d["scheme"], d["version"], d["params"]
         parts = {p: QSpec(**params[p]) for p in PARTS}
         plan = plan_from_dict(params.get("plan", {}))
-        scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"], plan=plan)
+        fine = params.get("fine_activations", False)
+        scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"], plan=plan, fine_activations=fine)
     except (KeyError, TypeError, AttributeError) as e:
         raise WordLMError(f"malformed quantization config ({e!r})") from None
     if not isinstance(name, str) or name not in SCHEMES:
