@@ -56,7 +56,7 @@ run() { # label, expected exit status, command... ; output in $out/run_<label>.t
 # in a child forked from a process with threads (an assertion in QEMU, cpu-exec.c), not in wordlm.
 arm_python=${ARM_PYTHON:-smoke}
 smoke='architecture or kernels_of_each or library_holds or not_a_kernel_here or every_arm64 or this_cpu_runs'
-smoke="$smoke or logits_equal or extreme_codes or wordlm_isa"
+smoke="$smoke or logits_equal or extreme_codes or fine_input_projections or wordlm_isa"
 python_runs() {
     if ! tests/arm/python.sh prepare >"$out/run_python-prepare.txt" 2>&1; then
         echo 1 >"$out/run_python-prepare.rc"
