@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 
 from wordlm.bench import ALL_VARIANTS, BenchConfig, Row, add_ratios, run_bench, write_results
+from wordlm.errors import WordLMError
 
 FIELDS = (
     "size_bytes",
@@ -44,6 +45,14 @@ def test_every_variant_runs_with_all_fields(doc):
     assert abs(rows["wordlm-int8"]["loss"] - rows["torch"]["loss"]) < 0.02
     for key in ("hardware", "versions", "settings", "created", "checkpoint"):
         assert key in doc
+
+
+def test_fine_variants_are_asked_by_name(trained_ckpt, corpus_dir):
+    cfg = BenchConfig(("wordlm-int8-fine",), max_tokens=400, reps=1, gen_tokens=5, all_cores=1, measure_rss=False)
+    row = run_bench(trained_ckpt, cfg, data_dir=str(corpus_dir))["results"][0]
+    assert row["variant"] == "wordlm-int8-fine" and row["status"] == "ok" and row["loss"] > 0
+    with pytest.raises(WordLMError, match="unknown bench variant 'wordlm-int6-fine'"):
+        run_bench(trained_ckpt, BenchConfig(("wordlm-int6-fine",)), data_dir=str(corpus_dir))
 
 
 def test_ratios_are_computed_against_the_baselines(doc):

@@ -37,7 +37,9 @@ from wordlm.runtime import Sampling, new_rng
 
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
-ALL_VARIANTS = BASELINES + tuple(f"wordlm-{s}" for s in SCHEMES)
+ALL_VARIANTS = BASELINES + tuple(f"wordlm-{s}" for s in SCHEMES)  # the default
+FINE = "-fine"  # wordlm-SCHEME-fine: the scheme with fine activations (wordlm.quant.Scheme), asked by name
+KNOWN_VARIANTS = ALL_VARIANTS + tuple(f"wordlm-{s}{FINE}" for s in ("int8", "int4"))
 RATIO_BASES = ("torch", "torch-dynamic", "onnxruntime-int8")
 PROTOCOL = "batch 1, bptt 25, hidden carried, dropout off"
 
@@ -83,13 +85,14 @@ def make_artifact(variant: str, ckpt: Checkpoint, workdir: Path) -> Path:
 
         return export_onnx(ckpt, workdir / f"{variant}.onnx", quantize_dynamic=variant.endswith("int8"))
     if variant.startswith("wordlm-"):
-        scheme = variant.removeprefix("wordlm-")
+        scheme, fine = variant.removeprefix("wordlm-").removesuffix(FINE), variant.endswith(FINE)
         if ckpt.scheme is not None:
-            if ckpt.scheme.name != scheme:
-                raise WordLMError(f"the checkpoint is quantized as {ckpt.scheme.name}, not {scheme}")
+            if (ckpt.scheme.name, ckpt.scheme.fine_activations) != (scheme, fine):
+                stored = f"wordlm-{ckpt.scheme.name}{FINE if ckpt.scheme.fine_activations else ''}"
+                raise WordLMError(f"the checkpoint is quantized as {stored}, not {variant}")
             return ckpt.path
-        return save_checkpoint(quantize_checkpoint(ckpt, get_scheme(scheme)), workdir / variant)
-    raise WordLMError(f"unknown bench variant {variant!r}; choose from {', '.join(ALL_VARIANTS)}")
+        return save_checkpoint(quantize_checkpoint(ckpt, get_scheme(scheme, fine_activations=fine)), workdir / variant)
+    raise WordLMError(f"unknown bench variant {variant!r}; choose from {', '.join(KNOWN_VARIANTS)}")
 
 
 def load_variant(variant: str, artifact: Path, threads: int) -> Engine:
@@ -281,8 +284,8 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
     """Measure every variant of `cfg`; returns the results document (see Row and environment())."""
     ckpt = load_checkpoint(ckpt_path)
     for v in cfg.variants:
-        if v not in ALL_VARIANTS:
-            raise WordLMError(f"unknown bench variant {v!r}; choose from {', '.join(ALL_VARIANTS)}")
+        if v not in KNOWN_VARIANTS:
+            raise WordLMError(f"unknown bench variant {v!r}; choose from {', '.join(KNOWN_VARIANTS)}")
     if cfg.reps < 1 or cfg.gen_tokens < 1:
         raise WordLMError("--reps and --gen-tokens must be at least 1")
     ids = prefix(load_split(ckpt.vocab, cfg.split, data_dir), cfg.max_tokens)

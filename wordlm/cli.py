@@ -487,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", nargs="?")
     sp.add_argument(
         "--engines",
-        help="comma-separated variants (default: all): torch, torch-dynamic, "
-        "onnxruntime, onnxruntime-int8, wordlm-int8, wordlm-int4",
+        help="comma-separated variants (default: all but the -fine ones): torch, torch-dynamic, "
+        "onnxruntime, onnxruntime-int8, wordlm-int8, wordlm-int4, wordlm-mixed, wordlm-int8-fine, wordlm-int4-fine",
     )
     sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
     sp.add_argument("--max-tokens", type=integer(2), help="evaluate a prefix (default: the whole split)")
