@@ -7,8 +7,8 @@ Run:
       every GEMM or at one place only (the embedding into layer 0, the upper layers' inputs, the
       recurrent h, the decoder's input): loss on a test prefix, one stream, bptt 25
   .venv/bin/python benchmarks/activations.py engine CKPT --scheme int8 --max-tokens 20000 --repeats 5
-      wordlm's engine with and without --fine-activations: loss, and seconds per pass (interleaved,
-      median of the repeats)
+      wordlm's engine with --fine-activations none, inputs and all: loss, and seconds per pass
+      (interleaved, median of the repeats)
 Prints markdown rows; benchmarks/activations.md records them with the machine.
 """
 
@@ -26,7 +26,7 @@ from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.quant import get_scheme
+from wordlm.quant import FINE_ACTIVATIONS, get_scheme
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 
 PLACES = ("all", "embedding", "upper inputs", "recurrent h", "decoder")
@@ -100,7 +100,7 @@ def engine(args) -> None:
     ids = load_split(ck.vocab, "test")[: args.max_tokens]
     engines = {
         fine: load_engine("wordlm", quantize_checkpoint(ck, get_scheme(args.scheme, fine_activations=fine)))
-        for fine in (False, True)
+        for fine in FINE_ACTIVATIONS
     }
     losses, seconds = {}, {fine: [] for fine in engines}
     for _ in range(args.repeats):  # interleaved: the machine's load falls on both alike
@@ -108,12 +108,11 @@ def engine(args) -> None:
             start = time.perf_counter()
             losses[fine] = evaluate(e, ids).loss
             seconds[fine].append(time.perf_counter() - start)
-    print("| activations | loss | s per pass (median) | vs 7-bit |\n|---|---|---|---|")
-    coarse = statistics.median(seconds[False])
+    print("| --fine-activations | loss | s per pass (median) | vs none |\n|---|---|---|---|")
+    coarse = statistics.median(seconds["none"])
     for fine in engines:
         med = statistics.median(seconds[fine])
-        label = "fine (two 7-bit codes)" if fine else "7-bit"
-        print(f"| {label} | {losses[fine]:.5f} | {med:.2f} | {med / coarse:.2f}x |")
+        print(f"| {fine} | {losses[fine]:.5f} | {med:.2f} | {med / coarse:.2f}x |")
 
 
 def main() -> None:

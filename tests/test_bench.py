@@ -48,11 +48,11 @@ def test_every_variant_runs_with_all_fields(doc):
 
 
 def test_fine_variants_are_asked_by_name(trained_ckpt, corpus_dir):
-    cfg = BenchConfig(("wordlm-int8-fine",), max_tokens=400, reps=1, gen_tokens=5, all_cores=1, measure_rss=False)
+    cfg = BenchConfig(("wordlm-int8-fine-all",), max_tokens=400, reps=1, gen_tokens=5, all_cores=1, measure_rss=False)
     row = run_bench(trained_ckpt, cfg, data_dir=str(corpus_dir))["results"][0]
-    assert row["variant"] == "wordlm-int8-fine" and row["status"] == "ok" and row["loss"] > 0
-    with pytest.raises(WordLMError, match="unknown bench variant 'wordlm-int6-fine'"):
-        run_bench(trained_ckpt, BenchConfig(("wordlm-int6-fine",)), data_dir=str(corpus_dir))
+    assert row["variant"] == "wordlm-int8-fine-all" and row["status"] == "ok" and row["loss"] > 0
+    with pytest.raises(WordLMError, match="unknown bench variant 'wordlm-int8-fine-most'"):
+        run_bench(trained_ckpt, BenchConfig(("wordlm-int8-fine-most",)), data_dir=str(corpus_dir))
 
 
 def test_ratios_are_computed_against_the_baselines(doc):

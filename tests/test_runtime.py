@@ -26,11 +26,11 @@ from wordlm.runtime import Runtime, Sampling, new_rng
 
 # int8 and int4 with one scale per decoder row (groups of 32 = the trained model's hidden size) run
 # on the native kernels; groups of 16 and float weights on numpy's float32 path; int8-fine: the input
-# projections and the decoder with two-code activations
+# projections and the decoder with two-code activations (fine_activations "all")
 SCHEMES = {
     "float": None,
     "int8": get_scheme("int8"),
-    "int8-fine": get_scheme("int8", fine_activations=True),
+    "int8-fine": get_scheme("int8", fine_activations="all"),
     "int4": get_scheme("int4", group_size=16),
     "int4-row": get_scheme("int4", group_size=32),
 }
@@ -65,7 +65,7 @@ def test_parts_run_where_they_should(models):
         == kernels["int4-row"]
         == f"lstm native {native.active_isa()}, decoder native {native.active_isa()}"
     )
-    assert kernels["int8-fine"] == kernels["int8"] + ", fine activations"
+    assert kernels["int8-fine"] == kernels["int8"] + ", fine activations (all)"
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
@@ -322,18 +322,23 @@ def test_cli_quantize_then_eval_and_generate(trained_ckpt, corpus_dir, tmp_path)
 
 
 def test_cli_fine_activations_are_kept_in_the_checkpoint(trained_ckpt, corpus_dir, tmp_path):
-    r = run_cli("quantize", str(trained_ckpt), "--scheme", "int8", "--fine-activations", "--out", str(tmp_path / "f"))
+    r = run_cli(
+        "quantize", str(trained_ckpt), "--scheme", "int8", "--fine-activations", "inputs", "--out", str(tmp_path / "f")
+    )
     assert r.returncode == 0, r.stderr
     config = json.loads((tmp_path / "f" / "config.json").read_text())
-    assert config["quantization"]["params"]["fine_activations"] is True
-    assert Runtime(load_checkpoint(tmp_path / "f")).kernels.endswith(", fine activations")
+    assert config["quantization"]["params"]["fine_activations"] == "inputs"
+    weights = Runtime(load_checkpoint(tmp_path / "f")).weights
+    assert weights.kernels.endswith(", fine activations (inputs)") and not weights.decoder.packed.fine
+    assert all(w_ih.fine and not w_hh.fine for w_ih, w_hh in weights.recurrent.packed.layers)
     r = run_cli("eval", str(tmp_path / "f"), "--data", str(corpus_dir), "--json")
     assert r.returncode == 0, r.stderr
     plain = json.loads((tmp_path / "f" / "config.json").read_text())
     plain["quantization"]["params"]["fine_activations"] = "yes"
     (tmp_path / "f" / "config.json").write_text(json.dumps(plain))
     r = run_cli("eval", str(tmp_path / "f"), "--data", str(corpus_dir))
-    assert r.returncode != 0 and "fine_activations must be true or false" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "fine_activations must be one of none, inputs, all" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_the_native_sampler_is_the_inverse_cdf_of_the_tempered_softmax():

@@ -38,8 +38,8 @@ from wordlm.runtime import Sampling, new_rng
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
 ALL_VARIANTS = BASELINES + tuple(f"wordlm-{s}" for s in SCHEMES)  # the default
-FINE = "-fine"  # wordlm-SCHEME-fine: the scheme with fine activations (wordlm.quant.Scheme), asked by name
-KNOWN_VARIANTS = ALL_VARIANTS + tuple(f"wordlm-{s}{FINE}" for s in ("int8", "int4"))
+# wordlm-SCHEME-fine-WHERE: the scheme with fine activations (wordlm.quant.Scheme), asked by name
+KNOWN_VARIANTS = ALL_VARIANTS + tuple(f"wordlm-{s}-fine-{w}" for s in ("int8", "int4") for w in ("inputs", "all"))
 RATIO_BASES = ("torch", "torch-dynamic", "onnxruntime-int8")
 PROTOCOL = "batch 1, bptt 25, hidden carried, dropout off"
 
@@ -85,10 +85,11 @@ def make_artifact(variant: str, ckpt: Checkpoint, workdir: Path) -> Path:
 
         return export_onnx(ckpt, workdir / f"{variant}.onnx", quantize_dynamic=variant.endswith("int8"))
     if variant.startswith("wordlm-"):
-        scheme, fine = variant.removeprefix("wordlm-").removesuffix(FINE), variant.endswith(FINE)
+        scheme, _, fine = variant.removeprefix("wordlm-").partition("-fine-")
+        fine = fine or "none"
         if ckpt.scheme is not None:
             if (ckpt.scheme.name, ckpt.scheme.fine_activations) != (scheme, fine):
-                stored = f"wordlm-{ckpt.scheme.name}{FINE if ckpt.scheme.fine_activations else ''}"
+                stored = ckpt.scheme.name + ("" if ckpt.scheme.fine_activations == "none" else " with fine activations")
                 raise WordLMError(f"the checkpoint is quantized as {stored}, not {variant}")
             return ckpt.path
         return save_checkpoint(quantize_checkpoint(ckpt, get_scheme(scheme, fine_activations=fine)), workdir / variant)

@@ -54,7 +54,7 @@ class BudgetConfig:
     # their validation cost (benchmarks/budget.md, runs 1-2); they are ~6% of the model at 4 bits, so
     # the floor costs little size
     recurrent_min_bits: int = 4
-    fine_activations: bool = False  # the plan's scheme runs with them (wordlm.quant.Scheme), measured so
+    fine_activations: str = "none"  # the plan's scheme runs with them (wordlm.quant.Scheme), measured so
     embedding_groups: tuple[int | None, ...] = (None, 64)  # None: one scale per row
     max_rounds: int = 4  # plan, measure, shrink the budget by the overshoot: at most this often
     threads: int = 1
@@ -173,7 +173,7 @@ def _memo(rounder: Rounder) -> Rounder:
     return rounded
 
 
-def mixed_scheme(plan: dict[str, QSpec], fine_activations: bool = False) -> Scheme:
+def mixed_scheme(plan: dict[str, QSpec], fine_activations: str = "none") -> Scheme:
     """The registered "mixed" scheme carrying `plan` (one QSpec per weight)."""
     return get_scheme("mixed", plan={name: spec for name, spec in plan.items()}, fine_activations=fine_activations)
 

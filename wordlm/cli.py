@@ -332,6 +332,7 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from wordlm.engines import ENGINES
+    from wordlm.quant import FINE_ACTIVATIONS
 
     p = Parser(prog="wordlm", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -451,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--fine-activations",
-        action="store_true",
-        help="the input projections and the decoder take ~14-bit activations (two 7-bit codes): ~0.001 nats "
-        "closer to float on the shipped model, those GEMMs twice the work",
+        choices=list(FINE_ACTIVATIONS),
+        default="none",
+        help="GEMM inputs as two 7-bit codes (~14 bits): 'inputs' the input projections (~5%% slower), "
+        "'all' the decoder too (~55%% slower); see benchmarks/activations.md",
     )
     sp.add_argument(
         "--min-recurrent-bits",
@@ -487,8 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", nargs="?")
     sp.add_argument(
         "--engines",
-        help="comma-separated variants (default: all but the -fine ones): torch, torch-dynamic, "
-        "onnxruntime, onnxruntime-int8, wordlm-int8, wordlm-int4, wordlm-mixed, wordlm-int8-fine, wordlm-int4-fine",
+        help="comma-separated variants (default: all but the -fine ones): torch, torch-dynamic, onnxruntime, "
+        "onnxruntime-int8, wordlm-int8, wordlm-int4, wordlm-mixed, and wordlm-int8 or wordlm-int4 with "
+        "-fine-inputs or -fine-all (quantize --fine-activations)",
     )
     sp.add_argument("--split", default="test", choices=["test", "valid", "train"])
     sp.add_argument("--max-tokens", type=integer(2), help="evaluate a prefix (default: the whole split)")

@@ -20,6 +20,8 @@ from wordlm.errors import WordLMError
 from wordlm.quant.primitives import WIDTHS, dequantize, pack_bits, packed_width, quantize, row_unit, unpack_bits
 
 PARTS = ("encoder", "rnn", "decoder")
+# where the runtime's GEMM inputs are two 7-bit codes (Scheme.fine_activations): the parts by setting
+FINE_ACTIVATIONS = {"none": (), "inputs": ("rnn.weight_ih",), "all": ("rnn.weight_ih", "decoder")}
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class Scheme:
     Version 2 adds the widths 2, 3, 5 and 6, any width with one scale per row for the LSTM, and the
     plan; a version 1 config reads as it always did.
 
-    `fine_activations` is the runtime's, not the weights': the input projections and the decoder take
-    their inputs as two 7-bit codes (~14 bits; wordlm.native.PackedLinear), twice those GEMMs' work for
-    the ~0.001 nats that 7-bit activations cost (benchmarks/activations.md). Written only when set, so
-    the stored codes of every other config are unchanged."""
+    `fine_activations` is the runtime's, not the weights': where GEMM inputs go through the kernels as
+    two 7-bit codes (~14 bits; wordlm.native.PackedLinear) instead of one, each such GEMM twice the
+    work. "inputs": the input projections (W_ih), most of what 7-bit activations cost for ~5% more
+    time; "all": the decoder too, nearly all of it for ~55% more (FINE_ACTIVATIONS;
+    benchmarks/activations.md). Written to config.json only when not "none"."""
 
     name: str
     version: int
@@ -81,15 +84,15 @@ class Scheme:
     decoder: QSpec  # output projection
     float_dtype: str = "float32"  # storage of what stays float (biases, float parts); run in fp32
     plan: dict[str, QSpec] = field(default_factory=dict)  # weight name -> its QSpec, over its part's
-    fine_activations: bool = False
+    fine_activations: str = "none"  # one of FINE_ACTIVATIONS
 
     def check(self) -> None:
         for part in PARTS:
             getattr(self, part).check(f"scheme {self.name}, {part}")
         for name, spec in self.plan.items():
             spec.check(f"scheme {self.name}, plan for {name}")
-        if type(self.fine_activations) is not bool:
-            raise WordLMError(f"scheme {self.name}: fine_activations must be true or false")
+        if self.fine_activations not in FINE_ACTIVATIONS:
+            raise WordLMError(f"scheme {self.name}: fine_activations must be one of {', '.join(FINE_ACTIVATIONS)}")
         if self.float_dtype not in ("float32", "float16"):
             raise WordLMError(f"scheme {self.name}: float_dtype must be float32 or float16")
         rnn = [self.rnn, *(s for n, s in self.plan.items() if n.startswith("rnn."))]
@@ -111,8 +114,8 @@ class Scheme:
         params["float_dtype"] = self.float_dtype
         if self.plan:
             params["plan"] = {name: asdict(spec) for name, spec in sorted(self.plan.items())}
-        if self.fine_activations:
-            params["fine_activations"] = True
+        if self.fine_activations != "none":
+            params["fine_activations"] = self.fine_activations
         return {"scheme": self.name, "version": self.version, "params": params}
 
     def spec_for(self, name: str) -> QSpec | None:
@@ -197,7 +200,7 @@ SCHEMES: dict[str, Scheme] = {
 
 
 def get_scheme(
-    name: str, group_size: int | None = None, plan: dict[str, QSpec] | None = None, fine_activations: bool = False
+    name: str, group_size: int | None = None, plan: dict[str, QSpec] | None = None, fine_activations: str = "none"
 ) -> Scheme:
     """A registered scheme; `group_size` overrides the group size of its sub-8-bit parts, `plan` adds
     per-weight overrides, `fine_activations` sets the runtime's (Scheme)."""
@@ -215,8 +218,8 @@ def get_scheme(
         scheme = replace(scheme, **parts)
     if plan:
         scheme = replace(scheme, plan=dict(plan))
-    if fine_activations:
-        scheme = replace(scheme, fine_activations=True)
+    if fine_activations != "none":
+        scheme = replace(scheme, fine_activations=fine_activations)
     scheme.check()
     return scheme
 
@@ -227,7 +230,7 @@ def scheme_from_dict(d: dict) -> Scheme:
         name, version, params = d["scheme"], d["version"], d["params"]
         parts = {p: QSpec(**params[p]) for p in PARTS}
         plan = plan_from_dict(params.get("plan", {}))
-        fine = params.get("fine_activations", False)
+        fine = params.get("fine_activations", "none")
         scheme = Scheme(name, version, **parts, float_dtype=params["float_dtype"], plan=plan, fine_activations=fine)
     except (KeyError, TypeError, AttributeError) as e:
         raise WordLMError(f"malformed quantization config ({e!r})") from None

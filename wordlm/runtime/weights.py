@@ -14,7 +14,7 @@ import numpy as np
 
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
-from wordlm.quant import codes
+from wordlm.quant import FINE_ACTIVATIONS, codes
 from wordlm.quant.primitives import code_count, dequantize, unpack_bits
 
 
@@ -152,7 +152,7 @@ def pack(ckpt: Checkpoint) -> Weights:
             return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), b, fine)
         return FloatLinear(weight(name), b)
 
-    fine = scheme is not None and scheme.fine_activations  # the input projections' and the decoder's
+    fine = FINE_ACTIVATIONS[scheme.fine_activations if scheme else "none"]  # where inputs are two codes
 
     enc = spec("encoder.weight")
     if enc is None:
@@ -163,7 +163,7 @@ def pack(ckpt: Checkpoint) -> Weights:
     names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
     proj = [f"rnn.weight_hr_l{i}" for i in range(cfg.num_layers)] if cfg.proj_size else []
     quantized = all(native_ok(w) for w, _ in names) and all(native_ok(w) for w in proj)
-    parts = [linear(w, b, quantized, fine and "_ih_" in w) for w, b in names]
+    parts = [linear(w, b, quantized, "rnn.weight_ih" in fine and "_ih_" in w) for w, b in names]
     pairs = list(zip(parts[0::2], parts[1::2], strict=True))
     hr = [linear(w, np.zeros(cfg.proj_size, np.float32), quantized) for w in proj]  # torch's W_hr has no bias
     if quantized:  # every cell's whole stack in C (native_ok's multiples of 4 are the kernels' sizes)
@@ -175,9 +175,9 @@ def pack(ckpt: Checkpoint) -> Weights:
 
     dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
     fast_dec = native_ok(dec_name)
-    dec = linear(dec_name, "decoder.bias", fast_dec, fine)
+    dec = linear(dec_name, "decoder.bias", fast_dec, "decoder" in fine)
     decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
     kernels = f"{cfg.cell} {where}, decoder {f'native {native.active_isa()}' if fast_dec else 'numpy float32'}"
     if fine and (quantized or fast_dec):
-        kernels += ", fine activations"
+        kernels += f", fine activations ({scheme.fine_activations})"
     return Weights(embedding, recurrent, decoder, kernels)
