@@ -60,7 +60,7 @@ def test_stored_bytes_are_the_bytes_written(trained_ckpt):
 
 
 def test_gemm_weights_get_one_scale_per_row_and_the_embedding_groups():
-    cfg = BudgetConfig(widths=(3, 4), embedding_groups=(None, 64))
+    cfg = BudgetConfig(widths=(3, 4), embedding_groups=(None, 64), recurrent_min_bits=2)
     assert {s.group_size for s in candidate_specs("encoder.weight", (1000, 512), False, cfg)} == {None, 64}
     assert {s.group_size for s in candidate_specs("encoder.weight", (1000, 256), True, cfg)} == {None}  # tied
     assert {s.group_size for s in candidate_specs("decoder.weight", (1000, 256), False, cfg)} == {None}
@@ -68,9 +68,9 @@ def test_gemm_weights_get_one_scale_per_row_and_the_embedding_groups():
 
 
 def test_recurrent_weights_stay_at_or_above_their_floor():
-    cfg = BudgetConfig(widths=(2, 3, 4, 8))
-    assert [s.bits for s in candidate_specs("rnn.weight_ih_l1", (64, 64), False, cfg)] == [4, 8]
-    assert [s.bits for s in candidate_specs("decoder.weight", (64, 64), False, cfg)] == [2, 3, 4, 8]
+    cfg = BudgetConfig(widths=(2, 3, 4, 6, 8))
+    assert [s.bits for s in candidate_specs("rnn.weight_ih_l1", (64, 64), False, cfg)] == [6, 8]
+    assert [s.bits for s in candidate_specs("decoder.weight", (64, 64), False, cfg)] == [2, 3, 4, 6, 8]
     low = BudgetConfig(widths=(2, 3, 4, 8), recurrent_min_bits=2)
     assert [s.bits for s in candidate_specs("rnn.weight_ih_l1", (64, 64), False, low)] == [2, 3, 4, 8]
     with pytest.raises(WordLMError, match="--min-recurrent-bits must be one of"):

@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--min-recurrent-bits",
         type=int,
-        default=4,
+        default=6,
         help="--budget: the recurrent weights' narrowest width (2-3-bit ones drift over a long context)",
     )
     sp.add_argument("--threads", type=integer(1, 256), default=1, help="--budget: CPU threads of its evaluations")
