@@ -6,7 +6,8 @@ The plans are chosen from validation costs only; the test split only reports. A 
 knapsack's first choice at that budget (no re-aimed rounds: those measure every plan on validation,
 which is the search's job, not this figure's).
 
-Run (after `wordlm quantize CKPT --budget B --method gptq --out Q`, which writes Q/report.json):
+Run (after `wordlm quantize CKPT --budget B --method gptq --out Q`, which writes Q/report.json; a
+report searched under a lower --min-recurrent-bits serves a higher one: its costs are the same):
   OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/budget_front.py CKPT Q/report.json \\
       --budgets 0.003,0.005,0.01,0.02,0.04,0.08 --out benchmarks/budget/front
 Writes front.md, front.json and front.png to --out.
@@ -19,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from wordlm.budget import Candidate, _memo, choose, mixed_scheme
+from wordlm.budget import BudgetConfig, Candidate, _memo, choose, mixed_scheme
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
@@ -35,13 +36,19 @@ def main() -> None:
     ap.add_argument("report", help="report.json of a --budget search on this checkpoint")
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], required=True)
     ap.add_argument("--max-tokens", type=int, help="a test prefix (default: the whole split)")
+    ap.add_argument(
+        "--min-recurrent-bits", type=int, default=BudgetConfig().recurrent_min_bits, help="as quantize --budget's"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     ck = load_checkpoint(args.checkpoint)
     report = json.loads(Path(args.report).read_text())
-    candidates = [Candidate(**c) for c in report["candidates"]]
+    least = args.min_recurrent_bits  # a report searched under a lower floor holds these candidates too
+    candidates = [
+        Candidate(**c) for c in report["candidates"] if not (c["name"].startswith("rnn.") and (c["bits"] or 99) < least)
+    ]
     ids = load_split(ck.vocab, "test")[: args.max_tokens]
     rounder = _memo(make_rounder(ck, "gptq", None, None)[0])
 
