@@ -454,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-activations",
         choices=list(FINE_ACTIVATIONS),
         default="none",
-        help="GEMM inputs as two 7-bit codes (~14 bits): 'inputs' the input projections (~5%% slower), "
-        "'all' the decoder too (~55%% slower); see benchmarks/activations.md",
+        help="GEMM inputs as two 7-bit codes (~14 bits): 'inputs' the input projections (5-13%% slower), "
+        "'all' the decoder too (~1.6x slower); see benchmarks/activations.md",
     )
     sp.add_argument(
         "--min-recurrent-bits",

@@ -73,8 +73,8 @@ class Scheme:
 
     `fine_activations` is the runtime's, not the weights': where GEMM inputs go through the kernels as
     two 7-bit codes (~14 bits; wordlm.native.PackedLinear) instead of one, each such GEMM twice the
-    work. "inputs": the input projections (W_ih), most of what 7-bit activations cost for ~5% more
-    time; "all": the decoder too, nearly all of it for ~55% more (FINE_ACTIVATIONS;
+    work. "inputs": the input projections (W_ih), most of what 7-bit activations cost for 5-13% more
+    time; "all": the decoder too, nearly all of it for ~1.6x the time (FINE_ACTIVATIONS;
     benchmarks/activations.md). Written to config.json only when not "none"."""
 
     name: str
