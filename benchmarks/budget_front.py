@@ -20,7 +20,7 @@ import json
 import logging
 from pathlib import Path
 
-from wordlm.budget import BudgetConfig, Candidate, _memo, choose, mixed_scheme
+from wordlm.budget import BudgetConfig, Candidate, choose, memoized, mixed_scheme
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
@@ -50,7 +50,7 @@ def main() -> None:
         Candidate(**c) for c in report["candidates"] if not (c["name"].startswith("rnn.") and (c["bits"] or 99) < least)
     ]
     ids = load_split(ck.vocab, "test")[: args.max_tokens]
-    rounder = _memo(make_rounder(ck, "gptq", None, None)[0])
+    rounder = memoized(make_rounder(ck, "gptq", None, None)[0])
 
     def test_loss(engine) -> float:
         return evaluate(engine, ids).loss

@@ -161,7 +161,7 @@ def choose(candidates: list[Candidate], budget: float) -> list[Candidate]:
     return chosen[::-1]
 
 
-def _memo(rounder: Rounder) -> Rounder:
+def memoized(rounder: Rounder) -> Rounder:
     """The same rounder, remembering its answers: every plan reuses the codes the costs were measured on."""
     seen: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -188,7 +188,7 @@ def search(ckpt: Checkpoint, cfg: BudgetConfig, rounder: Rounder = round_to_near
     if ckpt.scheme is not None:
         raise WordLMError(f"checkpoint is already quantized ({ckpt.scheme.name}); search from a float one")
     ids = load_split(ckpt.vocab, "valid", data_dir)[: cfg.val_tokens]
-    rounder = _memo(rounder)
+    rounder = memoized(rounder)
     floats = {k: np.asarray(v, np.float32) for k, v in ckpt.tensors.items()}
 
     def loss(ck: Checkpoint) -> float:
