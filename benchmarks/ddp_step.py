@@ -8,12 +8,15 @@
 compute exactly as in `ddp` but exchange nothing, so `ddp` minus `no-comm` is what the gradient
 all-reduce (gloo over loopback TCP, 114 MB a step) costs. Wall and CPU seconds (this process's, all its
 threads) per step, medians after two warm-up steps; with several ranks, the slowest rank's.
-One thread per process (`torch.set_num_threads(1)`), WikiText-2's first tokens, bptt 35.
+One thread per process (`torch.set_num_threads(1)`), WikiText-2's first tokens, bptt 35. The process
+keeps freed memory for reuse as `wordlm train` does (`reuse_freed_memory`); `--malloc system` leaves
+glibc's defaults (each large tensor mmap'd afresh), to measure what that costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -25,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from wordlm.config import preset
 from wordlm.data import batchify, load_corpus
 from wordlm.model import RecurrentLM
+from wordlm.train import reuse_freed_memory
 
 
 def keep_local(state, bucket):  # unannotated: DDP refuses the strings that postponed annotations make
@@ -39,8 +43,11 @@ def main() -> None:
     ap.add_argument("mode", choices=["single", "ddp", "no-comm"])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=20, help="global batch")
+    ap.add_argument("--malloc", choices=["reuse", "system"], default="reuse")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.malloc == "reuse":
+        reuse_freed_memory()
     distributed = args.mode != "single"
     if distributed:
         dist.init_process_group("gloo")
@@ -69,14 +76,18 @@ def main() -> None:
         opt.step()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    medians = torch.tensor([statistics.median(wall[2:]), statistics.median(cpu[2:])], dtype=torch.float64)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    medians = torch.tensor([statistics.median(wall[2:]), statistics.median(cpu[2:]), peak_mb], dtype=torch.float64)
     if distributed:
         dist.all_reduce(medians, op=dist.ReduceOp.MAX)
         dist.destroy_process_group()
     if rank == 0:
-        w, c = medians.tolist()
+        w, c, peak = medians.tolist()
         tps = 35 * args.batch_size / w
-        print(f"{args.mode}: {world} x {per_rank} streams: {w:.3f} s/step wall, {c:.3f} s CPU, {tps:,.0f} tokens/s")
+        print(
+            f"{args.mode} ({args.malloc} malloc): {world} x {per_rank} streams: {w:.3f} s/step wall, {c:.3f} s CPU, "
+            f"{tps:,.0f} tokens/s, peak RSS {peak:,.0f} MB a process"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.errors import WordLMError
-from wordlm.train import TrainConfig, cpu_bf16, train
+from wordlm.train import TrainConfig, cpu_bf16, reuse_freed_memory, train
 
 ARGS = [
     "--preset",
@@ -239,3 +240,11 @@ def test_bad_model_shapes_are_one_line_errors(corpus_dir, tmp_path, args, messag
     r = _train_cli(corpus_dir, tmp_path / "run", *args)
     assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_reuse_freed_memory_takes_on_glibc():
+    """glibc accepts both settings (a step's large tensors then come back from the heap, not from
+    fresh mmaps); another C library reports False and training goes on as before."""
+    assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")
+    big = torch.ones(20_000_000)  # 80 MB: mmap'd under glibc's defaults, from the heap now
+    assert float(big.sum()) == 20_000_000
