@@ -1,13 +1,17 @@
 """Where a DDP step's time goes on this CPU: one training step of the tutorial model, timed per step.
 
     .venv/bin/python benchmarks/ddp_step.py single              # one process, global batch 20
-    torchrun --standalone --nproc-per-node 2 benchmarks/ddp_step.py ddp    # 2 ranks x 10 streams
+    torchrun --standalone --nproc-per-node 2 benchmarks/ddp_step.py ddp    # 2 ranks x 10 streams, as wordlm trains
+    torchrun --standalone --nproc-per-node 2 benchmarks/ddp_step.py ddp-dense  # DDP all-reduces every gradient whole
     torchrun --standalone --nproc-per-node 2 benchmarks/ddp_step.py no-comm  # the same, gradients not sent
 
-`no-comm` registers a DDP communication hook that returns each gradient bucket untouched: the ranks
-compute exactly as in `ddp` but exchange nothing, so `ddp` minus `no-comm` is what the gradient
-all-reduce (gloo over loopback TCP, 114 MB a step) costs. Wall and CPU seconds (this process's, all its
-threads) per step, medians after two warm-up steps; with several ranks, the slowest rank's.
+`ddp` is what `wordlm train` does: DDP for every weight but the embedding, whose touched rows are
+averaged after backward (`wordlm.distributed.average_touched_rows`); `ddp-dense` leaves all 114 MB of
+gradients to DDP's all-reduce (gloo over loopback TCP). `no-comm` registers a DDP communication hook
+that returns each gradient bucket untouched: the ranks compute as in `ddp-dense` but exchange nothing,
+so `ddp-dense` minus `no-comm` is what the dense all-reduce costs. Wall and CPU seconds (this
+process's, all its threads) per step, medians after two warm-up steps; with several ranks, the
+slowest rank's.
 One thread per process (`torch.set_num_threads(1)`), WikiText-2's first tokens, bptt 35. The process
 keeps freed memory for reuse as `wordlm train` does (`reuse_freed_memory`); `--malloc system` leaves
 glibc's defaults (each large tensor mmap'd afresh), to measure what that costs.
@@ -23,10 +27,10 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 
 from wordlm.config import preset
 from wordlm.data import batchify, load_corpus
+from wordlm.distributed import Group, average_touched_rows, data_parallel
 from wordlm.model import RecurrentLM
 from wordlm.train import reuse_freed_memory
 
@@ -40,7 +44,7 @@ def keep_local(state, bucket):  # unannotated: DDP refuses the strings that post
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["single", "ddp", "no-comm"])
+    ap.add_argument("mode", choices=["single", "ddp", "ddp-dense", "no-comm"])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=20, help="global batch")
     ap.add_argument("--malloc", choices=["reuse", "system"], default="reuse")
@@ -56,7 +60,7 @@ def main() -> None:
     model = RecurrentLM(preset("tutorial", 33278))
     net: nn.Module = model
     if distributed:
-        net = DistributedDataParallel(model)
+        net = data_parallel(model, "cpu", ["encoder.weight"] if args.mode == "ddp" else [])
         if args.mode == "no-comm":
             net.register_comm_hook(None, keep_local)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -72,6 +76,8 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         logits, hidden = net(ids, tuple(h.detach() for h in hidden))
         criterion(logits.view(-1, 33278), targets.reshape(-1)).backward()
+        if args.mode == "ddp":
+            average_touched_rows(Group(rank, world, "gloo"), model.encoder.weight.grad, ids)
         nn.utils.clip_grad_norm_(model.parameters(), 0.25)
         opt.step()
         wall.append(time.perf_counter() - t0)

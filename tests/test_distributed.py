@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
 from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.cli import _without_nproc, main
+from wordlm.distributed import Group, average_touched_rows
 from wordlm.train import TrainConfig, train
 
 # dropout 0: two ranks then compute what one process computes, up to the order of float sums
@@ -65,6 +69,31 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _average_rows_rank(rank: int, world: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same table on every rank, as DDP keeps it
+    emb = nn.Embedding(50, 4)
+    ids = torch.randint(0, 50, (3, 2), generator=torch.Generator().manual_seed(rank))  # each rank's own batch
+    emb(ids).pow(2).sum().backward()
+    dense = emb.weight.grad.clone()
+    dist.all_reduce(dense)  # what DDP would have sent: the whole table
+    average_touched_rows(Group(rank, world, "gloo"), emb.weight.grad, ids)
+    torch.save({"dense": dense / world, "rows": emb.weight.grad, "ids": ids}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_average_touched_rows_is_the_dense_average(tmp_path):
+    """Three ranks with different ids: sending only the rows some rank touched gives DDP's dense average."""
+    world = 3
+    mp.spawn(_average_rows_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world)
+    results = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
+    touched = torch.cat([r["ids"].flatten() for r in results]).unique()
+    for r in results:
+        torch.testing.assert_close(r["rows"], r["dense"], rtol=0, atol=1e-7)
+        nonzero = r["rows"].abs().sum(1).nonzero().flatten()
+        assert nonzero.tolist() == touched.tolist()  # every touched row, from whichever rank, and no other
 
 
 def test_two_launchers_with_nnodes_2_compute_the_single_process_run(corpus_dir, corpus, single, tmp_path):

@@ -25,13 +25,19 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.config import ModelConfig, preset
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
-from wordlm.distributed import Group, gather_rank_state, rank_seed, restore_rank_state
+from wordlm.distributed import (
+    Group,
+    average_touched_rows,
+    data_parallel,
+    gather_rank_state,
+    rank_seed,
+    restore_rank_state,
+)
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
@@ -337,8 +343,9 @@ def train(
             torch.manual_seed(rank_seed(cfg.seed, group.rank))
     st.commands.append({"epoch": st.epoch, "batch": st.batch, "command": command, "world_size": group.world_size})
     net: nn.Module = model
+    row_sparse = group.distributed and not model_cfg.tied  # a tied matrix's gradient is dense (the decoder's)
     if group.distributed:
-        net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
+        net = data_parallel(model, device, ["encoder.weight"] if row_sparse else [])
         log.info("DDP on %d ranks (%s), %d of the %d streams each", group.world_size, group.backend, per_rank, B)
 
     lo, hi = group.streams(B)
@@ -383,6 +390,8 @@ def train(
                     "lower --lr or --clip"
                 )
             loss.backward()  # DDP averages the ranks' gradients here, so clipping sees the global gradient
+            if row_sparse:
+                average_touched_rows(group, model.encoder.weight.grad, ids)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             st.batch += 1
