@@ -231,10 +231,10 @@ def reuse_freed_memory() -> bool:
     A step allocates and frees the same large tensors every time: the logits, their log-softmax and
     gradients (tokens x vocab floats: 93 MB each at the tutorial's batch 20), the embedding's dense
     gradient (68 MB). glibc serves each allocation over 32 MB with a fresh mmap and unmaps it on free,
-    so every step page-faults those hundreds of MB in again and the kernel zeroes them: a fifth of the
-    step on a 2-core EPYC (sys 4.9 s of 27 s CPU over 12 steps). Served from the heap, which is never
-    trimmed, the memory comes back warm: 1.16 instead of 1.55 s per step (benchmarks/distributed.md).
-    The cost: the process keeps its peak memory until it exits, which a training process does anyway.
+    so every step page-faults those hundreds of MB in again and the kernel zeroes them. Served from the
+    heap, which is never trimmed, the memory comes back warm: the tutorial model on one thread of a
+    2-core EPYC, 1.18 instead of 1.62 s per step (benchmarks/distributed.md). The cost: the heap keeps
+    what it held at the peak (+240 MB of peak RSS there) until the process exits.
     Process-wide and idempotent; a no-op on other C libraries (macOS's has no mallopt, musl's ignores it).
     """
     try:
