@@ -22,7 +22,9 @@ from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.cli import _without_nproc, main
-from wordlm.distributed import Group, average_touched_rows
+from wordlm.config import preset
+from wordlm.distributed import Group, average_touched_rows, data_parallel
+from wordlm.model import RecurrentLM
 from wordlm.train import TrainConfig, train
 
 # dropout 0: two ranks then compute what one process computes, up to the order of float sums
@@ -80,12 +82,19 @@ def _average_rows_rank(rank: int, world: int, store: str, out: str) -> None:
     dense = emb.weight.grad.clone()
     dist.all_reduce(dense)  # what DDP would have sent: the whole table
     average_touched_rows(Group(rank, world, "gloo"), emb.weight.grad, ids)
-    torch.save({"dense": dense / world, "rows": emb.weight.grad, "ids": ids}, f"{out}/{rank}.pt")
+
+    model = RecurrentLM(preset("tiny", 50, dropout=0.0))  # same seed: the same weights on every rank
+    net = data_parallel(model, "cpu", ["encoder.weight"])
+    logits, _ = net(ids, model.init_hidden(2))
+    nn.functional.cross_entropy(logits.view(-1, 50), ids.reshape(-1)).backward()  # DDP: all but the embedding
+    grads = {"encoder": model.encoder.weight.grad, "decoder": model.decoder.weight.grad}
+    torch.save({"dense": dense / world, "rows": emb.weight.grad, "ids": ids, **grads}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 
 
 def test_average_touched_rows_is_the_dense_average(tmp_path):
-    """Three ranks with different ids: sending only the rows some rank touched gives DDP's dense average."""
+    """Three ranks with different ids: sending only the rows some rank touched gives DDP's dense average;
+    `data_parallel` leaves the embedding out of DDP."""
     world = 3
     mp.spawn(_average_rows_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world)
     results = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
@@ -94,6 +103,10 @@ def test_average_touched_rows_is_the_dense_average(tmp_path):
         torch.testing.assert_close(r["rows"], r["dense"], rtol=0, atol=1e-7)
         nonzero = r["rows"].abs().sum(1).nonzero().flatten()
         assert nonzero.tolist() == touched.tolist()  # every touched row, from whichever rank, and no other
+    # data_parallel left the embedding to average_touched_rows (its gradients still differ by rank), not
+    # the decoder (DDP averaged it: the same on every rank)
+    assert not torch.allclose(results[0]["encoder"], results[1]["encoder"])
+    assert all(torch.allclose(results[0]["decoder"], r["decoder"]) for r in results)
 
 
 def test_two_launchers_with_nnodes_2_compute_the_single_process_run(corpus_dir, corpus, single, tmp_path):
@@ -123,6 +136,18 @@ def test_two_launchers_with_nnodes_2_compute_the_single_process_run(corpus_dir, 
     longer = {**EXACT, "epochs": 2}
     train(TrainConfig(**longer), corpus, run, resume=True)
     train(TrainConfig(**longer), corpus, single, resume=True)
+    _assert_close(_weights(single), _weights(run), atol=1e-5)
+
+
+def test_tied_model_on_two_ranks_computes_the_single_process_run(corpus_dir, corpus, tmp_path):
+    """A tied matrix (embedding and decoder: a dense gradient) goes through DDP whole, and the 2-rank
+    run of a tied model is still the single-process one."""
+    torch.set_num_threads(1)
+    single, run = tmp_path / "single", tmp_path / "ddp"
+    train(TrainConfig(**EXACT, tied=True), corpus, single)
+    r = run_cli("train", "--data", str(corpus_dir), "--out", str(run), *ARGS, "--epochs", "1", "--dropout", "0",
+                "--tied", "--nproc", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
     _assert_close(_weights(single), _weights(run), atol=1e-5)
 
 

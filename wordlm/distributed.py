@@ -155,7 +155,8 @@ def data_parallel(model: nn.Module, device: str, row_sparse: Sequence[str] = ())
     is zero outside the rows of the batch's ids): the caller averages those with `average_touched_rows`
     after backward. DDP would all-reduce them whole every step; an untied WikiText-2 embedding is 68 MB of
     the tutorial model's 114 MB of gradients, of which a batch of 20 x 35 tokens touches at most 700
-    rows (1.4 MB); a WikiText-103 vocabulary (267k words) makes it 547 MB."""
+    rows (1.4 MB); a WikiText-103 vocabulary (267k words) makes it 547 MB. A tied matrix cannot be
+    left out (DDP finds it again under the decoder's name) and need not be: its gradient is dense."""
     if row_sparse:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(row_sparse))
     return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
