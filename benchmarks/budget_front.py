@@ -30,6 +30,27 @@ from wordlm.quant import get_scheme
 from wordlm.quantize import make_rounder, quantize_checkpoint
 
 
+def plot(rows: list[dict], fp32: float, path: Path) -> None:
+    """Size against loss: the plans as one line (C0), every fixed scheme a point of its own colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plans = [r for r in rows if "budget" in r]
+    xs, ys = [r["nbytes"] / 1e6 for r in plans], [r["loss"] - fp32 for r in plans]
+    ax.plot(xs, ys, "o-", color="C0", label="--budget plans")
+    others = [r for r in rows[1:] if "budget" not in r]
+    for i, r in enumerate(others, start=1):
+        ax.scatter(r["nbytes"] / 1e6, r["loss"] - fp32, color=f"C{i}", label=r["what"])
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("test loss over fp32 (nats)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -99,22 +120,7 @@ def main() -> None:
     (args.out / "front.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plans = [r for r in rows if "budget" in r]
-    ax.plot([r["nbytes"] / 1e6 for r in plans], [r["loss"] - fp32 for r in plans], "o-", label="--budget plans")
-    for r in rows[1:]:
-        if "budget" not in r:
-            ax.scatter(r["nbytes"] / 1e6, r["loss"] - fp32, label=r["what"])
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel("test loss over fp32 (nats)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out / "front.png", dpi=120)
+    plot(rows, fp32, args.out / "front.png")
 
 
 if __name__ == "__main__":
