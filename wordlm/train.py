@@ -239,7 +239,7 @@ def reuse_freed_memory() -> bool:
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows, where CDLL needs a name
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     # mmap_max 0: no allocation is mmap'd; trim_threshold -1: freed memory never goes back (man mallopt)
