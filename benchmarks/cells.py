@@ -14,8 +14,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from wordlm.bench import BenchConfig, run_bench
-from wordlm.fileio import atomic_write
+from wordlm.bench.run import BenchConfig, run_bench
+from wordlm.checkpoint.fileio import atomic_write
 
 NAMES = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_tied", "lstm_proj")
 VARIANTS = ("torch", "torch-dynamic", "onnxruntime-int8", "wordlm-int8", "wordlm-int4")

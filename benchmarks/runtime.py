@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from wordlm import native
-from wordlm.bench import cpu_flags
+from wordlm.bench.run import cpu_flags
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
-from wordlm.cli import DEFAULT_MODEL
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
+from wordlm.models import DEFAULT_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
 

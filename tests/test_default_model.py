@@ -12,13 +12,13 @@ from conftest import run_cli
 from safetensors import safe_open
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
-from wordlm.cli import DEFAULT_MODEL
 from wordlm.data import load_split
 from wordlm.engines import ENGINES, load_engine
 from wordlm.evaluate import evaluate
-from wordlm.model import build_model
+from wordlm.models import DEFAULT_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.train.model import build_model
 
 TUTORIAL_TEST_LOSS = 5.167  # the tutorial's pretrained model, bptt 25, batch 1
 

@@ -6,7 +6,7 @@ import pytest
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.generate import context_ids, detokenize, generate_ids, generate_text
+from wordlm.evaluate.generate import context_ids, detokenize, generate_ids, generate_text
 from wordlm.runtime import Sampling, new_rng, sample
 
 

@@ -70,10 +70,10 @@ def test_bf16_training_learns_and_can_be_switched_on_resume(corpus, tmp_path):
 
 def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_with_a_warning(corpus, tmp_path, monkeypatch, caplog):
     """Simulated where the CPU has bf16: the run is exactly an fp32 run, and says so."""
-    import wordlm.train
+    import wordlm.train.loop
 
     torch.set_num_threads(1)
-    monkeypatch.setattr(wordlm.train, "cpu_bf16", lambda: False)
+    monkeypatch.setattr(wordlm.train.loop, "cpu_bf16", lambda: False)
     kw = dict(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=5, seed=1)
     train(TrainConfig(**kw), corpus, tmp_path / "fp32")
     with caplog.at_level("WARNING", logger="wordlm.train"):

@@ -29,7 +29,7 @@ def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
-    from wordlm.model import build_model
+    from wordlm.train.model import build_model
 
     cfg = ckpt.config
     # torch.ao has no dynamic nn.RNN (it would stay float), and its LSTM fails on proj_size (pytorch

@@ -7,7 +7,7 @@ killed run resumes where it stopped and, on one thread with the same seed, ends 
 as one that was never interrupted.
 
 Under torchrun, every rank runs `train` on its share of the batch's streams with DDP (the how and the
-why: wordlm.distributed); rank 0 writes `best/` and `state/`, and a run resumes on any number of ranks.
+why: wordlm.train.distributed); rank 0 writes `best/` and `state/`, and a run resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
+from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.config import ModelConfig, preset
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
-from wordlm.distributed import (
+from wordlm.engines.torch_fp32 import TorchEngine
+from wordlm.errors import WordLMError
+from wordlm.evaluate import evaluate
+from wordlm.train.distributed import (
     Group,
     average_touched_rows,
     data_parallel,
@@ -38,11 +42,7 @@ from wordlm.distributed import (
     rank_seed,
     restore_rank_state,
 )
-from wordlm.engines.torch_fp32 import TorchEngine
-from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
-from wordlm.fileio import atomic_write_dir, settle_dir
-from wordlm.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
+from wordlm.train.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
@@ -310,7 +310,7 @@ def train(
     """Train (or continue training) a model; returns where the run stands when it stops.
 
     Stops after `cfg.epochs` epochs or, saving its state first, once `max_minutes` have passed. In a
-    process group of several ranks (torchrun, `wordlm.distributed.setup`), every rank calls this with
+    process group of several ranks (torchrun, `wordlm.train.distributed.setup`), every rank calls this with
     the same arguments and `device` its own: DDP over the ranks' shares of the batch's streams.
     """
     run_dir = Path(run_dir)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from wordlm.errors import WordLMError
+from wordlm.models import DEFAULT_MODEL, default_checkpoint
 
 log = logging.getLogger("wordlm")
 SEED_MAX = 2**63 - 1  # what torch's and numpy's generators and every JSON client take
@@ -60,26 +61,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "wikitext2-lstm"
-
-
-def default_checkpoint(path: str | None, required: bool = True) -> Path | None:
-    """The named checkpoint, else $WORDLM_MODEL, else the shipped models/wikitext2-lstm; when none
-    of these exists, an error (or None where the caller can do without one)."""
-    if path:
-        return Path(path)
-    if os.environ.get("WORDLM_MODEL"):
-        return Path(os.environ["WORDLM_MODEL"])
-    if DEFAULT_MODEL.is_dir():
-        return DEFAULT_MODEL
-    if not required:
-        return None
-    raise WordLMError(
-        f"no checkpoint given and the default {DEFAULT_MODEL} is missing; "
-        "name one (e.g. runs/x/best) or set WORDLM_MODEL"
-    )
-
-
 def _engine_for(args):
     from wordlm.checkpoint import load_checkpoint
     from wordlm.engines import default_engine, load_engine
@@ -90,7 +71,7 @@ def _engine_for(args):
 
 def cmd_import(args) -> None:
     from wordlm.checkpoint import save_checkpoint
-    from wordlm.importer import import_state_dict
+    from wordlm.train.importer import import_state_dict
 
     ckpt = import_state_dict(args.state_dict, args.data, cell=args.cell)
     out = save_checkpoint(ckpt, args.out)
@@ -106,9 +87,9 @@ def cmd_train(args) -> None:
 
     torch = require("torch", "torch")
     from wordlm.data import load_corpus
-    from wordlm.distributed import EchoedError, Group, launch, setup, teardown
     from wordlm.runtime import check_threads
     from wordlm.train import TrainConfig, train
+    from wordlm.train.distributed import EchoedError, Group, launch, setup, teardown
 
     if args.threads is not None:
         torch.set_num_threads(check_threads(args.threads))
@@ -208,7 +189,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from wordlm.generate import generate_text
+    from wordlm.evaluate.generate import generate_text
     from wordlm.runtime import Sampling
 
     ckpt, engine = _engine_for(args)
@@ -244,7 +225,7 @@ def cmd_quantize(args) -> None:
     if args.budget is not None and (args.plan or args.group_size):
         raise WordLMError("--plan and --group-size go with --scheme; --budget chooses every weight's width itself")
     if args.budget is not None:
-        from wordlm.budget import BudgetConfig, search
+        from wordlm.quantize.budget import BudgetConfig, search
 
         cfg = BudgetConfig(
             budget=args.budget,
@@ -264,7 +245,7 @@ def cmd_quantize(args) -> None:
     qckpt = quantize_checkpoint(ckpt, scheme, rounder, provenance)
     out = save_checkpoint(qckpt, args.out)
     if report is not None:
-        from wordlm.budget import write_report
+        from wordlm.quantize.budget import write_report
 
         write_report(report, out)
         print(
@@ -291,7 +272,7 @@ def cmd_bench(args) -> None:
     from rich.console import Console
 
     from wordlm.bench import ALL_VARIANTS, BenchConfig, run_bench, write_results
-    from wordlm.report import rich_table
+    from wordlm.bench.report import rich_table
 
     variants = tuple(v.strip() for v in args.engines.split(",")) if args.engines else ALL_VARIANTS
     cfg = BenchConfig(
@@ -323,7 +304,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from wordlm.demo import run_demo
+    from wordlm.bench.demo import run_demo
 
     # no checkpoint anywhere: the demo runs an untrained tutorial-architecture model and says so
     path = default_checkpoint(args.checkpoint, required=False)
@@ -445,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--budget",
         type=number(0, lo_open=True),
-        help="the smallest per-weight plan costing at most this many nats of validation loss (see wordlm.budget)",
+        help="the smallest per-weight plan costing at most this many nats of validation loss (wordlm.quantize.budget)",
     )
     sp.add_argument(
         "--val-tokens", type=integer(100), default=20000, help="--budget: validation tokens that measure each cost"
@@ -476,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--calib-tokens",
         type=integer(40),
-        help="gptq: tokens of the training split to calibrate on (default: wordlm.calibrate.CALIB_TOKENS)",
+        help="gptq: tokens of the training split to calibrate on (default: wordlm.quantize.calibrate.CALIB_TOKENS)",
     )
     sp.add_argument("--data", help="gptq: corpus directory with train.txt (default: the shipped WikiText-2)")
     sp.add_argument(
