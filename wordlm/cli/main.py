@@ -312,6 +312,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wordlm.cells import CELLS
     from wordlm.engines import ENGINES
     from wordlm.quant import FINE_ACTIVATIONS
 
@@ -337,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("state_dict")
     sp.add_argument("--out", required=True)
     sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
-    sp.add_argument("--cell", help="lstm, gru, rnn_tanh or rnn_relu (default: from the shapes; an RNN needs it)")
+    sp.add_argument(
+        "--cell", choices=list(CELLS), help="the recurrent cell (default: from the shapes, where they tell)"
+    )
     sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("train", help="train a model (resumable)")
@@ -347,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("emb-dim", "hidden-dim", "num-layers"):
         sp.add_argument(f"--{name}", type=integer(1))
     sp.add_argument("--dropout", type=number(0, 0.99))
-    sp.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"], help="recurrent cell (default: lstm)")
+    sp.add_argument("--cell", choices=list(CELLS), help="recurrent cell (default: lstm)")
     sp.add_argument(
         "--tied", action="store_true", default=None, help="one matrix for the embedding and the decoder (Press & Wolf)"
     )
