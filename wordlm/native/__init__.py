@@ -30,6 +30,7 @@ from wordlm.native.reference import cell_step as cell_step  # re-exported: the r
 from wordlm.native.reference import quantize_activations as quantize_activations  # and the references
 from wordlm.native.reference import reference_linear as reference_linear
 from wordlm.native.reference import reference_recurrent as reference_recurrent
+from wordlm.settings import check_threads
 
 PANEL = 16  # rows of W per packed panel (kernels.h: NR)
 # every kernel of an architecture, lowest first, by kernels.c's number (its isa_names)
@@ -151,9 +152,7 @@ def _addr(a: np.ndarray | None) -> int | None:
 
 
 def _threads(threads: int) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise WordLMError(f"native kernels: threads must be an integer >= 1, got {threads!r}")
-    return min(int(threads), 1 << 16)
+    return check_threads(int(threads) if isinstance(threads, np.integer) else threads, "native kernels: threads")
 
 
 @dataclass
