@@ -16,7 +16,7 @@ from wordlm.models import DEFAULT_MODEL, SHIPPED_MODEL, default_checkpoint
 
 log = logging.getLogger("wordlm")
 # a clone's float model, else (an installed wheel) the packaged quantized one: wordlm.models
-DEFAULT_HELP = f"checkpoint directory (default: {DEFAULT_MODEL.name} in a clone, else the packaged {SHIPPED_MODEL.name})"
+DEFAULT_HELP = f"checkpoint (default: {DEFAULT_MODEL.name} in a clone, else the packaged {SHIPPED_MODEL.name})"
 SEED_MAX = 2**63 - 1  # what torch's and numpy's generators and every JSON client take
 
 
