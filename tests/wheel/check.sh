@@ -27,7 +27,7 @@ else
     mkdir "$TMP/src"
     if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
         git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
-            (cd "$ROOT" && xargs -0 tar -cf - --ignore-failed-read) | tar -xf - -C "$TMP/src"
+            tar -C "$ROOT" --null -T - --ignore-failed-read -cf - | tar -xf - -C "$TMP/src"
     else  # an unpacked sdist or tarball: all but what builds and installs leave
         tar -cf - -C "$ROOT" --exclude=./.venv --exclude='*.egg-info' --exclude=./build --exclude=./dist \
             --exclude='*.so' . | tar -xf - -C "$TMP/src"
