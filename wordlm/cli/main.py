@@ -12,10 +12,12 @@ from pathlib import Path
 
 from wordlm import settings
 from wordlm.errors import WordLMError
-from wordlm.models import DEFAULT_MODEL, default_checkpoint
+from wordlm.models import DEFAULT_MODEL, SHIPPED_MODEL, default_checkpoint
 from wordlm.settings import SEED_MAX
 
 log = logging.getLogger("wordlm")
+# a clone's float model, else (an installed wheel) the packaged quantized one: wordlm.models
+DEFAULT_HELP = f"checkpoint (default: {DEFAULT_MODEL.name} in a clone, else the packaged {SHIPPED_MODEL.name})"
 
 
 def integer(lo: int, hi: int | None = None):
@@ -265,6 +267,8 @@ def cmd_demo(args) -> None:
 
     # no checkpoint anywhere: the demo runs an untrained tutorial-architecture model and says so
     path = default_checkpoint(args.checkpoint, required=False)
+    if path == SHIPPED_MODEL:  # the packaged model is quantized; the demo compares float paths with int8
+        path = None
     run_demo(path, max_tokens=None if args.full else args.max_tokens, words=args.words, seed=args.seed)
 
 
@@ -280,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def engine_opts(sp):
-        sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+        sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
         sp.add_argument(
             "--engine",
             choices=list(ENGINES),
@@ -340,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("export", help="export a float checkpoint to ONNX (optionally int8 via ORT)")
-    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
     sp.add_argument("--format", default="onnx", help="output format (only onnx for now)")
     sp.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     sp.add_argument("--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic")
@@ -412,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("serve", help="HTTP server: OpenAI-compatible completions, next words, scores, a web page")
-    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=integer(1, 65535), default=8000)
     sp.add_argument(
