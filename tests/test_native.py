@@ -1,5 +1,6 @@
 """The native kernels (decoder + loss, recurrent stacks of every cell) against their numpy references, for every
-kernel this CPU runs."""
+kernel this CPU runs, and on x86 for every x86 table compiled against SIMDe (tests/native_simde.py), whatever
+the CPU."""
 
 import os
 import subprocess
@@ -8,11 +9,19 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from native_simde import EMULATED, use_kernel
 
 from wordlm import native
 from wordlm.errors import WordLMError
 
 KERNELS = native.available_isas()
+
+
+@pytest.fixture
+def isa(request, monkeypatch) -> str:
+    """A kernel this CPU runs, or an x86 table of the SIMDe build (`simde-avx2`, `simde-avx512-vnni`:
+    tests/native_simde.py), which any x86-64 runs: the name to pass as isa=."""
+    return use_kernel(request.param, monkeypatch)
 
 
 def _case(m: int, n: int, k: int, seed: int = 0, bits: int = 8):
@@ -38,7 +47,7 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(z - top[:, None]).sum(1))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(
     ("m", "n", "k", "bits"),
     [
@@ -60,7 +69,7 @@ def test_logits_equal_the_reference_bit_for_bit(isa, m, n, k, bits):
     assert np.array_equal(out.logits, native.reference_linear(x, q, s, b))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("m", [1, 4, 5, 6])
 def test_extreme_codes_equal_the_reference(isa, m):
     """Weights of -128 and 127 against activation codes of 0 and 127 (rows all positive, all negative,
@@ -80,7 +89,7 @@ def test_extreme_codes_equal_the_reference(isa, m):
     assert np.abs(ref[0, :2] - np.array([-128, 127]) * k * 1e-3).max() < 1e-3  # the extremes were reached
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_nll_is_the_log_softmax_of_the_logits(isa):
     x, q, s, b, t = _case(25, 1000, 64, seed=1)
     out = native.decoder_nll(x, native.pack_linear(q, s, b), t, isa=isa)
@@ -89,7 +98,7 @@ def test_nll_is_the_log_softmax_of_the_logits(isa):
     assert np.allclose(out.nll, ref, rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_nll_survives_a_wide_range_of_logits(isa):
     """The running log-sum-exp rescales as the max grows block by block; exp underflows to 0, not NaN."""
     x, q, s, b, t = _case(5, 2000, 32, seed=2)
@@ -100,7 +109,7 @@ def test_nll_survives_a_wide_range_of_logits(isa):
     assert np.allclose(nll, ref, rtol=1e-6, atol=1e-4)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_lse_is_the_log_sum_exp_of_the_logits(isa):
     x, q, s, b, t = _case(6, 3001, 48, seed=6)
     out = native.decoder_nll(x, native.pack_linear(q, s, b), None, logits=True, lse=True, isa=isa)
@@ -113,7 +122,7 @@ def test_lse_is_the_log_sum_exp_of_the_logits(isa):
     assert np.allclose(with_nll.nll, out.lse - out.logits[np.arange(6), t], atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(("m", "n", "k"), [(9, 9000, 256), (1, 33278, 256), (2, 1000, 8)])
 def test_every_thread_count_gives_the_same_bits(isa, m, n, k):
     """A fixed partition of the vocabulary, merged in order: the thread count changes nothing."""
@@ -235,7 +244,7 @@ def _one_code_of_m(layer: tuple, x: np.ndarray, state: tuple[np.ndarray, ...]) -
     return native.quantize_activations(m)[1][:, None] * (np.abs(q.astype(np.float32)).max(1) * scales) * 1.01
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize(
     ("steps", "batch", "in_dim", "hidden", "layers"), [(1, 1, 8, 4, 1), (25, 1, 512, 256, 2), (9, 3, 20, 36, 3)]
@@ -269,7 +278,7 @@ def test_recurrent_follows_the_reference(isa, name, steps, batch, in_dim, hidden
         assert all(np.array_equal(a, b) for a, b in zip(ref, (y, *last), strict=True))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_recurrent_threads_give_the_same_bits(isa, name):
     x, _, packed, state = _rnn_case(name, 25, 4, 512, 256, 2, seed=8)  # 100 x 512 x 1024: worth 2 threads
@@ -279,7 +288,7 @@ def test_recurrent_threads_give_the_same_bits(isa, name):
         assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("hidden", [12, 40, 100, 256])  # blocks of 32 units: part of 1, 1 + 8 units, 3 + 4, 8
 @pytest.mark.parametrize("batch", [1, 3])
@@ -321,7 +330,7 @@ def test_recurrent_bad_arguments_are_clear_errors():
         native.recurrent(x, packed, *state, threads=0)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_decoder_threads_one_to_five_give_the_same_bits(isa):
     x, q, s, b, t = _case(12, 33278, 64, seed=9)
     dec = native.pack_linear(q, s, b)
@@ -407,7 +416,7 @@ def test_a_forked_child_can_use_threads():
 # ---- fine activations: each row's residual quantized again and its product added (kernels.c) ----
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 16, 4), (7, 37, 12), (25, 300, 256), (1, 4100, 256), (11, 2049, 36)])
 def test_fine_logits_equal_the_reference_bit_for_bit_on_every_thread_count(isa, m, n, k):
     x, q, s, b, t = _case(m, n, k, seed=m + n)
@@ -428,7 +437,7 @@ def test_fine_activations_shrink_the_activation_error_a_hundredfold():
     assert fine < coarse / 100, (fine, coarse)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_fine_input_projections_follow_the_reference(isa, name):
     """W_ih fine: a ReLU RNN (no exp) equals the reference over the whole stack bit for bit; every cell

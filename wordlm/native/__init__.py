@@ -12,6 +12,9 @@ those this CPU runs, `active_isa()` the one every call uses unless it names one 
 environment variable WORDLM_ISA (one of ISAS) when set, so that tests and benchmarks can force a lower
 one, else the best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way
 for any count.
+
+WORDLM_NATIVE_LIB: the path of another build of the same sources to load instead of the installed one
+(`load_library`), e.g. tests/native_simde.py's, whose AVX2 and AVX-512 VNNI tables are SIMDe's portable C.
 """
 
 from __future__ import annotations
@@ -46,12 +49,21 @@ def architecture(machine: str | None = None) -> str:
 ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this machine's kernels
 
 
-def _library() -> ctypes.CDLL:
+def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
+    """The kernels' library with its functions' signatures: the one `pip install` built, or the one at
+    `path`, another build of the same sources (tests/simde/build.py's, whose AVX2 and AVX-512 VNNI
+    kernels are SIMDe's portable C and run on any x86-64). `lib()` loads the one WORDLM_NATIVE_LIB
+    names, when set."""
+    if path is None:
+        try:
+            from wordlm.native import _kernels
+        except ImportError as e:  # a source tree that was never installed
+            raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
+        path = _kernels.__file__
     try:
-        from wordlm.native import _kernels
-    except ImportError as e:  # a source tree that was never installed
-        raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
-    lib = ctypes.CDLL(_kernels.__file__)  # ctypes releases the GIL during each call
+        lib = ctypes.CDLL(os.fspath(path))  # ctypes releases the GIL during each call
+    except OSError as e:
+        raise WordLMError(f"wordlm's native kernels: cannot load {os.fspath(path)!r} ({e})") from e
     # raw addresses of arrays whose dtype and layout the wrappers below guarantee: ndpointer's checks
     # cost ~40 us per call, more than a layer's step
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -80,7 +92,7 @@ _active: str | None = None
 def lib() -> ctypes.CDLL:
     global _lib
     if _lib is None:
-        _lib = _library()
+        _lib = load_library(os.environ.get("WORDLM_NATIVE_LIB") or None)
     return _lib
 
 

@@ -2,16 +2,18 @@
  * wl_kernels table (kernels.h) that kernels.c picks at run time. The GEMMs follow kernels.c's
  * arithmetic contract bit for bit; only exp (log-sum-exp, sigmoid, tanh) is a polynomial here and libm
  * in the portable kernels, ~1e-7 relative apart. Compiled per function with target attributes, so the
- * library itself needs no -mavx2 and runs on any x86-64. */
+ * library itself needs no -mavx2 and runs on any x86-64. The intrinsics come from x86_simd.h: the
+ * compiler's, or SIMDe's portable C in the tests' second build, which runs both tables on any x86-64. */
 #include "kernels.h"
 
 #ifdef WL_X86
-#include <immintrin.h>
 #include <string.h>
+
+#include "x86_simd.h"
 
 /* ---- AVX2 ---- */
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 WL_TARGET("avx2,fma")
 
 /* int32 sums of one row and 8 words -> their 8 outputs: (float)(acc - zp * sum_k q) * (s * w_scale) + b,
  * a multiply then an add (no FMA: numpy rounds twice too) */
@@ -232,7 +234,7 @@ const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_av
 
 /* vpdpbusd: four u8 x s8 products summed into int32 in one instruction; one 512-bit register holds
  * a panel's 4 inputs x 16 words */
-#define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define VNNI WL_TARGET("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")
 
 /* int32 sums of one row and 16 words -> its 16 outputs (the AVX2 epilogue, 16 lanes wide) */
 static inline VNNI void epilogue_vnni(__m512i acc, float ascale, int32_t zp, const float *wscale,
@@ -326,6 +328,13 @@ static inline VNNI __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* the 16 lanes' sum, in the order of GCC's _mm512_reduce_add_ps (halves, then AVX2's hsum), which
+ * SIMDe lacks: written out, the native and the SIMDe build (x86_simd.h) sum alike */
+static inline VNNI float hsum512(__m512 v) {
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum(_mm256_add_ps(hi, _mm512_castps512_ps256(v)));
+}
+
 /* 16 lanes, then the last len % 16 logits one by one */
 static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     int64_t vec = len & ~(int64_t)15, i;
@@ -336,7 +345,7 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     lse_raise_max(l, bmax);
     __m512 m = _mm512_set1_ps(l->max), s = _mm512_setzero_ps();
     for (i = 0; i < vec; i += 16) s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
-    double sum = (double)_mm512_reduce_add_ps(s);
+    double sum = (double)hsum512(s);
     for (i = vec; i < len; i++) sum += expf(z[i] - l->max);
     l->sum += sum;
 }
@@ -345,6 +354,9 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
 const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2};
 
 int wl_x86_best_isa(void) {
+#ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */
+    return 2;
+#endif
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
