@@ -63,7 +63,7 @@ def test_allow_busy_writes_the_load_into_the_header(monkeypatch):
     monkeypatch.setattr(load, "_t0", (load._t0[0] - 10, *load._t0[1:]))
     load.stop()
     assert load.busy and load.as_dict()["load_before"] == 2.5
-    assert load.header().startswith("**Measured on a busy machine** (`--allow-busy`): 1-minute load average 2.50")
+    assert load.header().startswith("**Measured on a busy machine**: 1-minute load average 2.50 before")
 
 
 @pytest.mark.parametrize("script", ["kernels.py", "runtime.py"])

@@ -4,7 +4,7 @@ A figure measured while other work shares the cores measures that work too: on a
 load of 3, a one-thread peer lost more than wordlm did and a ratio of 1.2x read as 2.4x. So a script
 that times things opens a `MachineLoad` before its timings and closes it after; it refuses (BusyMachine)
 when the machine was busy, unless told `--allow-busy`, and its table's header always says what the
-load was (`header()`).
+load was (`header()`). `wordlm bench`, a user's command, never refuses: its results say the load.
 
 Busy means, before the timings, a 1-minute load average above QUIET (nothing of the benchmark runs
 yet); after them, the other processes' CPU time during the timings above QUIET cores on average (from
@@ -127,13 +127,15 @@ class MachineLoad:
         """A line for the table's header: the load, and whether the figures can be trusted."""
         if self.busy:
             return (
-                f"**Measured on a busy machine** (`--allow-busy`): {self.describe()}, above {self.limit}: other "
-                "work shared the cores, so these timings (and ratios between them) are not those of a quiet machine."
+                f"**Measured on a busy machine**: {self.describe()}, above {self.limit}: other work shared the "
+                "cores, so these timings (and ratios between them) are not those of a quiet machine."
             )
         return f"Machine quiet: {self.describe()} (limit {self.limit})."
 
     def as_dict(self) -> dict:
+        """What a results document keeps, the header's text included."""
         return {
+            "header": self.header(),
             "load_before": self.before,
             "load_after": self.after,
             "others_cores": self.others,
