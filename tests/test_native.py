@@ -203,16 +203,20 @@ class _RnnCase(NamedTuple):
     state: tuple[np.ndarray, ...]  # (h, c) for an LSTM, (h,) otherwise
 
 
-def _rnn_case(name: str, steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0) -> _RnnCase:
-    """A random int8 stack of cell `name` (one of CELLS); a projection to half the units (at least 4)."""
+def _rnn_case(
+    name: str, steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0, bits: int = 8
+) -> _RnnCase:
+    """A random int8 stack of cell `name` (one of CELLS); a projection to half the units (at least 4).
+    bits=4: every code within [-8, 7] (int4 weights)."""
     rng = np.random.default_rng(seed)
+    lo, hi = (-128, 128) if bits == 8 else (-8, 8)
     cell, proj = name.removesuffix("-proj"), name.endswith("-proj")
     out = max(4, hidden // 8 * 4) if proj else hidden
     gates = native.GATES[cell]
 
     def linear(n: int, k: int, bias: bool = True):
-        q = rng.integers(-128, 128, (n, k), dtype=np.int8)
-        scales = (rng.random(n) * 0.01 + 1e-3).astype(np.float32)
+        q = rng.integers(lo, hi, (n, k), dtype=np.int8)
+        scales = (rng.random(n) * 0.01 + 1e-3).astype(np.float32) * (16 if bits == 4 else 1)
         return q, scales, rng.standard_normal(n).astype(np.float32) if bias else np.zeros(n, np.float32)
 
     x = rng.standard_normal((steps, batch, in_dim)).astype(np.float32)
@@ -463,3 +467,99 @@ def test_only_input_projections_take_fine_activations():
     ((wih, whh),) = weights
     with pytest.raises(WordLMError, match="only the input projections"):
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, fine=True))], "lstm")
+
+
+# ---- int4 weights: codes within [-8, 7] (WL_CODES4), which AVX2 adds 16 groups at a time in int16 ----
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("fine", [False, True])
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    [
+        (1, 100, 36),  # one row: 3 pairs of panels, then one alone; 9 groups (less than a span of 16)
+        (1, 4100, 260),  # 65 groups: 4 spans and 1
+        (2, 70, 68),  # 17 groups
+        (3, 33, 4),  # one group
+        (4, 48, 128),  # 2 + 2 rows, 2 spans exactly
+        (5, 300, 256),  # 3 + 2 rows
+        (25, 513, 516),  # 129 groups, 5 row groups
+        (11, 2049, 36),
+    ],
+)
+def test_int4_weights_equal_the_reference_bit_for_bit(isa, fine, m, n, k):
+    x, q, s, b, t = _case(m, n, k, seed=m * k + n, bits=4)
+    q[0, :4] = [-8, 7, -8, 7]  # both ends of the range
+    dec = native.pack_linear(q, s, b, fine=fine)
+    assert dec.codes4 and dec.flags == 2 + fine
+    want = native.reference_linear(x, q, s, b, fine=fine)
+    for threads in (1, 2, 3):
+        out = native.decoder_nll(x, dec, t, logits=True, isa=isa, threads=threads)
+        assert np.array_equal(out.logits, want), threads
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("m", [1, 3, 4, 5])
+def test_extreme_int4_codes_equal_the_reference(isa, m):
+    """Weights of -8 and 7 against activation codes of 127 and 0 over 1,028 inputs: 16 groups of the
+    largest products reach -32,512 in an int16 lane, its limit, before they are widened."""
+    rng = np.random.default_rng(16)
+    n, k = 35, 1028
+    q = rng.choice(np.array([-8, 7], np.int8), (n, k))
+    q[0], q[1] = -8, 7
+    s, b = np.full(n, 1e-3, np.float32), np.zeros(n, np.float32)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), (m, k))
+    x[0] = 1.0  # zero point 0, every code 127
+    if m > 1:
+        x[1] = -1.0  # zero point 127, every code 0
+    dec = native.pack_linear(q, s, b)
+    ref = native.reference_linear(x, q, s, b)
+    assert dec.codes4 and np.array_equal(native.decoder_nll(x, dec, logits=True, isa=isa).logits, ref)
+    assert np.abs(ref[0, :2] - np.array([-8, 7]) * k * 1e-3).max() < 1e-3  # the extremes were reached
+
+
+def test_int4_codes_are_found_by_pack_linear():
+    _, q, s, b, _ = _case(1, 40, 8, bits=4)
+    assert native.pack_linear(q, s, b).codes4 and native.pack_linear(q, s, b).flags == 2
+    for outside in (8, -9, 127, -128):
+        wide = q.copy()
+        wide[7, 3] = outside
+        assert not native.pack_linear(wide, s, b).codes4 and native.pack_linear(wide, s, b, fine=True).flags == 1
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+def test_the_int4_gemm_is_the_one_that_runs(isa):
+    """White box: told that int8 codes of 127 are int4 codes, the tables with a GEMM of their own for int4
+    (AVX2) overflow their int16 sums, so that one runs; the others (qgemm for both) still give the
+    reference's sums."""
+    import dataclasses
+
+    n, k = 32, 256
+    q = np.full((n, k), 127, np.int8)
+    s, b = np.full(n, 1e-3, np.float32), np.zeros(n, np.float32)
+    liar = dataclasses.replace(native.pack_linear(q, s, b), codes4=True)
+    want = native.reference_linear(np.ones((1, k), np.float32), q, s, b)
+    for m in (1, 3):  # the GEMV and the GEMM
+        x = np.ones((m, k), np.float32)
+        got = native.decoder_nll(x, liar, logits=True, isa=isa).logits
+        assert np.array_equal(got[0], want[0]) == (isa != "avx2"), m
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_int4_recurrent_stacks_follow_the_reference(isa, name):
+    """Every cell with int4 weights (every matrix's codes within [-8, 7]): the same bits on 1-3 threads,
+    a ReLU RNN's whole stack equal to the reference, the others' first step within exp's last bits."""
+    x, weights, packed, state = _rnn_case(name, 9, 3, 20, 40, 2, seed=21, bits=4)
+    assert all(p.codes4 for pair in packed.layers for p in pair) and all(p.codes4 for p in packed.proj or [])
+    one = native.recurrent(x, packed, *state, isa=isa)
+    for threads in (2, 3):
+        out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
+    cell, first = packed.cell, tuple(st[:1] for st in state)
+    got = native.recurrent(x[:1], _packed(cell, weights[:1]), *first, isa=isa)
+    want = native.reference_recurrent(cell, x[:1], weights[:1], *first)
+    assert all(np.allclose(a, b, rtol=1e-5, atol=2e-6) for a, b in zip(got, want, strict=True))
+    if cell == "rnn_relu":
+        ref = native.reference_recurrent(cell, x, weights, *state)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, one, strict=True))

@@ -68,6 +68,9 @@ def test_parts_run_where_they_should(models):
         == f"lstm native {native.active_isa()}, decoder native {native.active_isa()}"
     )
     assert kernels["int8-fine"] == kernels["int8"] + ", fine activations (all)"
+    for name, int4 in (("int8", False), ("int4-row", True)):  # int4 codes reach the kernels marked as such
+        w = Runtime(m[name][0]).weights  # (the int4 scheme's recurrent weights are int8)
+        assert w.decoder.packed.codes4 == int4 and not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
 
 
 @pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)

@@ -151,7 +151,8 @@ class PackedLinear:
 
     `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
     twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
-    decoder."""
+    decoder. `codes4`: every code is within [-8, 7] (int4 weights; `pack_linear` finds out), which a
+    kernel may use to add more products in int16 (the same sums: kernels_x86.c)."""
 
     panels: np.ndarray  # int8, flat, 64-byte aligned
     scales: np.ndarray  # float32 [n_pad]
@@ -160,6 +161,7 @@ class PackedLinear:
     n: int  # real rows (words)
     k: int
     fine: bool = False
+    codes4: bool = False
 
     def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
         self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
@@ -167,6 +169,11 @@ class PackedLinear:
     @property
     def n_pad(self) -> int:
         return self.scales.size
+
+    @property
+    def flags(self) -> int:
+        """The kernels' flags of this matrix (api.h): WL_FINE 1, WL_CODES4 2."""
+        return int(self.fine) | int(self.codes4) << 1
 
 
 def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
@@ -205,6 +212,7 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         n=n,
         k=k,
         fine=fine,
+        codes4=n > 0 and int(q.min()) >= -8 and int(q.max()) <= 7,  # int4 weights, as stored or quantized
     )
 
 
@@ -248,7 +256,7 @@ def decoder_nll(
         return out
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.fine,
+        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags,
         *map(_addr, (tgt, *out)), kernel, n_threads,
     )  # fmt: skip
     if rc != 0:
@@ -279,9 +287,9 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
 
 
 class _Matrix(ctypes.Structure):
-    """kernels.c's wl_packed: a PackedLinear's addresses and its `fine` (all NULL: no matrix)."""
+    """api.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
 
-    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("fine", ctypes.c_int64)]
+    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("flags", ctypes.c_int64)]
 
 
 @dataclass
@@ -318,7 +326,7 @@ class PackedRecurrent:
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)
         mats = [p for (a, b), r in zip(self.layers, hr, strict=True) for p in (a, b, r)]  # [layers][W_ih, W_hh, W_hr]
-        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.fine) if p else _Matrix() for p in mats))
+        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.flags) if p else _Matrix() for p in mats))
 
     @property
     def hidden(self) -> int:
