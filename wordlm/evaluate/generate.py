@@ -30,6 +30,12 @@ def context_ids(vocab: Vocab, prompt: str) -> list[int]:
     return ([vocab.stoi[EOS]] if EOS in vocab else []) + encode_prompt(vocab, prompt)
 
 
+def start_ids(vocab: Vocab, prompt: str, rng: np.random.Generator) -> list[int]:
+    """What a sampled text reads before its first word: `context_ids`, or, with neither a prompt nor an
+    `<eos>` in the vocabulary, a random word (as the tutorial starts), drawn from the text's generator."""
+    return context_ids(vocab, prompt) or [int(rng.integers(len(vocab)))]
+
+
 def generate_ids(
     engine: Engine,
     vocab: Vocab,
@@ -38,19 +44,22 @@ def generate_ids(
     sampling: Sampling | None = None,
     seed: int | None = None,
 ) -> Iterator[int]:
-    """Yield `num_words` sampled word ids, one at a time, continuing `prompt` (see `context_ids`).
+    """Yield `num_words` sampled word ids, one at a time, continuing `prompt` (see `start_ids`).
 
-    With neither a prompt nor an `<eos>` in the vocabulary, it starts from a random word, as the
-    tutorial does.
+    The context but its last word goes in first (`Engine.advance`), then one word per call, the last
+    context word first: the calls `wordlm serve` makes, so that a seeded text is the server's on every
+    engine.
     """
     if num_words < 1:
         raise WordLMError(f"number of words must be at least 1, got {num_words}")
     sampling = sampling or Sampling()
     sampling.check()
     rng = new_rng(seed)
-    context = context_ids(vocab, prompt or "") or [int(rng.integers(len(vocab)))]
+    context = start_ids(vocab, prompt or "", rng)
     state = engine.init_state(1)
-    ids = np.array(context, np.int64).reshape(-1, 1)  # [seq, 1]
+    if len(context) > 1:
+        state = engine.advance(np.array(context[:-1], np.int64).reshape(-1, 1), state)  # [seq, 1]
+    ids = np.array(context[-1:], np.int64).reshape(1, 1)
     for _ in range(num_words):
         words, state = engine.sample_next(ids, state, sampling, rng)
         yield int(words[0])

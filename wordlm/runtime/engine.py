@@ -8,9 +8,11 @@ that nothing but the torch engines needs torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from wordlm.runtime.sampling import Sampling, sample
+from wordlm.runtime.sampling import Sampling, per_row, sample
 from wordlm.runtime.weights import logsumexp
 
 State = tuple[np.ndarray, ...]  # float32 (h, c) for an LSTM, (h,) otherwise: ModelConfig.state_shapes
@@ -27,6 +29,11 @@ class Engine:
 
     name: str = "?"
     threads: int = 1
+    # True when each row's results do not depend, bit for bit, on the other rows of its batch nor on how
+    # its sequence is cut into calls: then a server may batch any streams together and feed a prompt in
+    # chunks, and a seeded text is the same whoever else is served. Float BLAS (torch, ONNX Runtime,
+    # numpy) picks its kernels by the batch's shape, so only the native int8 kernels promise it.
+    row_exact: bool = False
     vocab_size: int
 
     @property
@@ -53,6 +60,10 @@ class Engine:
         nll, state = self.token_nll(ids, targets, state)
         return float(nll.sum(dtype=np.float64)), state  # an fp64 sum: fp32 would round over a long text
 
+    def advance(self, ids: np.ndarray, state: State) -> State:
+        """The state after feeding ids[seq, batch], when no prediction is needed (a prompt's prefix)."""
+        return self.forward(ids, state)[1]
+
     def next_logprobs(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Log-probabilities float32 [batch, vocab] of the word after the last position of ids[seq, batch]."""
         logits, state = self.forward(ids, state)
@@ -60,8 +71,15 @@ class Engine:
         return (z - logsumexp(z)[:, None]).astype(np.float32), state
 
     def sample_next(
-        self, ids: np.ndarray, state: State, sampling: Sampling, rng: np.random.Generator
+        self,
+        ids: np.ndarray,
+        state: State,
+        sampling: Sampling | Sequence[Sampling],
+        rng: np.random.Generator | Sequence[np.random.Generator],
     ) -> tuple[np.ndarray, State]:
-        """Feed ids[seq, batch] and draw the next word of each stream (int64 [batch])."""
+        """Feed ids[seq, batch] and draw the next word of each stream (int64 [batch]); row i draws with
+        sampling[i] from rng[i] (one Sampling or Generator: the same for every row, see `per_row`)."""
         logprobs, state = self.next_logprobs(ids, state)
-        return np.array([sample(row, sampling, rng) for row in logprobs], np.int64), state
+        samplings, rngs = per_row(sampling, rng, len(logprobs))
+        words = [sample(row, s, r) for row, s, r in zip(logprobs, samplings, rngs, strict=True)]
+        return np.array(words, np.int64), state

@@ -9,6 +9,7 @@ be kept, copied or dropped freely. ids and targets are int64 [seq, B]. A GRU or 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,8 +17,8 @@ from wordlm import native
 from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError
 from wordlm.runtime.engine import Engine, State
-from wordlm.runtime.sampling import Sampling, sample
-from wordlm.runtime.weights import pack
+from wordlm.runtime.sampling import Sampling, per_row, sample
+from wordlm.runtime.weights import NativeRecurrent, pack
 from wordlm.settings import check_threads
 
 
@@ -32,6 +33,9 @@ class Runtime(Engine):
         t = time.perf_counter()
         self.weights = pack(ckpt)
         self.pack_seconds = time.perf_counter() - t
+        # the native kernels quantize each row's activations on their own and sum in integers: a row's
+        # bits never depend on its batch or its chunks (tests/test_serve_batching.py holds them to it)
+        self.row_exact = isinstance(self.weights.recurrent, NativeRecurrent) and self.weights.decoder.packed is not None
 
     @property
     def size_bytes(self) -> int:
@@ -61,6 +65,10 @@ class Runtime(Engine):
         w = self.weights
         y, *state = w.recurrent(w.embedding(ids), *state, threads=self.threads)
         return y, tuple(state)
+
+    def advance(self, ids: np.ndarray, state: State) -> State:
+        """The state after ids[seq, B]; the decoder does not run."""
+        return self.hidden(ids, state)[1]
 
     def token_nll(self, ids: np.ndarray, targets: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """NLL (nats, float32) of each of targets[seq, B] given ids[seq, B]; the logits never reach memory."""

@@ -8,6 +8,7 @@ exp((z - max z) / T), whose largest term is exactly 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,19 @@ def new_rng(seed: int | None = None) -> np.random.Generator:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise WordLMError(f"seed must be an integer >= 0, got {seed!r}")
     return np.random.default_rng(seed)
+
+
+def per_row(
+    sampling: Sampling | Sequence[Sampling], rng: np.random.Generator | Sequence[np.random.Generator], batch: int
+) -> tuple[Sequence[Sampling], Sequence[np.random.Generator]]:
+    """One setting and one generator per row of a batch of `batch` streams. A single setting or generator
+    serves every row (one generator is then drawn from row after row, as a batch always drew); per-row
+    ones let streams of different requests share one batched step, each drawing only from its own."""
+    samplings = [sampling] * batch if isinstance(sampling, Sampling) else sampling
+    rngs = [rng] * batch if isinstance(rng, np.random.Generator) else rng
+    if len(samplings) != batch or len(rngs) != batch:
+        raise WordLMError(f"{batch} rows need {batch} settings and generators, got {len(samplings)} and {len(rngs)}")
+    return samplings, rngs
 
 
 def sample(scores: np.ndarray, s: Sampling, rng: np.random.Generator) -> int:
