@@ -259,7 +259,9 @@ def cmd_serve(args) -> None:
     require("uvicorn", "serve")
     from wordlm.serve import serve
 
-    serve(default_checkpoint(args.checkpoint), args.host, args.port, args.engine, args.threads, args.max_concurrent)
+    ckpt = default_checkpoint(args.checkpoint)
+    limits = (args.max_concurrent, args.max_batch, args.cache_mb * 2**20)
+    serve(ckpt, args.host, args.port, args.engine, args.threads, *limits)
 
 
 def cmd_demo(args) -> None:
@@ -430,6 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=integer(1, 10000),
         default=80,  # wordlm.serve.DEFAULT_MAX_CONCURRENT, written out so that --help does not import fastapi
         help="requests to the model in flight at once; past that a 503 with Retry-After (default 80)",
+    )
+    sp.add_argument(
+        "--max-batch",
+        type=integer(1, 256),
+        default=64,  # wordlm.serve.scheduler.MAX_BATCH
+        help="streams computed in one engine call (default 64; 1: each stream alone, no batching)",
+    )
+    sp.add_argument(
+        "--cache-mb",
+        type=integer(0, 1 << 20),
+        default=64,  # wordlm.serve.app.DEFAULT_CACHE_BYTES
+        help="MiB of recurrent states kept for prompts already read (default 64; 0: none)",
     )
     sp.set_defaults(func=cmd_serve)
 

@@ -110,14 +110,22 @@ class Runtime(Engine):
         return words, np.take_along_axis(lp, words, 1), state
 
     def sample_next(
-        self, ids: np.ndarray, state: State, sampling: Sampling, rng: np.random.Generator
+        self,
+        ids: np.ndarray,
+        state: State,
+        sampling: Sampling | Sequence[Sampling],
+        rng: np.random.Generator | Sequence[np.random.Generator],
     ) -> tuple[np.ndarray, State]:
-        """Feed ids[seq, B] and draw each stream's next word (int64 [B]) from the logits.
+        """Feed ids[seq, B] and draw each stream's next word (int64 [B]) from the logits, row i with
+        sampling[i] from rng[i] (see Engine.sample_next).
 
         Plain temperature sampling draws natively (native.sample: the same inverse CDF at the same
         uniform number as wordlm.runtime.sample, ~5x faster than numpy's exp); filters run in numpy."""
         y, state = self.hidden(ids, state)
         z = self.weights.decoder.logits(y[-1], self.threads)  # [B, V]: sampling needs no normalisation
-        if not sampling.plain:
-            return np.array([sample(row, sampling, rng) for row in z], np.int64), state
-        return np.array([native.sample(row, sampling.temperature, rng.random()) for row in z], np.int64), state
+        samplings, rngs = per_row(sampling, rng, len(z))
+        words = [
+            native.sample(row, s.temperature, r.random()) if s.plain else sample(row, s, r)
+            for row, s, r in zip(z, samplings, rngs, strict=True)
+        ]
+        return np.array(words, np.int64), state

@@ -6,28 +6,34 @@
   log-probabilities) are wordlm's;
 - `GET /` is a small page that suggests next words while a person types.
 
-Requests share nothing: each has its own recurrent state and its own random generator, and endpoints
-are plain functions that FastAPI runs in its threadpool, so a slow generation never blocks the event
-loop. At most `max_concurrent` requests to the model are in flight (past that: 503 and `Retry-After`),
-and a completion whose client has gone stops at the next word, streamed or not. Every client mistake
-is a 4xx in OpenAI's error shape; a 500 means a bug.
+- `GET /metrics`: requests, words, batch sizes, queue depth, the prefix cache, latencies (Prometheus).
+
+The model runs in one thread, the scheduler (scheduler.py), which serves every request at once in
+batched steps; the async endpoints hand it their work and await its answers, so the event loop never
+computes. Each request still has its own recurrent state and random generator: a seeded text is the
+same whoever else is served. Prompts already read are kept in a prefix-state cache (cache.py). At most
+`max_concurrent` requests to the model are in flight (past that: 503 and `Retry-After`), and a
+request whose client has gone stops at the next step, streamed or not. Every client mistake is a 4xx
+in OpenAI's error shape; a 500 means a bug.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,8 +43,12 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import EOS, Vocab
 from wordlm.engines import default_engine, load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate.generate import context_ids, detokenize, encode_prompt, generate_ids
+from wordlm.evaluate.generate import context_ids, encode_prompt, start_ids
 from wordlm.runtime import Engine, Sampling, new_rng
+from wordlm.serve.cache import PrefixCache
+from wordlm.serve.completions import ChoiceText, CompletionRun
+from wordlm.serve.metrics import ROWS, SECONDS, Metrics
+from wordlm.serve.scheduler import MAX_BATCH, Job, Scheduler
 from wordlm.serve.schema import (
     ERRORS,
     MAX_BODY_BYTES,
@@ -65,12 +75,11 @@ from wordlm.serve.schema import (
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 WORK = frozenset({"/v1/completions", "/v1/next-words", "/v1/score"})  # the requests that run the model
-# anyio's threadpool (FastAPI's, for plain endpoints and the steps of a stream) has 40 threads: past
-# that a request only waits. Twice that lets one request wait for each one that runs, and refuses the
-# rest at once (503) rather than letting everyone's latency grow without bound; each request's work is
-# bounded already (n * max_tokens <= 4,096 words).
-THREADPOOL = 40
-DEFAULT_MAX_CONCURRENT = 2 * THREADPOOL
+# Requests in flight past which a request is refused at once (503) rather than queued: the scheduler
+# runs up to 256 streams at once (scheduler.MAX_ROWS) and queues the rest first come first served, so
+# a bound keeps the wait bounded too.
+DEFAULT_MAX_CONCURRENT = 80
+DEFAULT_CACHE_BYTES = 64 * 2**20  # the prefix cache: ~6,000 prompts' states of the shipped model
 RETRY_AFTER_S = 1
 CANCEL = "wordlm.cancel"  # in a request's scope: a threading.Event, set when its client disconnects
 
@@ -97,12 +106,13 @@ class Admission:
     - a body over `limit` bytes is refused (413) before anything parses it: the JSON parser would
       otherwise hold a body of any size in memory. The body read here is replayed to the app;
     - then the connection is watched: when the client disconnects, the Event at `scope[CANCEL]` is set
-      (the generation loops check it between words, in their threads) and the app's `receive` says
-      `http.disconnect` (which ends a stream in Starlette).
+      (the scheduler checks it at every step) and the app's `receive` says `http.disconnect` (which
+      ends a stream in Starlette);
+    - each request to the model is counted in `metrics`, by path and status, with its duration.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, max_concurrent: int) -> None:
-        self.app, self.limit, self.max_concurrent = app, limit, max_concurrent
+    def __init__(self, app: ASGIApp, limit: int, max_concurrent: int, metrics: Metrics) -> None:
+        self.app, self.limit, self.max_concurrent, self.metrics = app, limit, max_concurrent, metrics
         self.in_flight = 0  # only the event loop's thread touches it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,15 +122,27 @@ class Admission:
         if scope["path"] not in WORK:
             await self._admitted(scope, receive, send)
             return
-        if self.in_flight >= self.max_concurrent:
-            message = f"server busy: {self.in_flight} requests in flight; retry after {RETRY_AFTER_S} s"
-            await error_response(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
-            return
-        self.in_flight += 1
+        start, status = time.perf_counter(), [500]
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
         try:
-            await self._admitted(scope, receive, send)
+            if self.in_flight >= self.max_concurrent:
+                message = f"server busy: {self.in_flight} requests in flight; retry after {RETRY_AFTER_S} s"
+                busy = error_response(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+                await busy(scope, receive, counted)
+                return
+            self.in_flight += 1
+            try:
+                await self._admitted(scope, receive, counted)
+            finally:
+                self.in_flight -= 1
         finally:
-            self.in_flight -= 1
+            self.metrics.inc("wordlm_requests_total", path=scope["path"], code=str(status[0]))
+            self.metrics.observe("wordlm_request_seconds", time.perf_counter() - start, path=scope["path"])
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
@@ -208,61 +230,62 @@ def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # 405's Allow included
 
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """Characters at the end of `text` that may be the start of a stop string, so not yet sendable."""
-    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+def _metrics(scheduler: Scheduler, cache: PrefixCache) -> Metrics:
+    """The series of /metrics; the scheduler and Admission fill the counters and histograms."""
+    m = scheduler.metrics
+    m.counter("wordlm_requests_total", "requests to the model, by path and HTTP status (503: refused, busy)")
+    m.histogram("wordlm_request_seconds", "time from a request's arrival to its last byte, by path", SECONDS)
+    m.histogram("wordlm_first_word_seconds", "time from a completion's arrival to its first word", SECONDS)
+    m.counter("wordlm_tokens_total", "words read from prompts (prompt), scored (scored) and generated (generated)")
+    m.histogram("wordlm_batch_rows", "streams per engine call, by stage (prefill: prompts; decode: words)", ROWS)
+    m.histogram("wordlm_step_seconds", "time of one scheduler step (every live request moves on)", SECONDS)
+    m.gauge("wordlm_queue_depth", "requests waiting for the scheduler", lambda: scheduler.queue_depth)
+    m.gauge("wordlm_live_streams", "streams the scheduler is running", lambda: scheduler.live_rows)
+    m.gauge("wordlm_cache_hits_total", "prompts that found a cached prefix", lambda: cache.hits, "counter")
+    m.gauge("wordlm_cache_misses_total", "prompts that found none", lambda: cache.misses, "counter")
+    m.gauge("wordlm_cache_tokens_saved_total", "prompt words not read again", lambda: cache.tokens_saved, "counter")
+    m.gauge("wordlm_cache_bytes", "bytes the prefix cache holds", lambda: cache.bytes)
+    m.gauge("wordlm_cache_max_bytes", "the prefix cache's bound", lambda: cache.max_bytes)
+    m.gauge("wordlm_cache_entries", "prefixes the cache holds", lambda: len(cache.entries))
+    return m
 
 
-class ChoiceRun:
-    """One choice of a completion: `deltas()` yields its text as it becomes safe to send (never a
-    part of a stop string), after which `finish_reason` and `tokens` are final.
+async def _answer(scheduler: Scheduler, cancel: threading.Event, **job: Any) -> Any:
+    """Submit a job and await what its `done` gets (None: its client has gone), in the event loop."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
 
-    The words come from `generate_ids` and the text from `detokenize`, the CLI's own loop. A prompt
-    that ends in whitespace gets no space before the first word (`wordlm generate` would add one):
-    prompt + text reads as one text. Once `cancel` is set (the client has gone), no further word is
-    computed.
-    """
+    def resolve(result: Any) -> None:
+        if not future.done():
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
-    def __init__(
-        self, engine: Engine, vocab: Vocab, req: CompletionRequest, seed: int | None, cancel: threading.Event
-    ) -> None:
-        self.engine, self.vocab, self.req, self.seed, self.cancel = engine, vocab, req, seed, cancel
-        self.finish_reason = "length"
-        self.tokens = 0
-
-    def deltas(self) -> Iterator[str]:
-        req, stops = self.req, self.req.stop
-        sampling = Sampling(temperature=req.temperature, top_p=req.top_p)
-        ids = generate_ids(
-            self.engine, self.vocab, req.max_tokens, prompt=req.prompt, sampling=sampling, seed=self.seed
-        )
-        mid_line = bool(req.prompt) and not req.prompt[-1].isspace()
-        text, sent = "", 0
-        for piece in detokenize((self.vocab.itos[i] for i in ids), at_line_start=not mid_line):
-            if self.cancel.is_set():
-                return
-            text += piece
-            self.tokens += 1
-            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                self.finish_reason = "stop"
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            safe = len(text) - _held_back(text, stops)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        if len(text) > sent:
-            yield text[sent:]
+    scheduler.submit(Job(cancel=cancel, done=lambda result: loop.call_soon_threadsafe(resolve, result), **job))
+    return await future
 
 
-def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+def _cancel(request: Request) -> threading.Event:
+    return request.scope.get(CANCEL) or threading.Event()
+
+
+GONE = 499  # nginx's "client closed request": what a request whose client has gone gets (no one reads it)
+
+
+def create_app(
+    ckpt: Checkpoint,
+    engine: Engine,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_batch: int = MAX_BATCH,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> FastAPI:
     """The server's app for one loaded checkpoint and engine (it loads nothing: tests pass their own);
-    at most `max_concurrent` requests to the model in flight (see `DEFAULT_MAX_CONCURRENT`)."""
+    at most `max_concurrent` requests to the model in flight (see `DEFAULT_MAX_CONCURRENT`), at most
+    `max_batch` streams per engine call, a prefix cache of `cache_bytes`. Its scheduler's thread runs
+    from here on (`app.state.scheduler`; `close()` it to stop)."""
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
-    vocab = ckpt.vocab
     model_id = ckpt.path.name if ckpt.path is not None else "wordlm"
     created = int(time.time())  # OpenAI's "created" of a model: here, when this server took it up
     app = FastAPI(
@@ -270,7 +293,10 @@ def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_M
         version=__version__,
         description="A word-level LSTM language model: OpenAI-compatible completions, next words, scores.",
     )
-    app.add_middleware(Admission, limit=MAX_BODY_BYTES, max_concurrent=max_concurrent)
+    cache = PrefixCache(cache_bytes)
+    scheduler = app.state.scheduler = Scheduler(engine, Metrics(), cache, max_batch=max_batch)
+    metrics = _metrics(scheduler, cache)
+    app.add_middleware(Admission, limit=MAX_BODY_BYTES, max_concurrent=max_concurrent, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(WordLMError, _wordlm_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -278,43 +304,65 @@ def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_M
     app.openapi = _exact_openapi(app)
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/health")  # not counted in max_concurrent: a busy server still says it is alive
-    def health() -> Health:
+    async def health() -> Health:
         return Health(model=model_id, engine=engine.name)
 
+    @app.get("/metrics", include_in_schema=False, response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
-    def models() -> ModelList:
+    async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=model_id, created=created)])
 
     @app.get("/v1/models/{model}", responses=ERRORS)
-    def model(model: str) -> ModelCard:
+    async def model(model: str) -> ModelCard:
         if model != model_id:
             raise HTTPException(404, f"model {model!r} not found; this server serves {model_id!r}")
         return ModelCard(id=model_id, created=created)
 
+    _completions(app, scheduler, ckpt.vocab, model_id)
+    _next_words_and_score(app, scheduler, ckpt.vocab, model_id)
+    return app
+
+
+def _completions(app: FastAPI, scheduler: Scheduler, vocab: Vocab, model_id: str) -> None:
     @app.post("/v1/completions", responses={**WORK_ERRORS, 200: STREAM})
-    def completions(req: CompletionRequest, request: Request) -> Completion:
+    async def completions(req: CompletionRequest, request: Request) -> Completion:
         """Sampled continuations of the prompt (`stream`: server-sent events, then `data: [DONE]`)."""
         if req.model is not None and req.model != model_id:
             raise HTTPException(404, f"model {req.model!r} not found; this server serves {model_id!r}")
         prompt_tokens = len(encode_prompt(vocab, req.prompt))  # an unknown word fails here, before streaming
-        cancel = request.scope.get(CANCEL) or threading.Event()
-        seeds = [None if req.seed is None else req.seed + i for i in range(req.n)]
-        runs = [ChoiceRun(engine, vocab, req, seed, cancel) for seed in seeds]
+        rngs = [new_rng(None if req.seed is None else req.seed + i) for i in range(req.n)]
+        starts = [start_ids(vocab, req.prompt, rng) for rng in rngs]  # a random word each only without <eos>
+        mid_line = bool(req.prompt) and not req.prompt[-1].isspace()
+        run = CompletionRun(
+            asyncio.get_running_loop(), vocab, [ChoiceText(req.max_tokens, req.stop, mid_line) for _ in rngs]
+        )
+        cancel = _cancel(request)
+        sampling = Sampling(temperature=req.temperature, top_p=req.top_p)
+        firsts = [s[-1] for s in starts]
+        scheduler.submit(
+            Job(starts[0][:-1], cancel, run.done, None, firsts, [sampling] * req.n, rngs, run.on_word, run.on_step)
+        )
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
 
         def usage() -> Usage:
-            done = sum(r.tokens for r in runs)
+            done = run.tokens
             return Usage(prompt_tokens=prompt_tokens, completion_tokens=done, total_tokens=prompt_tokens + done)
 
         if not req.stream:
-            texts = ["".join(r.deltas()) for r in runs]
+            async for _ in run.events():
+                pass
+            if cancel.is_set():
+                return error_response(GONE, "the client has gone")
             choices = [
-                CompletionChoice(text=t, index=i, finish_reason=r.finish_reason)
-                for i, (t, r) in enumerate(zip(texts, runs, strict=True))
+                CompletionChoice(text=c.text[: c.sent], index=i, finish_reason=c.finish_reason)
+                for i, c in enumerate(run.choices)
             ]
             return Completion(**head, choices=choices, usage=usage())
 
@@ -324,29 +372,33 @@ def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_M
             chunk = Completion(**head, choices=choices, usage=use)
             return f"data: {chunk.model_dump_json(exclude=None if with_usage else {'usage'})}\n\n"
 
-        def events() -> Iterator[str]:
-            for i, r in enumerate(runs):
-                for delta in r.deltas():
-                    yield event([CompletionChoice(text=delta, index=i, finish_reason=None)])
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for i, text, finish in run.events():
+                    yield event([CompletionChoice(text=text, index=i, finish_reason=finish)])
                 if cancel.is_set():
                     return
-                yield event([CompletionChoice(text="", index=i, finish_reason=r.finish_reason)])
-            if with_usage:
-                yield event([], usage())
-            yield "data: [DONE]\n\n"
+                if with_usage:
+                    yield event([], usage())
+                yield "data: [DONE]\n\n"
+            finally:
+                cancel.set()  # a stream closed early (its client gone) stops its work; a finished one has none
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+
+def _next_words_and_score(app: FastAPI, scheduler: Scheduler, vocab: Vocab, model_id: str) -> None:
     @app.post("/v1/next-words", responses=WORK_ERRORS)
-    def next_words(req: NextWordsRequest) -> NextWords:
+    async def next_words(req: NextWordsRequest, request: Request) -> NextWords:
         """The k most likely next words after the text, with their probabilities."""
         context = context_ids(vocab, req.text)
         if not context:
             raise WordLMError(f"text is empty and the vocabulary has no {EOS} to start from")
-        ids = np.array(context, np.int64).reshape(-1, 1)
-        logprobs, _ = engine.next_logprobs(ids, engine.init_state(1))
-        lp = logprobs[0].astype(np.float64)
+        logprobs = await _answer(scheduler, _cancel(request), prefix=context[:-1], firsts=context[-1:])
+        if logprobs is None:
+            return error_response(GONE, "the client has gone")
+        lp = logprobs.astype(np.float64)
         k = min(req.k, len(vocab))
         top = np.argpartition(-lp, k - 1)[:k]
         top = top[np.argsort(-lp[top], kind="stable")]
@@ -354,17 +406,16 @@ def create_app(ckpt: Checkpoint, engine: Engine, max_concurrent: int = DEFAULT_M
         return NextWords(model=model_id, words=words)
 
     @app.post("/v1/score", responses=WORK_ERRORS)
-    def score(req: ScoreRequest) -> Score:
+    async def score(req: ScoreRequest, request: Request) -> Score:
         """How likely the model finds the text: every word after the first, given those before it."""
         ids = encode_prompt(vocab, req.text)  # 2 words or more (ScoreRequest)
-        seq = np.array(ids, np.int64).reshape(-1, 1)
-        nll, _ = engine.token_nll(seq[:-1], seq[1:], engine.init_state(1))
-        nll = nll.astype(np.float64).reshape(-1).tolist()
+        nll = await _answer(scheduler, _cancel(request), prefix=ids[:-1], targets=ids[1:])
+        if nll is None:
+            return error_response(GONE, "the client has gone")
+        nll = nll.astype(np.float64).tolist()
         loss = sum(nll) / len(nll)
         words = [WordLogprob(word=vocab.itos[i], logprob=-x) for i, x in zip(ids[1:], nll, strict=True)]
         return Score(model=model_id, loss=loss, perplexity=math.exp(loss), tokens=len(nll), words=words)
-
-    return app
 
 
 def warm_up(engine: Engine) -> None:
@@ -383,14 +434,21 @@ def serve(
     engine_name: str | None = None,
     threads: int = 1,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_batch: int = MAX_BATCH,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> None:
     """Load the checkpoint and engine (default: torch for float checkpoints, wordlm for quantized
-    ones), warm the engine up, then serve until interrupted, with at most `max_concurrent` requests to
-    the model in flight."""
+    ones), warm the engine up, then serve until interrupted (`create_app` says what the limits do)."""
     import uvicorn
 
     ckpt = load_checkpoint(path)
     engine = load_engine(engine_name or default_engine(ckpt), ckpt, threads=threads)
     warm_up(engine)
-    log.info("serving %s with engine %s (%d thread(s)) on http://%s:%d/", ckpt.path, engine.name, threads, host, port)
-    uvicorn.run(create_app(ckpt, engine, max_concurrent), host=host, port=port, log_level="info")
+    app = create_app(ckpt, engine, max_concurrent, max_batch, cache_bytes)
+    batching = f"up to {max_batch} streams a step" if engine.row_exact else "one stream a call (its rows are not exact)"
+    log.info("serving %s with engine %s (%d thread(s), %s) on http://%s:%d/", ckpt.path, engine.name, threads,
+             batching, host, port)  # fmt: skip
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        app.state.scheduler.close()
