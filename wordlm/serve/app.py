@@ -47,7 +47,7 @@ from wordlm.evaluate.generate import context_ids, encode_prompt, start_ids
 from wordlm.runtime import Engine, Sampling, new_rng
 from wordlm.serve.cache import PrefixCache
 from wordlm.serve.completions import ChoiceText, CompletionRun
-from wordlm.serve.metrics import ROWS, SECONDS, Metrics
+from wordlm.serve.metrics import SECONDS, Metrics
 from wordlm.serve.scheduler import MAX_BATCH, Job, Scheduler
 from wordlm.serve.schema import (
     ERRORS,
@@ -230,17 +230,11 @@ def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), headers=exc.headers)  # 405's Allow included
 
 
-def _metrics(scheduler: Scheduler, cache: PrefixCache) -> Metrics:
-    """The series of /metrics; the scheduler and Admission fill the counters and histograms."""
-    m = scheduler.metrics
+def _metrics(metrics: Metrics, cache: PrefixCache) -> Metrics:
+    """The series of /metrics besides the scheduler's own: requests (Admission counts them) and the cache."""
+    m = metrics
     m.counter("wordlm_requests_total", "requests to the model, by path and HTTP status (503: refused, busy)")
     m.histogram("wordlm_request_seconds", "time from a request's arrival to its last byte, by path", SECONDS)
-    m.histogram("wordlm_first_word_seconds", "time from a completion's arrival to its first word", SECONDS)
-    m.counter("wordlm_tokens_total", "words read from prompts (prompt), scored (scored) and generated (generated)")
-    m.histogram("wordlm_batch_rows", "streams per engine call, by stage (prefill: prompts; decode: words)", ROWS)
-    m.histogram("wordlm_step_seconds", "time of one scheduler step (every live request moves on)", SECONDS)
-    m.gauge("wordlm_queue_depth", "requests waiting for the scheduler", lambda: scheduler.queue_depth)
-    m.gauge("wordlm_live_streams", "streams the scheduler is running", lambda: scheduler.live_rows)
     m.gauge("wordlm_cache_hits_total", "prompts that found a cached prefix", lambda: cache.hits, "counter")
     m.gauge("wordlm_cache_misses_total", "prompts that found none", lambda: cache.misses, "counter")
     m.gauge("wordlm_cache_tokens_saved_total", "prompt words not read again", lambda: cache.tokens_saved, "counter")
@@ -294,8 +288,8 @@ def create_app(
         description="A word-level LSTM language model: OpenAI-compatible completions, next words, scores.",
     )
     cache = PrefixCache(cache_bytes)
-    scheduler = app.state.scheduler = Scheduler(engine, Metrics(), cache, max_batch=max_batch)
-    metrics = _metrics(scheduler, cache)
+    metrics = _metrics(Metrics(), cache)
+    scheduler = app.state.scheduler = Scheduler(engine, metrics, cache, max_batch=max_batch)
     app.add_middleware(Admission, limit=MAX_BODY_BYTES, max_concurrent=max_concurrent, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(WordLMError, _wordlm_error)

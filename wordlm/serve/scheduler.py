@@ -30,7 +30,7 @@ import numpy as np
 
 from wordlm.runtime import Engine, Sampling, State
 from wordlm.serve.cache import PrefixCache
-from wordlm.serve.metrics import Metrics
+from wordlm.serve.metrics import ROWS, SECONDS, Metrics
 
 log = logging.getLogger(__name__)
 CHUNK = 32  # prompt words read per step: ~5 ms of the shipped model's LSTM at batch 1
@@ -126,8 +126,17 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._live: list[Job] = []
         self._closed = False
+        self._describe(metrics)
         self._thread = threading.Thread(target=self._run, name="wordlm-scheduler", daemon=True)
         self._thread.start()
+
+    def _describe(self, m: Metrics) -> None:
+        m.histogram("wordlm_first_word_seconds", "time from a completion's submission to its first word", SECONDS)
+        m.counter("wordlm_tokens_total", "words read from prompts (prompt), scored (scored), generated (generated)")
+        m.histogram("wordlm_batch_rows", "streams per engine call, by stage (prefill: prompts; decode: words)", ROWS)
+        m.histogram("wordlm_step_seconds", "time of one scheduler step (every live request moves on)", SECONDS)
+        m.gauge("wordlm_queue_depth", "requests waiting for the scheduler", lambda: self.queue_depth)
+        m.gauge("wordlm_live_streams", "streams the scheduler is running", lambda: self.live_rows)
 
     @property
     def queue_depth(self) -> int:
