@@ -44,9 +44,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "wordlm.cli", "serve", args.checkpoint, "--port", str(port)]
-    cmd += ["--threads", str(args.threads)] + (["--engine", args.engine] if args.engine else [])
+def server_flags(args: argparse.Namespace, threads: int) -> list[str]:
+    return ["--threads", str(threads)] + (["--engine", args.engine] if args.engine else [])
+
+
+def start_server(checkpoint: str, port: int, flags: list[str]) -> subprocess.Popen:
+    """`wordlm serve CHECKPOINT --port PORT FLAGS...` in its own process, once it answers /health."""
+    cmd = [sys.executable, "-m", "wordlm.cli", "serve", checkpoint, "--port", str(port), *flags]
     log = tempfile.TemporaryFile("w+")  # not a pipe: a full pipe would stall the server's access log
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + 600  # loading and warming a large model takes a while
@@ -149,7 +153,7 @@ def main() -> None:
         for _ in range(args.clients)
     ]
     port = free_port()
-    server = start_server(args, port)
+    server = start_server(args.checkpoint, port, server_flags(args, args.threads))
     try:
         url = f"http://127.0.0.1:{port}"
         health = httpx.get(f"{url}/health").json()
