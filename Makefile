@@ -1,6 +1,7 @@
 # make demo: the tutorial's flow on the default model.  make test: the test suite.
 # Both create .venv and install what they need (torch's CPU build first, so pip never pulls CUDA).
 # make test-arm: the native kernels for ARM64, cross-compiled and run under QEMU (tests/arm/run.sh).
+# make docs: the documentation site (mkdocs.yml, docs/) into site/, failing on any warning.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[torch,onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-arm lint format chromium
+.PHONY: install demo test test-arm lint format chromium docs
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
@@ -23,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # gcc-aarch64-linux-gnu and qemu-user from Debian's packages when missing; no venv needed
 test-arm:
