@@ -212,7 +212,8 @@ def _torch_threads(n: int) -> None:
 
 
 def cpu_flags() -> list[str]:
-    """The CPU features every figure depends on (DESIGN.md section 4: the machines differ)."""
+    """The CPU features every figure depends on: the machines differ (docs/design.md, "Machines and what was
+    measured on them")."""
     try:
         flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
     except (OSError, StopIteration):

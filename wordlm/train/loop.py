@@ -248,7 +248,7 @@ def reuse_freed_memory() -> bool:
 
 def cpu_bf16() -> bool:
     """Whether this CPU runs oneDNN's bfloat16 primitives (the LSTM's among them): AVX-512 (BW, VL, DQ)
-    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (DESIGN.md section 5)."""
+    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (docs/design.md, "Known pitfalls")."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
