@@ -72,7 +72,7 @@ def blocks(path: Path) -> list[Block]:
             k = start - 1
             while k >= 0 and not lines[k].strip():
                 k -= 1
-            mark = MARK.search(lines[k]) if k >= 0 else None
+            mark = MARK.fullmatch(lines[k].strip()) if k >= 0 else None
             out.append(
                 Block(
                     path,
@@ -204,7 +204,7 @@ def test_blocks_are_found_and_marks_are_explained() -> None:
     for path in DOCS:
         lines = path.read_text(encoding="utf-8").splitlines()
         for n, line in enumerate(lines):
-            if MARK.search(line):
+            if MARK.fullmatch(line.strip()):
                 k = n + 1
                 while k < len(lines) and not lines[k].strip():
                     k += 1
