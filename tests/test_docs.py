@@ -234,19 +234,28 @@ def test_commands_page_lists_every_flag() -> None:
     assert not missing, f"docs/commands.md does not mention: {', '.join(missing)}"
 
 
-def test_piped_eval_has_no_blank_lines(workspace: Path) -> None:
-    """Progress bars are drawn on a terminal only: piped output of eval is its lines, none blank."""
-    for ckpt in ("runs/wt2/best", "runs/wt2-int8"):
-        r = subprocess.run(
-            [sys.executable, "-m", "wordlm.cli", "eval", ckpt, "--max-tokens", "2000"],
-            cwd=workspace,
-            env=env_for(workspace),
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT,
-        )
-        assert r.returncode == 0, r.stderr
-        for stream in (r.stdout, r.stderr):
-            assert "\r" not in stream
-            assert all(line.strip() for line in stream.splitlines()), repr(stream)
-        assert "loss" in r.stdout
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("eval", "runs/wt2/best", "--max-tokens", "2000"),
+        ("eval", "runs/wt2-int8", "--max-tokens", "2000"),
+        ("demo", "--max-tokens", "300", "--words", "5"),
+    ],
+    ids=["eval-float", "eval-int8", "demo"],
+)
+def test_piped_output_has_no_blank_lines(workspace: Path, args: tuple[str, ...]) -> None:
+    """Progress bars are drawn on a terminal only: the piped output of eval and demo is their lines,
+    with no carriage returns and no blank lines left by a bar."""
+    r = subprocess.run(
+        [sys.executable, "-m", "wordlm.cli", *args],
+        cwd=workspace,
+        env=env_for(workspace),
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT,
+    )
+    assert r.returncode == 0, r.stderr
+    for stream in (r.stdout, r.stderr):
+        assert "\r" not in stream
+        assert all(line.strip() for line in stream.splitlines()), repr(stream)
+    assert "loss" in r.stdout
