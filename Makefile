@@ -1,5 +1,7 @@
 # make demo: the tutorial's flow on the default model.  make test: the test suite.
 # Both create .venv and install what they need (torch's CPU build first, so pip never pulls CUDA).
+# make test-wheel (part of make test): the wheel of `python -m build` in a fresh venv without torch
+# (tests/wheel/check.sh).
 # make test-arm: the native kernels for ARM64, cross-compiled and run under QEMU (tests/arm/run.sh).
 # make docs: the documentation site (mkdocs.yml, docs/) into site/, failing on any warning.
 PY ?= python3
@@ -15,15 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[torch,onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-arm lint format chromium docs
+.PHONY: install demo test test-wheel test-arm lint format chromium docs
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
 demo: $(STAMP)
 	$(BIN)/wordlm demo $(if $(FULL),--full,) $(CKPT)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium test-wheel
 	$(BIN)/python -m pytest -q
+
+# the wheel installed with nothing beside it (no repo, no torch, no network) runs generate, eval and serve
+# on the model packaged inside it (~1 min; the venv's packages come from pip's cache)
+test-wheel: $(STAMP)
+	tests/wheel/check.sh $(BIN)/python
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site

@@ -154,10 +154,10 @@ def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
     else:
         model_bytes = _torch_export(ckpt)
         check_recurrent_weights_are_initializers(onnx.load_from_string(model_bytes))
-        if quantize_dynamic and ckpt.config.cell != "lstm":
+        if quantize_dynamic and ckpt.config.cell_spec.onnx_op != "LSTM":  # the only recurrent op ORT quantizes
             raise WordLMError(
-                f"ONNX Runtime's quantize_dynamic leaves {ckpt.config.cell.upper()} operators in fp32 (onnxruntime "
-                "issue 9796): only the decoder would be int8"
+                f"ONNX Runtime's quantize_dynamic leaves {ckpt.config.cell_spec.onnx_op} operators in fp32 "
+                "(onnxruntime issue 9796): only the decoder would be int8"
             )
         if quantize_dynamic:
             model_bytes = _quantize_dynamic(model_bytes)

@@ -18,15 +18,7 @@ from wordlm.errors import WordLMError
 from wordlm.runtime.engine import Engine, State
 from wordlm.runtime.sampling import Sampling, sample
 from wordlm.runtime.weights import pack
-
-MAX_THREADS = 256
-
-
-def check_threads(threads: int) -> int:
-    """Threads must be a sane positive count: the kernels start that many."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise WordLMError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
-    return threads
+from wordlm.settings import check_threads
 
 
 class Runtime(Engine):
