@@ -237,11 +237,10 @@ def test_commands_page_lists_every_flag() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("eval", "runs/wt2/best", "--max-tokens", "2000"),
         ("eval", "runs/wt2-int8", "--max-tokens", "2000"),
         ("demo", "--max-tokens", "300", "--words", "5"),
     ],
-    ids=["eval-float", "eval-int8", "demo"],
+    ids=["eval", "demo"],
 )
 def test_piped_output_has_no_blank_lines(workspace: Path, args: tuple[str, ...]) -> None:
     """Progress bars are drawn on a terminal only: the piped output of eval and demo is their lines,
