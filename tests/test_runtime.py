@@ -1,5 +1,6 @@
 """wordlm.runtime (and the `wordlm` engine over it) held to the slow reference: dequantize, then the
-fp32 torch model; with every kernel this CPU runs, every thread count, and without torch at all."""
+fp32 torch model; with every kernel this CPU runs (and the x86 tables of the SIMDe build: tests/native_simde.py),
+every thread count, and without torch at all."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from native_simde import EMULATED, use_kernel
 
 from wordlm import native
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
@@ -50,9 +52,9 @@ def models(trained_ckpt):
 
 @pytest.fixture
 def isa(request, monkeypatch):
-    """Run the test with one forced kernel (what WORDLM_ISA does for a whole process)."""
-    monkeypatch.setattr(native, "_active", request.param)
-    return request.param
+    """Run the test with one forced kernel (what WORDLM_ISA does for a whole process): one this CPU runs,
+    or an x86 table of the SIMDe build (tests/native_simde.py)."""
+    return use_kernel(request.param, monkeypatch)
 
 
 def test_parts_run_where_they_should(models):
@@ -66,9 +68,12 @@ def test_parts_run_where_they_should(models):
         == f"lstm native {native.active_isa()}, decoder native {native.active_isa()}"
     )
     assert kernels["int8-fine"] == kernels["int8"] + ", fine activations (all)"
+    for name, int4 in (("int8", False), ("int4-row", True)):  # int4 codes reach the kernels marked as such
+        w = Runtime(m[name][0]).weights  # (the int4 scheme's recurrent weights are int8)
+        assert w.decoder.packed.codes4 == int4 and not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 def test_fine_activations_bring_the_engine_to_its_weights(models, corpus, isa):
     """The same int8 weights: with fine activations the engine's logits are closer to the
     dequantized reference's (what the weights alone give) than with 7-bit ones."""
@@ -82,7 +87,7 @@ def test_fine_activations_bring_the_engine_to_its_weights(models, corpus, isa):
     assert snr["int8-fine"] > snr["int8"] + 5, snr  # the recurrent GEMMs keep 7 bits: +7.7 dB measured
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_logits_and_state_agree_with_reference(models, corpus, name, isa):
     _, m = models
@@ -101,7 +106,7 @@ def test_logits_and_state_agree_with_reference(models, corpus, name, isa):
         assert np.allclose(a, b, atol=1e-4 if name == "float" else 0.05)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_loss_and_next_logprobs_agree_with_reference(models, corpus, name, isa):
     _, m = models
@@ -138,7 +143,7 @@ def cells(corpus):
     return out
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", ["gru", "rnn_tanh", "rnn_relu", "lstm-proj"])
 def test_every_cell_runs_natively_and_agrees_with_reference(cells, corpus, name, isa):
     """Quantized GRU, RNN and projected LSTM run their whole stack in C, as the LSTM does, and agree with

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from wordlm import settings
-from wordlm.bench import BenchConfig
+from wordlm.bench.run import BenchConfig
 from wordlm.cli import build_parser
 from wordlm.errors import WordLMError
 from wordlm.quantize.budget import BudgetConfig

@@ -56,6 +56,7 @@ def markdown(doc: dict) -> str:
         f"Hardware: {hw['cpu']} ({hw['cores']} cores). Versions: "
         + ", ".join(f"{k} {val}" for k, val in v.items())
         + f", wordlm {doc['wordlm']}. Created {doc['created']}.",
+        *([doc["machine_load"]["header"]] if "machine_load" in doc else []),  # older documents: none
         "",
         "| " + " | ".join(name for name, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wordlm.bench.machine_load import MachineLoad
 from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_checkpoint
 from wordlm.data import Vocab, load_split, prefix
 from wordlm.engines import load_engine
@@ -302,10 +303,14 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
             except WordLMError as e:
                 log.warning("%s skipped: %s", variant, e)
                 skipped[variant] = str(e)
+        load = MachineLoad.start(allow_busy=True)  # a user's command: the results say the load, never refuse
         measured = {r.variant: r for r in measure_all(artifacts, ids, cfg, data_dir)}
+        load.stop()
+        if load.busy:
+            log.warning("the machine was busy while measuring (%s): the timings measure that work too", load.describe())
     rows = [measured.get(v) or Row(v, "skipped", skipped[v]) for v in cfg.variants]
     add_ratios(rows)
-    return {**environment(cfg, ckpt), "results": [asdict(r) for r in rows]}
+    return {**environment(cfg, ckpt), "machine_load": load.as_dict(), "results": [asdict(r) for r in rows]}
 
 
 def write_results(doc: dict, out: str | Path) -> list[Path]:

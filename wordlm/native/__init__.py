@@ -12,6 +12,9 @@ those this CPU runs, `active_isa()` the one every call uses unless it names one 
 environment variable WORDLM_ISA (one of ISAS) when set, so that tests and benchmarks can force a lower
 one, else the best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way
 for any count.
+
+WORDLM_NATIVE_LIB: the path of another build of the same sources to load instead of the installed one
+(`load_library`), e.g. tests/native_simde.py's, whose AVX2 and AVX-512 VNNI tables are SIMDe's portable C.
 """
 
 from __future__ import annotations
@@ -47,12 +50,21 @@ def architecture(machine: str | None = None) -> str:
 ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this machine's kernels
 
 
-def _library() -> ctypes.CDLL:
+def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
+    """The kernels' library with its functions' signatures: the one `pip install` built, or the one at
+    `path`, another build of the same sources (tests/simde/build.py's, whose AVX2 and AVX-512 VNNI
+    kernels are SIMDe's portable C and run on any x86-64). `lib()` loads the one WORDLM_NATIVE_LIB
+    names, when set."""
+    if path is None:
+        try:
+            from wordlm.native import _kernels
+        except ImportError as e:  # a source tree that was never installed
+            raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
+        path = _kernels.__file__
     try:
-        from wordlm.native import _kernels
-    except ImportError as e:  # a source tree that was never installed
-        raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
-    lib = ctypes.CDLL(_kernels.__file__)  # ctypes releases the GIL during each call
+        lib = ctypes.CDLL(os.fspath(path))  # ctypes releases the GIL during each call
+    except OSError as e:
+        raise WordLMError(f"wordlm's native kernels: cannot load {os.fspath(path)!r} ({e})") from e
     # raw addresses of arrays whose dtype and layout the wrappers below guarantee: ndpointer's checks
     # cost ~40 us per call, more than a layer's step
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -104,7 +116,7 @@ _active: str | None = None
 def lib() -> ctypes.CDLL:
     global _lib
     if _lib is None:
-        _lib = _library()
+        _lib = load_library(os.environ.get("WORDLM_NATIVE_LIB") or None)
     return _lib
 
 
@@ -161,7 +173,8 @@ class PackedLinear:
 
     `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
     twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
-    decoder."""
+    decoder. `codes4`: every code is within [-8, 7] (int4 weights; `pack_linear` finds out), which a
+    kernel may use to add more products in int16 (the same sums: kernels_x86.c)."""
 
     panels: np.ndarray  # int8, flat, 64-byte aligned
     scales: np.ndarray  # float32 [n_pad]
@@ -170,6 +183,7 @@ class PackedLinear:
     n: int  # real rows (words)
     k: int
     fine: bool = False
+    codes4: bool = False
 
     def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
         self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
@@ -177,6 +191,11 @@ class PackedLinear:
     @property
     def n_pad(self) -> int:
         return self.scales.size
+
+    @property
+    def flags(self) -> int:
+        """The kernels' flags of this matrix (api.h): WL_FINE 1, WL_CODES4 2."""
+        return int(self.fine) | int(self.codes4) << 1
 
 
 def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
@@ -215,6 +234,7 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         n=n,
         k=k,
         fine=fine,
+        codes4=n > 0 and int(q.min()) >= -8 and int(q.max()) <= 7,  # int4 weights, as stored or quantized
     )
 
 
@@ -258,7 +278,7 @@ def decoder_nll(
         return out
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.fine,
+        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags,
         *map(_addr, (tgt, *out)), kernel, n_threads,
     )  # fmt: skip
     if rc != 0:
@@ -288,9 +308,9 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
 
 
 class _Matrix(ctypes.Structure):
-    """kernels.c's wl_packed: a PackedLinear's addresses and its `fine` (all NULL: no matrix)."""
+    """api.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
 
-    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("fine", ctypes.c_int64)]
+    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("flags", ctypes.c_int64)]
 
 
 @dataclass
@@ -329,7 +349,7 @@ class PackedRecurrent:
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)
         mats = [p for (a, b), r in zip(self.layers, hr, strict=True) for p in (a, b, r)]  # [layers][W_ih, W_hh, W_hr]
-        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.fine) if p else _Matrix() for p in mats))
+        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.flags) if p else _Matrix() for p in mats))
 
     @property
     def hidden(self) -> int:

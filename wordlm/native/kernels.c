@@ -23,7 +23,10 @@
  *   also int8, which ARM's signed SDOT and SMMLA take as they are;
  * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
  *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit;
- * - fine activations (a matrix's `fine`: the input projections and the decoder of a scheme that asks):
+ * - int4 weights (codes within [-8, 7], a matrix's WL_CODES4 flag: api.h) are the same arithmetic; a
+ *   table may give them a GEMM of its own (qgemm4) that adds more products in int16 before widening
+ *   (AVX2: 16 vpmaddubsw results per vpmaddwd, kernels_x86.c), which gives the same integer sums;
+ * - fine activations (a matrix's WL_FINE flag: the input projections and the decoder of a scheme that asks):
  *   each row's residual r = x - (float)(u - zp) * s is quantized the same way and its product, without
  *   the bias, is added: y = y(x) + y(r). Two 7-bit codes make ~14 bits (the residual's range is one step
  *   of x's) from the same kernels, for twice the GEMM: on the shipped model the 7-bit activations cost
@@ -101,7 +104,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL};
 
 /* ---- fine activations ---- */
 
@@ -128,15 +131,16 @@ static void quantize_fine(const wl_kernels *kern, const float *x, int64_t m, int
     kern->quantize(res, m, k, r.u, r.s, r.zp);
 }
 
-/* the table's qgemm of codes a, plus (r.u given) that of the residual's codes r without the bias
- * (zeros: as many zeros as bias has entries), summed into z; tmp: [rows, panels * NR] floats */
-static void qgemm_fine(const wl_kernels *kern, codes_t a, codes_t r, int64_t rows, int64_t k, const int8_t *wp,
+/* a table's GEMM (qgemm, or qgemm4 for int4 codes: wl_qgemm_for) of codes a, plus (r.u given) that of the
+ * residual's codes r without the bias (zeros: as many zeros as bias has entries), summed into z; tmp:
+ * [rows, panels * NR] floats */
+static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, int64_t k, const int8_t *wp,
                        int64_t panels, const float *wscale, const int32_t *wsum, const float *bias, const float *zeros,
                        float *z, int64_t ldz, float *tmp) {
-    kern->qgemm(a.u, rows, k, wp, panels, a.s, a.zp, wscale, wsum, bias, z, ldz);
+    qgemm(a.u, rows, k, wp, panels, a.s, a.zp, wscale, wsum, bias, z, ldz);
     if (!r.u) return;
     int64_t width = panels * NR;
-    kern->qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
+    qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < width; j++) z[i * ldz + j] += tmp[i * width + j];
 }
@@ -177,7 +181,8 @@ static const wl_kernels *kernels_for(int isa) {
 
 typedef struct {
     const wl_kernels *kern;
-    codes_t a, r; /* the rows' codes, and their residual's (fine) */
+    wl_qgemm_fn qgemm; /* the table's GEMM for this matrix's codes */
+    codes_t a, r;      /* the rows' codes, and their residual's (fine) */
     int64_t m, k, n, n_pad;
     const int8_t *wp;
     const float *wscale;
@@ -202,7 +207,7 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
-            qgemm_fine(d->kern, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, d->wp + n0 * d->k,
+            qgemm_fine(d->qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, d->wp + n0 * d->k,
                        panels, d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
             for (int64_t r = r0; r < r0 + rows; r++) {
                 const float *zr = z + (r - r0) * width;
@@ -224,11 +229,11 @@ static void lse_merge(lse_t *into, const lse_t *part) {
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
  * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding;
- * fine: the rows as two codes (above).
+ * flags: the matrix's (api.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7].
  * isa: the kernel (0 portable, then this architecture's: see wl_isa_name, wl_best_isa); threads >= 1.
  * Returns 0, or -1 for a bad argument (a target outside [0, n), a kernel this CPU lacks) or no memory. */
 int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
-                   const float *wscale, const int32_t *wsum, const float *bias, int fine, const int64_t *targets,
+                   const float *wscale, const int32_t *wsum, const float *bias, int flags, const int64_t *targets,
                    float *nll, float *logits, float *lse, int isa, int threads) {
     const wl_kernels *kern = kernels_for(isa);
     if (!kern || threads < 1 || m < 1 || k < 4 || k % 4 || n < 1 || n_pad != (n + NR - 1) / NR * NR ||
@@ -237,7 +242,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     for (int64_t r = 0; targets && r < m; r++)
         if (targets[r] < 0 || targets[r] >= n) return -1;
     int64_t chunks = (n_pad + CHUNK_WORDS - 1) / CHUNK_WORDS;
-    int passes = fine ? 2 : 1;
+    int fine = flags & WL_FINE, passes = fine ? 2 : 1;
     codes_t a = {malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
     codes_t r = {0};
     float *res = NULL, *zeros = NULL, *target_logit = malloc(sizeof(float) * (size_t)m);
@@ -250,7 +255,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     int ok = a.u && a.s && a.zp && target_logit && part && (!fine || (r.u && r.s && r.zp && res && zeros));
     if (ok) {
         quantize_fine(kern, x, m, k, a, r, res);
-        decoder_job job = {kern,  a,       r,      m,      k,    n, n_pad, wp, wscale, wsum, bias,
+        decoder_job job = {kern, wl_qgemm_for(kern, flags), a, r, m, k, n, n_pad, wp, wscale, wsum, bias,
                            zeros, targets, logits, target_logit, part};
         wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
         for (int64_t r = 0; r < m; r++) {
@@ -388,7 +393,8 @@ static void qgemm_rows(const wl_kernels *kern, codes_t a, codes_t r, int64_t row
     float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        qgemm_fine(kern, codes_from(a, r0, k), codes_from(r, r0, k), nr, k, w->panels + row * k, panels,
+        qgemm_fine(wl_qgemm_for(kern, w->flags), codes_from(a, r0, k), codes_from(r, r0, k), nr, k, w->panels + row * k,
+                   panels,
                    w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL, out + r0 * ldo, ldo, tmp);
     }
 }
@@ -404,7 +410,7 @@ static void rnn_quantize_rows(void *arg, int64_t item) {
     rnn_thread *t = arg;
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, r0 = item * QUANT_ROWS, nr = rows - r0 < QUANT_ROWS ? rows - r0 : QUANT_ROWS;
-    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    codes_t none = {0}, r = t->w[W_IH].flags & WL_FINE ? codes_from(j->xr, r0, t->k) : none;
     quantize_fine(j->kern, t->in + r0 * t->k, nr, t->k, codes_from(j->xa, r0, t->k), r,
                   j->xres ? j->xres + r0 * t->k : NULL);
 }
@@ -416,7 +422,7 @@ static void rnn_input_gemm(void *arg, int64_t item) {
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
     int64_t v = item / groups * UNIT_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
-    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    codes_t none = {0}, r = t->w[W_IH].flags & WL_FINE ? codes_from(j->xr, r0, t->k) : none;
     qgemm_rows(j->kern, codes_from(j->xa, r0, t->k), r, nr, t->k, &t->w[W_IH], j->gates * v,
                block_panels(j, block_width(j, v)), j->zeros, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
 }
@@ -510,8 +516,8 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
     for (int64_t l = 0; l < layers; l++) {
         for (int i = 0; i < MATRICES; i++)
             if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
-        if (w[l * MATRICES + W_HH].fine || (proj && w[l * MATRICES + W_HR].fine)) return -1;
-        fine |= w[l * MATRICES + W_IH].fine != 0;
+        if ((w[l * MATRICES + W_HH].flags & WL_FINE) || (proj && (w[l * MATRICES + W_HR].flags & WL_FINE))) return -1;
+        fine |= (w[l * MATRICES + W_IH].flags & WL_FINE) != 0;
     }
     int64_t gates = cells[cell].gates, P = proj ? proj : hidden;
     int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
