@@ -214,6 +214,21 @@ def test_blocks_are_found_and_marks_are_explained() -> None:
     print(f"{len(ALL)} example blocks: {len(ALL) - len(skipped)} run, {len(skipped)} marked skip")
 
 
+def test_paths_and_links_exist() -> None:
+    """Every repository path a page names in backticks (`wordlm/...`, `benchmarks/...`, ...) and every
+    relative link of the README exists, so that a moved file does not leave the docs pointing nowhere
+    (mkdocs --strict checks the links inside docs/)."""
+    named = re.compile(r"`((?:wordlm|tests|benchmarks|docs|models)/[A-Za-z0-9_./-]*)`")
+    link = re.compile(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)")
+    missing = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        missing += [f"{path.name}: {p}" for p in named.findall(text) if not (ROOT / p.rstrip(".")).exists()]
+        if path.name == "README.md":
+            missing += [f"README.md: link {p}" for p in link.findall(text) if not (ROOT / p).exists()]
+    assert not missing, "named but missing: " + ", ".join(missing)
+
+
 def test_commands_page_lists_every_flag() -> None:
     """docs/commands.md names every command and every flag of `wordlm`'s parser."""
     import argparse
