@@ -29,11 +29,11 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_chec
 from wordlm.data import Vocab, load_split, prefix
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.progress import progress
 from wordlm.quant import SCHEMES, get_scheme
 from wordlm.quantize import quantize_checkpoint
 from wordlm.runtime import Engine, Sampling, new_rng
+from wordlm.tasks import evaluate
 
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")

@@ -99,7 +99,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def cmd_eval(args) -> None:
     from wordlm.data import load_split, prefix
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     ckpt, engine = _engine_for(args)
     ids = load_split(ckpt.vocab, args.split, args.data)
@@ -123,8 +123,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from wordlm.evaluate.generate import generate_text
     from wordlm.runtime import Sampling
+    from wordlm.tasks.generate import generate_text
 
     ckpt, engine = _engine_for(args)
     sampling = settings.from_args(Sampling, args)

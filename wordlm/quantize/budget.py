@@ -30,10 +30,10 @@ from wordlm.config import expected_shapes
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.progress import progress
 from wordlm.quant import QSpec, Rounder, Scheme, get_scheme, round_to_nearest
 from wordlm.quant.primitives import WIDTHS, dequantize, packed_width, row_unit
+from wordlm.tasks import evaluate
 
 log = logging.getLogger(__name__)
 COST_UNITS = 2000  # the knapsack's resolution: the budget in this many steps

@@ -31,8 +31,8 @@ from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.progress import progress as progress_bar
+from wordlm.tasks import evaluate
 from wordlm.train.config import TrainConfig
 from wordlm.train.distributed import (
     Group,
