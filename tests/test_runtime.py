@@ -19,11 +19,11 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling, new_rng
+from wordlm.tasks import evaluate
 from wordlm.train.model import build_model
 
 # int8 and int4 with one scale per decoder row (groups of 32 = the trained model's hidden size) run
@@ -291,7 +291,7 @@ def test_eval_generate_and_next_words_run_without_torch(trained_ckpt, corpus, co
     assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.split()) >= 10, r.stderr
     code = f"""
 from wordlm.checkpoint import load_checkpoint
-from wordlm.evaluate.generate import context_ids
+from wordlm.tasks.generate import context_ids
 from wordlm.runtime import Runtime
 import numpy as np
 ck = load_checkpoint({str(out)!r})

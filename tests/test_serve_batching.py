@@ -18,7 +18,6 @@ from serve_util import CountingEngine, live_server
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
-from wordlm.evaluate.generate import context_ids, generate_ids, generate_text
 from wordlm.models import SHIPPED_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
@@ -27,6 +26,7 @@ from wordlm.serve import create_app
 from wordlm.serve.cache import ENTRY_OVERHEAD, PrefixCache
 from wordlm.serve.metrics import Metrics
 from wordlm.serve.scheduler import Job, Scheduler
+from wordlm.tasks.generate import context_ids, generate_ids, generate_text
 
 PROMPTS = ["the cat sat on", "", "my sister ran to the river . and then", "a", "the old man looked at the house ."]
 SETTINGS = [

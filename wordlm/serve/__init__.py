@@ -1,7 +1,9 @@
 """`wordlm serve`: the HTTP server (`app`: routes, admission, streaming) and its request and response
-schema (`schema`, pydantic), with the typing page in static/.
+schema (`schema`, pydantic), with the typing page in static/; the thread that runs every request in
+batched steps (`scheduler`), the prefix-state cache (`cache`), a completion's text between the two
+(`completions`), and /metrics (`metrics`).
 
-May import: wordlm.engines, wordlm.evaluate.generate, wordlm.runtime, wordlm.checkpoint, wordlm.data,
+May import: wordlm.engines, wordlm.tasks.generate, wordlm.runtime, wordlm.checkpoint, wordlm.data,
 fastapi, uvicorn, pydantic. Torch only through an engine that needs it.
 """
 

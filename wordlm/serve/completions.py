@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from wordlm.data import EOS, Vocab
-from wordlm.evaluate.generate import detokenize
+from wordlm.tasks.generate import detokenize
 
 Event = tuple[int, str, str | None]  # (choice, text to send, finish reason once the choice is done)
 _END = object()

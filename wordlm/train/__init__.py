@@ -3,7 +3,7 @@ training beyond one process (`distributed`) and the import of pytorch/examples' 
 state_dicts (`importer`).
 
 May import: torch, wordlm.checkpoint, wordlm.config, wordlm.data, wordlm.runtime (the Engine contract,
-to validate through wordlm.evaluate), wordlm.evaluate. Nothing torch-free imports this package but
+to validate through wordlm.tasks), wordlm.tasks. Nothing torch-free imports this package but
 its torch-free `config`; names load on first use (PEP 562), so that importing `config` costs no torch.
 """
 

@@ -25,14 +25,14 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
-from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
+from wordlm.progress import progress as progress_bar
+from wordlm.tasks import evaluate
 from wordlm.train.config import TrainConfig
 from wordlm.train.distributed import (
     Group,
@@ -169,7 +169,7 @@ def reuse_freed_memory() -> bool:
 
 def cpu_bf16() -> bool:
     """Whether this CPU runs oneDNN's bfloat16 primitives (the LSTM's among them): AVX-512 (BW, VL, DQ)
-    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (DESIGN.md section 5)."""
+    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (docs/design.md, "Known pitfalls")."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -290,8 +290,9 @@ def train(
         for g in opt.param_groups:
             g["lr"] = st.lr
         model.train()
-        progress = dict(desc=f"epoch {st.epoch}", unit="batch", leave=False, disable=not group.main)
-        bar = tqdm(total=n_batches, initial=st.batch, **progress)
+        bar = progress_bar(
+            total=n_batches, initial=st.batch, desc=f"epoch {st.epoch}", unit="batch", disable=not group.main
+        )
         t_epoch, tokens, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
         for i, (ids, targets) in enumerate(bptt_batches(train_data, cfg.bptt)):
             if i < st.batch:
