@@ -21,6 +21,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,11 @@ import httpx
 from load_test import free_port, prompts, start_server
 
 from wordlm.bench.machine_load import MachineLoad
+from wordlm.checkpoint import load_checkpoint
+from wordlm.engines import default_engine, load_engine
+from wordlm.runtime import Sampling, new_rng
+from wordlm.serve.metrics import Metrics
+from wordlm.serve.scheduler import Job, Scheduler
 
 log = logging.getLogger("serve_load")
 
@@ -95,12 +101,18 @@ def n_choices(url: str, n: int, words: int, prompt: str) -> dict:
     return {"n": n, "one_request_s": one, "sequence_s": seq, "speedup": seq / one}
 
 
-def run_config(args: argparse.Namespace, threads: int, max_batch: int, texts: list[str]) -> dict:
-    """One server (`threads`, `max_batch`): every concurrency, then n=16; the load around it all."""
+def run_config(
+    args: argparse.Namespace, threads: int, max_batch: int, texts: list[str], engine: tuple[str, str] | None = None
+) -> dict:
+    """One server (`threads`, `max_batch`; `engine`: another (checkpoint, engine) than the default's):
+    every concurrency, then n=16; the load around it all."""
     load = MachineLoad.start(allow_busy=True)
+    batched = not engine and max_batch > 1
+    alone = engine_only(args.checkpoint, threads, args.concurrency, args.words) if batched else []
     port = free_port()
     flags = ["--threads", str(threads), "--max-batch", str(max_batch)]  # --max-concurrent 80 admits 64 clients
-    server = start_server(args.checkpoint, port, flags)
+    checkpoint = engine[0] if engine else args.checkpoint
+    server = start_server(checkpoint, port, flags + (["--engine", engine[1]] if engine else []))
     url, rows, texts_seen = f"http://127.0.0.1:{port}", [], {}
     try:
         for c in args.concurrency:
@@ -116,13 +128,59 @@ def run_config(args: argparse.Namespace, threads: int, max_batch: int, texts: li
         server.wait(timeout=30)
     load.stop()
     return {
+        "engine": engine[1] if engine else "default",
+        "checkpoint": checkpoint,
         "threads": threads,
         "max_batch": max_batch,
         "rows": rows,
         "n16": choices,
+        "engine_alone": alone,
         "load": load.as_dict(),
         "texts": {f"{p}|{s}": t for (p, s), t in texts_seen.items()},
     }
+
+
+def engine_only(checkpoint: str, threads: int, streams: list[int], words: int) -> list[dict]:
+    """The scheduler with no HTTP, in this process: words/s of `s` streams of `words` words at once (best
+    of 3). Against the servers' figures, what serving adds; against each other, what batching gives."""
+    ckpt = load_checkpoint(checkpoint)
+    scheduler = Scheduler(load_engine(default_engine(ckpt), ckpt, threads), Metrics())
+    rows = []
+    try:
+        for n in streams:
+            best = float("inf")
+            for rep in range(3):
+                finished, counts = threading.Event(), [0] * n
+
+                def on_word(i: int, _: int, counts=counts) -> bool:
+                    counts[i] += 1
+                    return counts[i] < words
+
+                rngs = [new_rng(rep * n + i) for i in range(n)]
+                start = time.perf_counter()
+                scheduler.submit(Job([], threading.Event(), lambda _, f=finished: f.set(), None, [0] * n,
+                                     [Sampling()] * n, rngs, on_word))  # fmt: skip
+                finished.wait()
+                best = min(best, time.perf_counter() - start)
+            rows.append({"streams": n, "words_per_s": n * words / best, "ms_per_step": best / words * 1e3})
+    finally:
+        scheduler.close()
+    return rows
+
+
+def engine_table(threads: int, rows: list[dict]) -> list[str]:
+    lines = [
+        f"Engine alone ({threads} thread(s); the scheduler in process, no HTTP, best of 3):",
+        "",
+        "| streams at once | words/s | x 1 stream | ms a step |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['streams']} | {r['words_per_s']:.0f} | {r['words_per_s'] / rows[0]['words_per_s']:.2f} | "
+        f"{r['ms_per_step']:.2f} |"
+        for r in rows
+    ]
+    return [*lines, ""]
 
 
 def summary(c: int, results: list[dict], ok: list[dict], wall: float, words: int) -> dict:
@@ -143,6 +201,8 @@ def summary(c: int, results: list[dict], ok: list[dict], wall: float, words: int
 def table(config: dict) -> list[str]:
     solo, batch = config["rows"][0], config["max_batch"]
     how = f"batched (up to {batch} streams a call)" if batch > 1 else "unbatched (--max-batch 1)"
+    if config["engine"] != "default":
+        how = f"engine `{config['engine']}` on `{config['checkpoint']}`, one stream per call"
     lines = [
         f"### {config['threads']} thread(s), {how}",
         "",
@@ -158,6 +218,8 @@ def table(config: dict) -> list[str]:
             f"{r['words_per_s'] / solo['words_per_s']:.2f} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | "
             f"{r['p50_s'] / solo['p50_s']:.2f} | {r['ttfw_p50_s']:.3f} | {r['ttfw_p95_s']:.3f} |"
         )
+    if config["engine_alone"]:
+        lines += ["", *engine_table(config["threads"], config["engine_alone"])]
     n = config["n16"]
     lines += [
         "",
@@ -180,7 +242,8 @@ def loadavg() -> str:
 
 
 def same_texts(configs: list[dict]) -> str:
-    """Whether every seeded text that two configurations both produced is the same."""
+    """Whether every seeded text that the configurations of the default engine all produced is the same."""
+    configs = [c for c in configs if c["engine"] == "default"]
     keys = set.intersection(*(set(c["texts"]) for c in configs))
     differ = [k for k in keys if len({c["texts"][k] for c in configs}) > 1]
     return f"{len(keys)} seeded texts produced by every configuration; {len(differ)} differ between them."
@@ -215,6 +278,7 @@ def plot(configs: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for config in configs:
         label = f"{config['threads']} thr, " + ("batched" if config["max_batch"] > 1 else "unbatched")
+        label = label if config["engine"] == "default" else f"{config['threads']} thr, {config['engine']}"
         cs = [r["clients"] for r in config["rows"]]
         a.plot(cs, [r["words_per_s"] for r in config["rows"]], "o-", label=label)
         b.plot(cs, [r["p50_s"] for r in config["rows"]], "o-", label=label)
@@ -231,6 +295,7 @@ def plot(configs: list[dict], path: Path) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--concurrency", default="1,4,16,64")
@@ -238,6 +303,9 @@ def main() -> None:
     ap.add_argument("--max-batch", default="64,1", help="each server's --max-batch (1: unbatched)")
     ap.add_argument("--words", type=int, default=48, help="words per completion")
     ap.add_argument("--requests", type=int, default=32, help="about this many requests at each concurrency")
+    ap.add_argument(
+        "--ort", metavar="FLOAT_CKPT", help="also serve this float checkpoint on onnxruntime-int8 (1 thread)"
+    )
     ap.add_argument("--out", type=Path, help="write the Markdown report here, the JSON and plot beside it")
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -245,6 +313,8 @@ def main() -> None:
     configs = [
         run_config(args, int(t), int(b), texts) for t in args.threads.split(",") for b in args.max_batch.split(",")
     ]
+    if args.ort:
+        configs.append(run_config(args, 1, 1, texts, (args.ort, "onnxruntime-int8")))
     text = report(args, configs, before, loadavg())
     print(text)
     if args.out:

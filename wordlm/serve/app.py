@@ -351,7 +351,7 @@ def _completions(app: FastAPI, scheduler: Scheduler, vocab: Vocab, model_id: str
 
         if not req.stream:
             async for _ in run.events():
-                pass
+                pass  # the text accumulates in run.choices
             if cancel.is_set():
                 return error_response(GONE, "the client has gone")
             choices = [
@@ -368,8 +368,8 @@ def _completions(app: FastAPI, scheduler: Scheduler, vocab: Vocab, model_id: str
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for i, text, finish in run.events():
-                    yield event([CompletionChoice(text=text, index=i, finish_reason=finish)])
+                async for events in run.events():
+                    yield "".join(event([CompletionChoice(text=t, index=i, finish_reason=f)]) for i, t, f in events)
                 if cancel.is_set():
                     return
                 if with_usage:

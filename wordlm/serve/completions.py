@@ -1,5 +1,6 @@
 """A completion's choices between the scheduler's thread, which makes their words, and the event loop,
-which sends their text: one hop per step (`loop.call_soon_threadsafe`), however many words it made.
+which sends their text: one hop per step (`loop.call_soon_threadsafe`), however many words it made,
+and one write for all that has come when the loop is behind.
 """
 
 from __future__ import annotations
@@ -81,9 +82,16 @@ class CompletionRun:
         self.on_step()
         self.loop.call_soon_threadsafe(self.queue.put_nowait, result if isinstance(result, Exception) else _END)
 
-    async def events(self) -> AsyncIterator[Event]:
-        while (item := await self.queue.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
-            for event in item:
-                yield event
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """Lists of events: each step's, or all the steps' that came while the loop was busy elsewhere."""
+        while True:
+            items = [await self.queue.get()]
+            while not self.queue.empty() and items[-1] is not _END:
+                items.append(self.queue.get_nowait())
+            events = [event for item in items if isinstance(item, list) for event in item]
+            if events:
+                yield events
+            if isinstance(items[-1], Exception):
+                raise items[-1]
+            if items[-1] is _END:
+                return
