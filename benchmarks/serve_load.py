@@ -158,8 +158,10 @@ def engine_only(checkpoint: str, threads: int, streams: list[int], words: int) -
 
                 rngs = [new_rng(rep * n + i) for i in range(n)]
                 start = time.perf_counter()
-                scheduler.submit(Job([], threading.Event(), lambda _, f=finished: f.set(), None, [0] * n,
-                                     [Sampling()] * n, rngs, on_word))  # fmt: skip
+                scheduler.submit(
+                    Job([], threading.Event(), lambda _, f=finished: f.set(), firsts=[0] * n,
+                        samplings=[Sampling()] * n, rngs=rngs, on_word=on_word)
+                )  # fmt: skip
                 finished.wait()
                 best = min(best, time.perf_counter() - start)
             rows.append({"streams": n, "words_per_s": n * words / best, "ms_per_step": best / words * 1e3})

@@ -111,9 +111,10 @@ def submit(scheduler: Scheduler, ckpt, prompt: str, samplings: list[Sampling], s
     context = context_ids(ckpt.vocab, prompt)
     n = len(samplings)
     rngs = [new_rng(seed + i) for i in range(n)]
-    job = Job(context[:-1], threading.Event(), done, None, context[-1:] * n, samplings, rngs)
-    job.on_word = on_word
-    scheduler.submit(job)
+    firsts = context[-1:] * n
+    scheduler.submit(
+        Job(context[:-1], threading.Event(), done, firsts=firsts, samplings=samplings, rngs=rngs, on_word=on_word)
+    )
     return got, finished
 
 

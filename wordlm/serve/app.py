@@ -339,9 +339,17 @@ def _completions(app: FastAPI, scheduler: Scheduler, vocab: Vocab, model_id: str
         )
         cancel = _cancel(request)
         sampling = Sampling(temperature=req.temperature, top_p=req.top_p)
-        firsts = [s[-1] for s in starts]
         scheduler.submit(
-            Job(starts[0][:-1], cancel, run.done, None, firsts, [sampling] * req.n, rngs, run.on_word, run.on_step)
+            Job(
+                prefix=starts[0][:-1],  # the prompt is read once for every choice
+                cancel=cancel,
+                done=run.done,
+                firsts=[s[-1] for s in starts],
+                samplings=[sampling] * req.n,
+                rngs=rngs,
+                on_word=run.on_word,
+                on_step=run.on_step,
+            )
         )
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
 
