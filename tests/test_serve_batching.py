@@ -208,10 +208,16 @@ def test_cache_hits_give_the_texts_of_misses(quantized):
             texts[cache_bytes] = [[c["text"] for c in choices] for choices in got]
             words = http.post("/v1/next-words", json={"text": base, "k": 3}).json()["words"]
             texts[cache_bytes].append([w["word"] for w in words])
+            saved = metric(http.get("/metrics").text, "wordlm_cache_tokens_saved_total")
+            turn = base + texts[cache_bytes][0][0] + "\nthe dog"  # a chat's next turn: prompt, answer, more
+            answer = http.post("/v1/completions", json={"prompt": turn, "max_tokens": 6, "seed": 2})
+            texts[cache_bytes].append([answer.json()["choices"][0]["text"]])
             metrics = http.get("/metrics").text
         if cache_bytes:
-            assert metric(metrics, "wordlm_cache_hits_total") >= 4
+            assert metric(metrics, "wordlm_cache_hits_total") >= 5
             assert 0 < metric(metrics, "wordlm_cache_bytes") <= cache_bytes
+            read_before = len(context_ids(ckpt.vocab, base + texts[cache_bytes][0][0])) - 1  # all but the last word
+            assert metric(metrics, "wordlm_cache_tokens_saved_total") - saved >= read_before
     assert texts[0] == texts[1 << 20]
 
 

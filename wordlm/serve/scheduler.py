@@ -12,6 +12,10 @@ An engine whose rows are not `row_exact` (float BLAS: torch, ONNX Runtime) keeps
 call, each prompt read in one call and nothing cached: what it computes then is `wordlm generate`'s
 own sequence of calls, so that its seeded texts stay the CLI's.
 
+With a cache, the state after each prompt read (its last word aside) is kept, and so is the state at
+the end of each completion's choice (prompt and text): a repeated prompt, or a chat's next turn, reads
+only its new words.
+
 Everything a request learns comes back through its callbacks, called in this thread; the server turns
 them into asyncio futures and queues (`loop.call_soon_threadsafe`).
 """
@@ -49,6 +53,7 @@ class Row:
     sampling: Sampling | None = None
     rng: np.random.Generator | None = None
     live: bool = True
+    fed: list[int] = field(default_factory=list)  # ids read after the job's prefix: `state` follows them
 
 
 @dataclass(eq=False)
@@ -240,8 +245,11 @@ class Scheduler:
                 if job.words == 0:
                     self.metrics.observe("wordlm_first_word_seconds", time.perf_counter() - job.submitted)
                 job.words += 1
+                row.fed.append(row.next_id)
                 row.state, row.next_id = one, word
                 row.live = job.on_word(row.index, word)
+                if not row.live and self.cache is not None:  # a chat's next turn reads prompt + this text
+                    self.cache.put([*job.prefix, *row.fed], one)
             self.metrics.observe("wordlm_batch_rows", len(group), stage="decode")
             self.metrics.inc("wordlm_tokens_total", len(group), kind="generated")
 
