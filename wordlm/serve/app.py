@@ -11,8 +11,8 @@
 The model runs in one thread, the scheduler (scheduler.py), which serves every request at once in
 batched steps; the async endpoints hand it their work and await its answers, so the event loop never
 computes. Each request still has its own recurrent state and random generator: a seeded text is the
-same whoever else is served. Prompts already read are kept in a prefix-state cache (cache.py). At most
-`max_concurrent` requests to the model are in flight (past that: 503 and `Retry-After`), and a
+same whoever else is served. Prompts already read are kept in a prefix-state cache (cache.py). At
+most `max_concurrent` requests to the model are in flight (past that: 503 and `Retry-After`), and a
 request whose client has gone stops at the next step, streamed or not. Every client mistake is a 4xx
 in OpenAI's error shape; a 500 means a bug.
 """
