@@ -146,10 +146,11 @@ def pack(ckpt: Checkpoint) -> Weights:
         s = spec(name)
         return _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
 
-    def linear(name: str, bias: str | np.ndarray, fast: bool, fine: bool = False):
+    def linear(name: str, bias: str | np.ndarray, fast: bool, fine: bool = False, nibbles: bool = False):
         b = _f32(t[bias]) if isinstance(bias, str) else bias
         if fast:
-            return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), b, fine)
+            scales = _f32(t[f"{name}.scales"][:, 0])
+            return native.pack_linear(codes(t, name, spec(name)), scales, b, fine, nibbles)
         return FloatLinear(weight(name), b)
 
     fine = FINE_ACTIVATIONS[scheme.fine_activations if scheme else "none"]  # where inputs are two codes
@@ -175,7 +176,8 @@ def pack(ckpt: Checkpoint) -> Weights:
 
     dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
     fast_dec = native_ok(dec_name)
-    dec = linear(dec_name, "decoder.bias", fast_dec, "decoder" in fine)
+    # int4 codes two a byte: half the memory, which generation reads once per word
+    dec = linear(dec_name, "decoder.bias", fast_dec, "decoder" in fine, nibbles=fast_dec and spec(dec_name).bits <= 4)
     decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
     kernels = f"{cfg.cell} {where}, decoder {f'native {native.active_isa()}' if fast_dec else 'numpy float32'}"
     if fine and (quantized or fast_dec):
