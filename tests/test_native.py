@@ -480,6 +480,9 @@ def test_only_input_projections_take_fine_activations():
     [
         (1, 100, 36),  # one row: 3 pairs of panels, then one alone; 9 groups (less than a span of 16)
         (1, 4100, 260),  # 65 groups: 4 spans and 1
+        (1, 48, 8),  # one row, one pair of groups (nibbles: one byte holds both), 3 panels
+        (1, 64, 64),  # one row, 16 groups: one span, 4 panels
+        (1, 80, 132),  # one row, 33 groups: 2 spans and an odd last group, 5 panels
         (2, 70, 68),  # 17 groups
         (3, 33, 4),  # one group
         (4, 48, 128),  # 2 + 2 rows, 2 spans exactly

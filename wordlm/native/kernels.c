@@ -105,7 +105,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL};
 
 /* ---- fine activations ---- */
 
@@ -183,17 +183,16 @@ static const wl_kernels *kernels_for(int isa) {
  * not arithmetic, sets its pace, so int4 codes are kept two a byte there. For each pair of groups of 4
  * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
  * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
- * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. The decoder unpacks a block of NB words at a
- * time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the table's
- * GEMM, so every table reads them, and the same bytes give the same bits. */
-
-static int64_t nibble_panel_bytes(int64_t k) { return 64 * ((k / 4 + 1) / 2); }
+ * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. One row (generation) goes to the table's
+ * gemv_nibbles where it has one, which reads them as they are; otherwise the decoder unpacks a block of NB
+ * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
+ * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
 
 /* panels [0, panels) of nibbles -> the int8 layout in out (panels * k * NR bytes) */
 static void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
     int64_t groups = k / 4;
     for (int64_t p = 0; p < panels; p++) {
-        const uint8_t *in = (const uint8_t *)nib + p * nibble_panel_bytes(k);
+        const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
         int8_t *o = out + p * k * NR;
         for (int64_t g = 0; g < groups; g += 2, in += 64) {
             for (int i = 0; i < 64; i++) o[g * 64 + i] = (int8_t)((in[i] & 15) - 8);
@@ -243,8 +242,9 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
-    int8_t *unpacked = d->nibbles ? thread_buffer((size_t)(NB * d->k)) : NULL;
-    if (d->nibbles && !unpacked) {
+    wl_qgemm_fn qgemm = d->qgemm, direct = d->nibbles && d->m == 1 ? d->kern->gemv_nibbles : NULL;
+    int8_t *unpacked = d->nibbles && !direct ? thread_buffer((size_t)(NB * d->k)) : NULL;
+    if (d->nibbles && !direct && !unpacked) {
         atomic_store(d->failed, 1);
         return;
     }
@@ -252,13 +252,16 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
         int64_t width = end - n0 < NB ? end - n0 : NB, panels = width / NR;
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
         const int8_t *wp = d->wp + n0 * d->k;
-        if (d->nibbles) {
-            unpack_nibbles(d->wp + n0 / NR * nibble_panel_bytes(d->k), panels, d->k, unpacked);
+        if (direct) {
+            wp = d->wp + n0 / NR * wl_nibble_panel_bytes(d->k);
+            qgemm = direct;
+        } else if (d->nibbles) {
+            unpack_nibbles(d->wp + n0 / NR * wl_nibble_panel_bytes(d->k), panels, d->k, unpacked);
             wp = unpacked;
         }
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
-            qgemm_fine(d->qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, wp, panels,
+            qgemm_fine(qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, wp, panels,
                        d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
             for (int64_t r = r0; r < r0 + rows; r++) {
                 const float *zr = z + (r - r0) * width;

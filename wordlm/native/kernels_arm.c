@@ -212,7 +212,7 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL};
+const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL, NULL};
 
 /* ---- dot product (ARMv8.2 SDOT) ---- */
 
@@ -342,7 +342,7 @@ static DOTPROD void qgemm_dot(const uint8_t *u, int64_t rows, int64_t k, const i
 }
 
 /* quantization, the log-sum-exp and the cell are NEON's: SDOT changes only the GEMM */
-const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL};
+const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL, NULL};
 
 /* ---- I8MM (SMMLA) ---- */
 
@@ -439,7 +439,7 @@ static I8MM void qgemm_mmla(const uint8_t *u, int64_t rows, int64_t k, const int
     }
 }
 
-const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL};
+const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL, NULL};
 
 /* ---- which of them this CPU runs ---- */
 

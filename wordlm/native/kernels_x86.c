@@ -342,7 +342,72 @@ static AVX2 void qgemm4_avx2(const uint8_t *u, int64_t rows, int64_t k, const in
     }
 }
 
-const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_avx2, cell_avx2, qgemm4_avx2};
+/* ---- AVX2, one row against int4 codes two a byte (WL_NIBBLES: kernels.c) ----
+ * Generation's decoder: half the bytes from memory. 32 bytes of nibbles hold a pair of groups of 4
+ * inputs for 8 words: the low nibbles (code + 8) are the first group's int8 layout, the high ones the
+ * second's; AND, shift and subtract give the codes, which go on as in qgemm4_avx2 (int16 spans of 16
+ * groups, widened once). */
+
+/* the codes of a pair of groups: lo the first's, hi the second's */
+static inline AVX2 __attribute__((always_inline)) void unnibble_avx2(__m256i v, __m256i *lo, __m256i *hi) {
+    const __m256i mask = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    *lo = _mm256_sub_epi8(_mm256_and_si256(v, mask), eight);
+    *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight);
+}
+
+/* one row x np (1 or 2) panels of nibbles from wp (stride bytes apart) -> z[0, np * 16) */
+static inline AVX2 __attribute__((always_inline)) void gemv_nibble_panels(const uint8_t *u, int64_t k,
+                                                                           const int8_t *wp, int64_t stride,
+                                                                           const int np, float ascale, int32_t zp,
+                                                                           const float *wscale, const int32_t *wsum,
+                                                                           const float *bias, float *z) {
+    __m256i acc[4], s[4], lo, hi;
+    for (int j = 0; j < 2 * np; j++) acc[j] = _mm256_setzero_si256();
+    int64_t pairs = k / 8;
+    for (int64_t i0 = 0; i0 < pairs; i0 += SPAN4 / 2) { /* a pair a step: SPAN4 groups per int16 span */
+        int64_t i1 = i0 + SPAN4 / 2 < pairs ? i0 + SPAN4 / 2 : pairs;
+        for (int j = 0; j < 2 * np; j++) s[j] = _mm256_setzero_si256();
+        for (int64_t i = i0; i < i1; i++) {
+            int32_t f0, f1;
+            memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+            __m256i a0 = _mm256_set1_epi32(f0), a1 = _mm256_set1_epi32(f1);
+            for (int j = 0; j < 2 * np; j++) {
+                unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + i * 64 + (j % 2) * 32)), &lo,
+                              &hi);
+                s[j] = _mm256_add_epi16(s[j], _mm256_add_epi16(_mm256_maddubs_epi16(a0, lo), _mm256_maddubs_epi16(a1, hi)));
+            }
+        }
+        for (int j = 0; j < 2 * np; j++) acc[j] = widen_avx2(acc[j], s[j]);
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair (the high ones are padding) */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m256i a0 = _mm256_set1_epi32(f0);
+        for (int j = 0; j < 2 * np; j++) {
+            unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + pairs * 64 + (j % 2) * 32)), &lo,
+                          &hi);
+            acc[j] = widen_avx2(acc[j], _mm256_maddubs_epi16(a0, lo));
+        }
+    }
+    for (int j = 0; j < 2 * np; j++)
+        epilogue_avx2(acc[j], ascale, zp, wscale + 8 * j, wsum + 8 * j, bias + 8 * j, z + 8 * j);
+}
+
+static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 2 <= panels; p += 2)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 2, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+    if (p < panels)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+}
+
+const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2,
+                                    cell_avx2,          qgemm4_avx2, gemv_nibbles_avx2};
 
 /* ---- AVX-512 VNNI ---- */
 
@@ -464,9 +529,60 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     l->sum += sum;
 }
 
+/* one row x np (1 to 4) panels of nibbles (WL_NIBBLES: kernels.c): 64 bytes hold a pair of groups of
+ * 16 words, AND, shift and subtract give each group's 64 codes, one vpdpbusd each */
+static inline VNNI __attribute__((always_inline)) void gemv_nibble_panels_vnni(const uint8_t *u, int64_t k,
+                                                                                const int8_t *wp, int64_t stride,
+                                                                                const int np, float ascale,
+                                                                                int32_t zp, const float *wscale,
+                                                                                const int32_t *wsum,
+                                                                                const float *bias, float *z) {
+    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    __m512i acc[4];
+    for (int j = 0; j < np; j++) acc[j] = _mm512_setzero_si512();
+    int64_t pairs = k / 8;
+    for (int64_t i = 0; i < pairs; i++) {
+        int32_t f0, f1;
+        memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+        __m512i a0 = _mm512_set1_epi32(f0), a1 = _mm512_set1_epi32(f1);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + i * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a1,
+                                         _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight));
+        }
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m512i a0 = _mm512_set1_epi32(f0);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + pairs * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+        }
+    }
+    for (int j = 0; j < np; j++)
+        epilogue_vnni(acc[j], ascale, zp, wscale + 16 * j, wsum + 16 * j, bias + 16 * j, z + 16 * j);
+}
+
+/* four panels at a time, as gemv_vnni, then one by one */
+static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 4 <= panels; p += 4)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 4, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+    for (; p < panels; p++)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+}
+
 /* quantization and the cell are AVX2's: neither is where the time goes. No GEMM of its own for int4
- * codes: vpdpbusd adds four products into int32 in one instruction already */
-const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2, NULL};
+ * codes: vpdpbusd adds four products into int32 in one instruction already; one row of nibbles its own */
+const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512,
+                                           cell_avx2,          NULL,       gemv_nibbles_vnni};
 
 int wl_x86_best_isa(void) {
 #ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */
