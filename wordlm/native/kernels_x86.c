@@ -282,34 +282,34 @@ static inline AVX2 __attribute__((always_inline)) void micro4(const uint8_t *u, 
                           z + r * ldz + 8 * h);
 }
 
-/* one row: two panels at a time (4 int32 and 4 int16 sums, sharing each broadcast), then the last
- * panel alone; four at a time, as gemv_avx2, would need 16 registers of sums */
+/* one row: four panels at a time (8 int16 sums in registers, sharing each broadcast; the int32 sums,
+ * touched once a span, may live in memory), then panel by panel */
 static AVX2 void gemv4_avx2(const uint8_t *u, int64_t k, const int8_t *wp, int64_t panels, float ascale,
                             int32_t zp, const float *wscale, const int32_t *wsum, const float *bias, float *z) {
     int64_t p = 0, stride = k * NR, groups = k / 4;
-    for (; p + 2 <= panels; p += 2) {
+    for (; p + 4 <= panels; p += 4) {
         const int8_t *w = wp + p * stride;
-        __m256i acc[4], s[4];
-        for (int j = 0; j < 4; j++) acc[j] = _mm256_setzero_si256();
+        __m256i acc[8], s[8];
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_si256();
         for (int64_t g0 = 0; g0 < groups; g0 += SPAN4) {
             int64_t g1 = g0 + SPAN4 < groups ? g0 + SPAN4 : groups;
-            for (int j = 0; j < 4; j++) s[j] = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_si256();
             for (int64_t g = g0; g < g1; g++) {
                 int32_t four;
                 memcpy(&four, u + g * 4, 4);
                 __m256i a = _mm256_set1_epi32(four);
-                for (int j = 0; j < 4; j++) {
+                for (int j = 0; j < 8; j++) {
                     const int8_t *wj = w + (j / 2) * stride + g * 64 + (j % 2) * 32;
                     s[j] = _mm256_add_epi16(s[j], _mm256_maddubs_epi16(a, _mm256_load_si256((const __m256i *)wj)));
                 }
             }
-            for (int j = 0; j < 4; j++) acc[j] = widen_avx2(acc[j], s[j]);
+            for (int j = 0; j < 8; j++) acc[j] = widen_avx2(acc[j], s[j]);
         }
         int64_t n = p * NR;
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 8; j++)
             epilogue_avx2(acc[j], ascale, zp, wscale + n + 8 * j, wsum + n + 8 * j, bias + n + 8 * j, z + n + 8 * j);
     }
-    if (p < panels) {
+    for (; p < panels; p++) {
         int64_t n = p * NR;
         micro4(u, k, wp + p * stride, 1, &ascale, &zp, wscale + n, wsum + n, bias + n, z + n, 0, 0);
     }
