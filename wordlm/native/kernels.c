@@ -105,7 +105,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL, NULL};
 
 /* ---- fine activations ---- */
 
@@ -183,8 +183,8 @@ static const wl_kernels *kernels_for(int isa) {
  * not arithmetic, sets its pace, so int4 codes are kept two a byte there. For each pair of groups of 4
  * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
  * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
- * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. One row (generation) goes to the table's
- * gemv_nibbles where it has one, which reads them as they are; otherwise the decoder unpacks a block of NB
+ * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. A table's qgemm_nibbles (any rows) or, for
+ * one row (generation), gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
  * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
  * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
 
@@ -242,7 +242,8 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
-    wl_qgemm_fn qgemm = d->qgemm, direct = d->nibbles && d->m == 1 ? d->kern->gemv_nibbles : NULL;
+    wl_qgemm_fn qgemm = d->qgemm, direct = NULL;
+    if (d->nibbles) direct = d->kern->qgemm_nibbles ? d->kern->qgemm_nibbles : d->m == 1 ? d->kern->gemv_nibbles : NULL;
     int8_t *unpacked = d->nibbles && !direct ? thread_buffer((size_t)(NB * d->k)) : NULL;
     if (d->nibbles && !direct && !unpacked) {
         atomic_store(d->failed, 1);
