@@ -188,8 +188,15 @@ static const wl_kernels *kernels_for(int isa) {
  * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
  * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
 
+/* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
+#define UNPACK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define UNPACK_CLONES
+#endif
+
 /* panels [0, panels) of nibbles -> the int8 layout in out (panels * k * NR bytes) */
-static void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
+static UNPACK_CLONES void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
     int64_t groups = k / 4;
     for (int64_t p = 0; p < panels; p++) {
         const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
