@@ -51,7 +51,7 @@ ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this 
 
 def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """The kernels' library with its functions' signatures: the one `pip install` built, or the one at
-    `path`, another build of the same sources (tests/simde/build.py's, whose AVX2 and AVX-512 VNNI
+    `path`, another build of the same sources (tests/native_simde.py's, whose AVX2 and AVX-512 VNNI
     kernels are SIMDe's portable C and run on any x86-64). `lib()` loads the one WORDLM_NATIVE_LIB
     names, when set."""
     if path is None:
