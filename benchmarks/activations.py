@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.machine_load import BusyMachine, MachineLoad, add_argument
 from wordlm.quant import FINE_ACTIVATIONS, get_scheme
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 

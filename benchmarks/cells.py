@@ -4,7 +4,7 @@ small models that benchmarks/cells_train.sh trains, one `wordlm bench` run per m
 Run: .venv/bin/python benchmarks/cells.py RUNS_DIR [NAME ...] [--reps 1] [--out benchmarks/cells.md] [--allow-busy]
 Writes the table (markdown) and, beside it, cells.json with every bench document; the models named
 (default: all trained) are measured, the others' rows are kept from an earlier cells.json. On a busy
-machine it writes nothing unless --allow-busy (wordlm/machine_load.py); each document keeps its load.
+machine it writes nothing unless --allow-busy (wordlm/bench/machine_load.py); each document keeps its load.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wordlm.bench import BenchConfig, run_bench
-from wordlm.fileio import atomic_write
-from wordlm.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.bench.run import BenchConfig, run_bench
+from wordlm.checkpoint.fileio import atomic_write
 
 NAMES = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_tied", "lstm_proj")
 VARIANTS = ("torch", "torch-dynamic", "onnxruntime-int8", "wordlm-int8", "wordlm-int4")

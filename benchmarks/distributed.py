@@ -7,7 +7,7 @@ The variants are interleaved, in a rotated order each repetition, and the median
 
     .venv/bin/python benchmarks/distributed.py --minutes 1.5 --reps 3 --out benchmarks/distributed_run.md
 
-On a busy machine it writes nothing unless --allow-busy (wordlm/machine_load.py: its own training runs
+On a busy machine it writes nothing unless --allow-busy (wordlm/bench/machine_load.py: its own training runs
 are not counted as the machine's other work).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from wordlm.machine_load import BusyMachine, MachineLoad, add_argument, load_average
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument, load_average
 
 VARIANTS = {  # name -> the flags after `wordlm train --preset tutorial ...`
     "1 process x 1 thread": ["--threads", "1"],

@@ -2,7 +2,7 @@
 kernels (each instruction set this CPU runs), one thread, medians.
 
 Run: .venv/bin/python benchmarks/kernels.py [--allow-busy]  (writes benchmarks/kernels.md; refuses on a busy
-machine unless --allow-busy: wordlm/machine_load.py)
+machine unless --allow-busy: wordlm/bench/machine_load.py)
 Decoder-sized matmul x[M, 256] @ W[256, 33278] at M = 25 (an eval chunk) and M = 1 (a generated
 token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph or one call of
 the native kernel.
@@ -302,8 +302,8 @@ def sampling_variants():
 
 def main() -> None:
     from wordlm import native
-    from wordlm.bench import cpu_flags
-    from wordlm.machine_load import BusyMachine, MachineLoad, add_argument
+    from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+    from wordlm.bench.run import cpu_flags
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_argument(ap)

@@ -4,7 +4,7 @@ the CLI's start-up. Speeds against torch-dynamic and ONNX Runtime come from `wor
 
 Run: .venv/bin/python benchmarks/runtime.py [CKPT] [--reps 3] [--out benchmarks/runtime.md] [--allow-busy]
 CKPT is a float checkpoint (default: the shipped model); its int8 copy is written to a temp folder. On a
-busy machine it refuses to write anything unless --allow-busy (wordlm/machine_load.py); the header says
+busy machine it refuses to write anything unless --allow-busy (wordlm/bench/machine_load.py); the header says
 the load either way.
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from wordlm import native
-from wordlm.bench import cpu_flags
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.bench.run import cpu_flags
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
-from wordlm.cli import DEFAULT_MODEL
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.evaluate import evaluate
-from wordlm.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.models import DEFAULT_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
 

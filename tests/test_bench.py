@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import run_cli
 
-from wordlm.bench import ALL_VARIANTS, BenchConfig, Row, add_ratios, run_bench, write_results
+from wordlm.bench.run import ALL_VARIANTS, BenchConfig, Row, add_ratios, run_bench, write_results
 from wordlm.errors import WordLMError
 
 FIELDS = (

@@ -1,4 +1,4 @@
-"""The benchmarks' guard against busy machines (wordlm/machine_load.py): refusing, --allow-busy, the header."""
+"""The benchmarks' guard against busy machines (wordlm/bench/machine_load.py): refusing, --allow-busy, the header."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wordlm import machine_load
-from wordlm.machine_load import BusyMachine, MachineLoad
+from wordlm.bench import machine_load
+from wordlm.bench.machine_load import BusyMachine, MachineLoad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_the_benchmark_scripts_refuse_a_busy_machine_and_write_nothing(script, t
     before = table.read_bytes() if table.exists() else None
     out = ["--out", str(tmp_path / "out.md")] if script == "runtime.py" else []
     code = (
-        "import runpy, sys; import wordlm.machine_load as m; m.load_average = lambda: 9.0\n"
+        "import runpy, sys; import wordlm.bench.machine_load as m; m.load_average = lambda: 9.0\n"
         f"sys.argv = ['{script}', *{out!r}]\n"
         f"runpy.run_path({str(ROOT / 'benchmarks' / script)!r}, run_name='__main__')"
     )

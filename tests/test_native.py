@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from native_simde import EMULATED, use_kernel
 
-from wordlm import native
+from wordlm import cells, native
 from wordlm.errors import WordLMError
 
 KERNELS = native.available_isas()
@@ -193,7 +193,7 @@ def test_a_bad_wordlm_isa_is_a_one_line_error_at_first_use(value):
 
 
 # every cell of the recurrent kernels: torch's cells, and the LSTM with a projection (h = W_hr m)
-CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm-proj"]
+CELLS = [*cells.CELLS, "lstm-proj"]  # every cell of the registry, and the LSTM with a projection
 
 
 class _RnnCase(NamedTuple):
@@ -212,7 +212,7 @@ def _rnn_case(
     lo, hi = (-128, 128) if bits == 8 else (-8, 8)
     cell, proj = name.removesuffix("-proj"), name.endswith("-proj")
     out = max(4, hidden // 8 * 4) if proj else hidden
-    gates = native.GATES[cell]
+    gates = cells.CELLS[cell].gates
 
     def linear(n: int, k: int, bias: bool = True):
         q = rng.integers(lo, hi, (n, k), dtype=np.int8)
@@ -319,7 +319,7 @@ def test_recurrent_bad_arguments_are_clear_errors():
         native.PackedRecurrent([(native.pack_linear(*(a[:12] for a in wih)), native.pack_linear(*whh))])
     with pytest.raises(WordLMError, match="3 x 4 gate rows"):  # and a GRU's are not an LSTM's
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "gru")
-    with pytest.raises(WordLMError, match="no cell 'lstm2'"):
+    with pytest.raises(WordLMError, match="cell must be one of .*got 'lstm2'"):
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "lstm2")
     with pytest.raises(WordLMError, match="an LSTM's"):
         pair = (native.pack_linear(*(a[:4] for a in wih)), native.pack_linear(*(a[:4] for a in whh)))

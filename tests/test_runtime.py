@@ -20,11 +20,11 @@ from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
-from wordlm.model import build_model
 from wordlm.quant import get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling, new_rng
+from wordlm.train.model import build_model
 
 # int8 and int4 with one scale per decoder row (groups of 32 = the trained model's hidden size) run
 # on the native kernels; groups of 16 and float weights on numpy's float32 path; int8-fine: the input
@@ -130,7 +130,7 @@ def cells(corpus):
     gate rows not a whole number of panels; a projection to 12), each float and int8."""
     from wordlm.checkpoint import Checkpoint
     from wordlm.config import ModelConfig
-    from wordlm.model import RecurrentLM, checkpoint_tensors
+    from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
     torch.set_num_threads(1)
     out = {}
@@ -292,7 +292,7 @@ def test_eval_generate_and_next_words_run_without_torch(trained_ckpt, corpus, co
     assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.split()) >= 10, r.stderr
     code = f"""
 from wordlm.checkpoint import load_checkpoint
-from wordlm.generate import context_ids
+from wordlm.evaluate.generate import context_ids
 from wordlm.runtime import Runtime
 import numpy as np
 ck = load_checkpoint({str(out)!r})

@@ -136,7 +136,7 @@ def test_tutorial_architecture_sizes_match_tutorial():
     from wordlm.config import preset
     from wordlm.engines.torch_dynamic import quantize_dynamic_int8
     from wordlm.engines.torch_fp32 import state_dict_bytes
-    from wordlm.model import RecurrentLM
+    from wordlm.train.model import RecurrentLM
 
     model = RecurrentLM(preset("tutorial", 33278)).eval()
     assert f"{state_dict_bytes(model) / 1e6:.1f}" == "113.9"

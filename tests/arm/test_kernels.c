@@ -321,8 +321,27 @@ typedef struct {
     int64_t steps, batch, in_dim, hidden, proj, layers;
 } rnn_case;
 
+/* the cells this harness has a C reference for (ref_cell), by kernels.c's number: check_cell_table holds
+ * them to the library's table (wl_cell_name, wl_cell_info), so a renumbered or changed cell fails here */
 static const char *const cell_names[] = {"lstm", "gru", "rnn_tanh", "rnn_relu"};
 static const int64_t cell_gates[] = {4, 3, 1, 1};
+#define REF_CELLS ((int)(sizeof(cell_names) / sizeof(cell_names[0])))
+
+static void check_cell_table(void) {
+    int n = 0;
+    for (; wl_cell_name(n); n++) {
+        int64_t gates;
+        int has_c, proj;
+        CHECK(!wl_cell_info(n, &gates, &has_c, &proj), "wl_cell_info(%d) refused", n);
+        if (n < REF_CELLS)
+            CHECK(!strcmp(wl_cell_name(n), cell_names[n]) && gates == cell_gates[n] && has_c == (n == 0),
+                  "kernels.c's cell %d is %s with %d gates; this harness's reference is %s", n, wl_cell_name(n),
+                  (int)gates, cell_names[n]);
+        else
+            printf("cell %s: no C reference here (tests/test_native.py checks it against numpy)\n", wl_cell_name(n));
+    }
+    CHECK(n >= REF_CELLS, "kernels.c has %d cells, this harness's reference %d", n, REF_CELLS);
+}
 
 static const rnn_case rnn_cases[] = {
     {0, 1, 1, 8, 4, 0, 1},    {0, 9, 3, 20, 12, 0, 3},  {0, 7, 1, 20, 40, 0, 3},  {0, 7, 3, 20, 100, 0, 2},
@@ -618,6 +637,7 @@ int main(int argc, char **argv) {
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    check_cell_table();
     int count = 0, best = wl_best_isa();
     char names[256] = "";
     for (; wl_isa_name(count) && count < MAX_ISAS; count++) {

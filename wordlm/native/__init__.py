@@ -27,12 +27,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wordlm.config import CELLS as GATES  # cell -> gate rows per hidden unit
+from wordlm import cells
 from wordlm.errors import WordLMError
 from wordlm.native.reference import cell_step as cell_step  # re-exported: the runtime's float cells
 from wordlm.native.reference import quantize_activations as quantize_activations  # and the references
 from wordlm.native.reference import reference_linear as reference_linear
 from wordlm.native.reference import reference_recurrent as reference_recurrent
+from wordlm.settings import check_threads
 
 PANEL = 16  # rows of W per packed panel (kernels.h: NR)
 # every kernel of an architecture, lowest first, by kernels.c's number (its isa_names)
@@ -77,12 +78,35 @@ def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
     lib.wl_isa_name.argtypes = [c_int]
+    lib.wl_cell_name.restype = ctypes.c_char_p
+    lib.wl_cell_name.argtypes = [c_int]
+    lib.wl_cell_info.restype = c_int
+    lib.wl_cell_info.argtypes = [c_int, ptr, ptr, ptr]
     built = []
     while (name := lib.wl_isa_name(len(built))) is not None:
         built.append(name.decode())
     if tuple(built) != ISAS:  # never expected: a library built for another architecture than this Python's
         raise WordLMError(f"wordlm's native kernels are {built}, but this {platform.machine()} machine's are {ISAS}")
+    lib.cell_ids = _cell_ids(lib)
     return lib
+
+
+def _cell_ids(lib: ctypes.CDLL) -> dict[str, int]:
+    """wordlm.cells' name -> the library's number of its C step, checked as the ISA list is: a registry
+    cell whose C step is missing, or whose gates or state differ from the C table's, is refused."""
+    table, gates, has_c, proj = {}, ctypes.c_int64(), ctypes.c_int(), ctypes.c_int()
+    while (name := lib.wl_cell_name(len(table))) is not None:
+        lib.wl_cell_info(len(table), *(ctypes.byref(v) for v in (gates, has_c, proj)))
+        table[name.decode()] = (len(table), gates.value, bool(has_c.value), bool(proj.value))
+    ids = {}
+    for cell in cells.CELLS.values():
+        if cell.kernel not in table:
+            raise WordLMError(f"wordlm's native kernels have no cell step {cell.kernel!r} (cell {cell.name}); rebuild")
+        number, *shape = table[cell.kernel]
+        if shape != [cell.gates, cell.has_c, cell.projection]:
+            raise WordLMError(f"cell {cell.name}: the registry's gates, c and projection differ from kernels.c's")
+        ids[cell.name] = number
+    return ids
 
 
 _lib: ctypes.CDLL | None = None
@@ -140,9 +164,7 @@ def _addr(a: np.ndarray | None) -> int | None:
 
 
 def _threads(threads: int) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise WordLMError(f"native kernels: threads must be an integer >= 1, got {threads!r}")
-    return min(int(threads), 1 << 16)
+    return check_threads(int(threads) if isinstance(threads, np.integer) else threads, "native kernels: threads")
 
 
 @dataclass
@@ -290,7 +312,6 @@ def decoder_nll(
 
 
 UNIT_BLOCK = 32  # hidden units per block of the recurrent layers' partition among threads (kernels.c)
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the recurrent cells by kernels.c's number (its cells)
 
 
 def _unit_block_order(hidden: int, gates: int) -> np.ndarray:
@@ -319,7 +340,7 @@ class _Matrix(ctypes.Structure):
 
 @dataclass
 class PackedRecurrent:
-    """A stack of recurrent layers of `cell` (one of CELLS) for the kernels: (W_ih with b_ih, W_hh with
+    """A stack of recurrent layers of `cell` (a wordlm.cells name) for the kernels: (W_ih with b_ih, W_hh with
     b_hh) per layer, W_hr per layer in `proj` for an LSTM with a projection (torch's proj_size: h = W_hr
     (o * tanh(c))), and the array of their addresses that `wl_rnn` takes (built once).
 
@@ -332,11 +353,13 @@ class PackedRecurrent:
     proj: list[PackedLinear] | None = None
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise WordLMError(f"native kernels: no cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.proj and (self.cell != "lstm" or len(self.proj) != len(self.layers)):
+        try:
+            spec = cells.get(self.cell)
+        except WordLMError as e:
+            raise WordLMError(f"native kernels: {e}") from None
+        if self.proj and (not spec.projection or len(self.proj) != len(self.layers)):
             raise WordLMError(f"native {self.cell}: a projection is an LSTM's, one W_hr per layer")
-        gates, hidden, out = GATES[self.cell], self.hidden, self.out_dim
+        gates, hidden, out = spec.gates, self.hidden, self.out_dim
         if any(p.n != gates * hidden for pair in self.layers for p in pair):
             raise WordLMError(
                 f"native {self.cell}: every W_ih and W_hh needs {gates} x {hidden} gate rows (hidden = "
@@ -378,9 +401,10 @@ def recurrent(
     """
     kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)
-    n_layers, hidden, out, lstm = len(packed.layers), packed.hidden, packed.out_dim, packed.cell == "lstm"
+    n_layers, hidden, out = len(packed.layers), packed.hidden, packed.out_dim
+    has_c = cells.CELLS[packed.cell].has_c
     batch = x.shape[1] if x.ndim == 3 else 0
-    shapes = [(n_layers, batch, out), (n_layers, batch, hidden)][: 2 if lstm else 1]
+    shapes = [(n_layers, batch, out), (n_layers, batch, hidden)][: 2 if has_c else 1]
     if x.ndim != 3 or packed.layers[0][0].k != x.shape[2] or [np.shape(s) for s in state] != shapes:
         raise WordLMError(
             f"native {packed.cell}: shapes do not fit (x {list(x.shape)}, state {[list(np.shape(s)) for s in state]})"
@@ -388,9 +412,9 @@ def recurrent(
     steps, _, in_dim = x.shape
     state = tuple(np.array(s, np.float32, order="C") for s in state)  # copies: the kernel updates them in place
     y = np.empty((steps, batch, out), np.float32)
-    h, c = _addr(state[0]), _addr(state[1]) if lstm else None
+    h, c = _addr(state[0]), _addr(state[1]) if has_c else None
     sizes = (steps, batch, in_dim, hidden, out if packed.proj else 0, n_layers)
-    cell, weights = CELLS.index(packed.cell), ctypes.addressof(packed._matrices)
+    cell, weights = lib().cell_ids[packed.cell], ctypes.addressof(packed._matrices)
     rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads)
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")

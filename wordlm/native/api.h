@@ -32,6 +32,10 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
 int wl_unit_block(void);
 int wl_best_isa(void);
 const char *wl_isa_name(int isa);
+/* the recurrent cells by number (wl_rnn's `cell`): the name wordlm/cells.py's registry gives as the
+ * cell's `kernel`, NULL past the last; its gate rows per unit, whether it has c and takes a projection */
+const char *wl_cell_name(int cell);
+int wl_cell_info(int cell, int64_t *gates, int *has_c, int *projection);
 int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums);
 
 #endif

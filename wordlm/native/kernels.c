@@ -396,13 +396,19 @@ static void rnn_relu_cell(const wl_kernels *kern, const float *xp, float *g, int
     }
 }
 
-/* the cells by number (wordlm.native's CELLS names them alike): gate rows per unit, and the cell */
+/* The cells by number, and by name: wordlm/cells.py's registry names each entry's C step here (its
+ * `kernel`) and wordlm.native checks the gates and the state against this table when it loads the
+ * library (wl_cell_name, wl_cell_info). A new cell is a step function above and a row here. */
 static const struct {
+    const char *name;
     int64_t gates;
+    int has_c, projection; /* a cell state c beside h; takes a projection W_hr (torch's proj_size) */
     cell_fn fn;
-} cells[] = {{4, lstm_cell}, {3, gru_cell}, {1, rnn_tanh_cell}, {1, rnn_relu_cell}};
+} cells[] = {{"lstm", 4, 1, 1, lstm_cell},
+             {"gru", 3, 0, 0, gru_cell},
+             {"rnn_tanh", 1, 0, 0, rnn_tanh_cell},
+             {"rnn_relu", 1, 0, 0, rnn_relu_cell}};
 #define CELL_COUNT ((int)(sizeof(cells) / sizeof(cells[0])))
-enum { CELL_LSTM };
 
 enum { W_IH, W_HH, W_HR, MATRICES }; /* a layer's matrices, in wl_rnn's w[layers][MATRICES] */
 
@@ -556,10 +562,9 @@ static void rnn_region(void *arg, team_t *team) {
     }
 }
 
-/* A stack of recurrent layers of cell `cell` (0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN ReLU; torch's gate
- * orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
- * batch, P] and, for the LSTM, c [layers, batch, hidden] (read, then updated in place; c NULL
- * otherwise), where P = proj for an LSTM with a projection (proj > 0: h = W_hr (o * tanh(c))), else
+/* A stack of recurrent layers of cell `cell` (a row of `cells`: wl_cell_name; torch's gate orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
+ * batch, P] and, for a cell with c (the LSTM), c [layers, batch, hidden] (read, then updated in place;
+ * c NULL otherwise), where P = proj for a cell with a projection (proj > 0: h = W_hr (o * tanh(c))), else
  * hidden. w[layers][3]: W_ih [G, in] (in = in_dim for the first layer, P above) and W_hh [G, P], G =
  * gates x hidden, packed as for the decoder with their rows in UNIT_BLOCK order (above), their scales,
  * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
@@ -572,7 +577,7 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
     const wl_kernels *kern = kernels_for(isa);
     if (!kern || cell < 0 || cell >= CELL_COUNT || threads < 1 || steps < 1 || batch < 1 || layers < 1 ||
         in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
-        (proj && cell != CELL_LSTM) || (cell == CELL_LSTM && !c))
+        (proj && !cells[cell].projection) || (cells[cell].has_c && !c))
         return -1;
     int fine = 0;
     for (int64_t l = 0; l < layers; l++) {
@@ -589,7 +594,7 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
     int64_t rows = steps * batch, ldg = (gates * hidden + NR - 1) / NR * NR, widest = in_dim > P ? in_dim : P;
     rnn_job job = {.kern = kern, .cell = cells[cell].fn, .gates = gates, .steps = steps, .batch = batch,
                    .in_dim = in_dim, .hidden = hidden, .proj = proj, .layers = layers, .out_dim = P, .ldg = ldg,
-                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cell == CELL_LSTM ? c : NULL,
+                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cells[cell].has_c ? c : NULL,
                    .y = y};
     job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * P)) : NULL;
     job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * P));
@@ -635,6 +640,14 @@ int wl_best_isa(void) { return best_isa(); }
 
 /* the name of kernel `isa` of this build's architecture, lowest first; NULL past the last */
 const char *wl_isa_name(int isa) { return isa >= 0 && isa < ISA_COUNT ? isa_names[isa] : NULL; }
+
+const char *wl_cell_name(int cell) { return cell >= 0 && cell < CELL_COUNT ? cells[cell].name : NULL; }
+
+int wl_cell_info(int cell, int64_t *gates, int *has_c, int *projection) {
+    if (cell < 0 || cell >= CELL_COUNT) return -1;
+    *gates = cells[cell].gates, *has_c = cells[cell].has_c, *projection = cells[cell].projection;
+    return 0;
+}
 
 #ifndef WL_NO_PYTHON
 /* A Python module only so that the library is built and found like any extension; the functions

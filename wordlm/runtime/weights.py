@@ -88,7 +88,7 @@ class Recurrent:
     wordlm.native.cell_step (torch's gate orders), an LSTM's projection h = W_hr (o * tanh(c))."""
 
     def __init__(self, cfg, layers: list[tuple[FloatLinear, FloatLinear, FloatLinear | None]]) -> None:
-        self.cell, self.layers = cfg.cell, layers  # (W_ih, W_hh, W_hr or None)
+        self.cell, self.has_c, self.layers = cfg.cell, cfg.cell_spec.has_c, layers  # (W_ih, W_hh, W_hr or None)
 
     def __call__(self, x: np.ndarray, *state: np.ndarray, threads: int):
         steps, batch, _ = x.shape
@@ -96,7 +96,7 @@ class Recurrent:
         for layer, (w_ih, w_hh, w_hr) in enumerate(self.layers):
             xproj = w_ih(x.reshape(steps * batch, -1)).reshape(steps, batch, -1)  # every step at once
             h = state[0][layer]
-            c = state[1][layer] if self.cell == "lstm" else None
+            c = state[1][layer] if self.has_c else None
             ys = np.empty((steps, batch, h.shape[-1]), np.float32)
             for t in range(steps):
                 h, c = native.cell_step(self.cell, xproj[t], w_hh(h), h, c)

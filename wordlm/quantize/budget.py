@@ -181,7 +181,7 @@ def mixed_scheme(plan: dict[str, QSpec], fine_activations: str = "none") -> Sche
 
 def search(ckpt: Checkpoint, cfg: BudgetConfig, rounder: Rounder = round_to_nearest, data_dir: str | None = None):
     """(the smallest plan within the budget as a Scheme, its report). `rounder` quantizes each weight
-    (wordlm.calibrate's GPTQ or round to nearest)."""
+    (wordlm.quantize.calibrate's GPTQ or round to nearest)."""
     from wordlm.quantize import quantize_checkpoint
 
     cfg.check()
@@ -288,7 +288,7 @@ def write_report(report: BudgetReport, out: Path) -> list[Path]:
     import io
     import json
 
-    from wordlm.fileio import atomic_write
+    from wordlm.checkpoint.fileio import atomic_write
 
     paths = [
         atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=1) + "\n"),

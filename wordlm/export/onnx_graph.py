@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from wordlm import cells
 from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError, require
 from wordlm.quant import codes
@@ -55,10 +56,9 @@ class GraphBuilder:
         return h.make_model(graph, opset_imports=opsets, ir_version=9).SerializeToString()
 
 
-def _gate_order(w: np.ndarray, hidden: int) -> np.ndarray:
-    """Rows in torch's gate order (i, f, g, o) -> ONNX's (i, o, f, c)."""
-    i, f, g, o = (w[k * hidden : (k + 1) * hidden] for k in range(4))
-    return np.concatenate([i, o, f, g])
+def _gate_order(w: np.ndarray, hidden: int, order: tuple[int, ...] = cells.CELLS["lstm"].onnx_gate_order) -> np.ndarray:
+    """Gate rows in torch's order -> ONNX's (the cell's onnx_gate_order: an LSTM's i, f, g, o -> i, o, f, c)."""
+    return np.concatenate([w[k * hidden : (k + 1) * hidden] for k in order])
 
 
 def seven_bit(q: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,10 +162,11 @@ class QuantizedGraph:
         return b.op("Unsqueeze", w, "ax0")
 
     def _gru_rnn(self, b: GraphBuilder, x: str, h0: str) -> tuple[str, str]:
-        """GRU (torch's r, z, n -> ONNX's z, r, h; linear_before_reset, as torch computes) or RNN layers."""
+        """The layers of a cell without c (GRU, RNN): the registry's ONNX operator, attributes and gate
+        order (a GRU: torch's r, z, n -> ONNX's z, r, h, with linear_before_reset as torch computes)."""
         H, hs = self.cfg.hidden_dim, []
-        gru = self.cfg.cell == "gru"
-        order = [slice(H, 2 * H), slice(0, H), slice(2 * H, 3 * H)] if gru else [slice(0, H)]
+        cell = self.cfg.cell_spec
+        order = [slice(k * H, (k + 1) * H) for k in cell.onnx_gate_order]
         for layer in range(self.cfg.num_layers):
             sl = [b.const(f"sl{layer}_{k}", np.array([v])) for k, v in (("s", layer), ("e", layer + 1))]
             h_init = b.op("Slice", h0, *sl, "ax0")
@@ -173,11 +174,7 @@ class QuantizedGraph:
             R = self._weight(b, f"rnn.weight_hh_l{layer}", order)
             bias = np.concatenate([self._float(f"rnn.bias_{k}_l{layer}")[o] for k in ("ih", "hh") for o in order])[None]
             B = b.const(f"B{layer}", bias)
-            if gru:
-                y, yh = b.op("GRU", x, W, R, B, "", h_init, outputs=2, hidden_size=H, linear_before_reset=1)
-            else:
-                act = "Tanh" if self.cfg.cell == "rnn_tanh" else "Relu"
-                y, yh = b.op("RNN", x, W, R, B, "", h_init, outputs=2, hidden_size=H, activations=[act])
+            y, yh = b.op(cell.onnx_op, x, W, R, B, "", h_init, outputs=2, hidden_size=H, **cell.onnx_attrs)
             x = b.op("Squeeze", y, "ax1")  # [S, B, H]
             hs.append(yh)
         return x, b.op("Concat", *hs, axis=0)
@@ -224,7 +221,7 @@ class QuantizedGraph:
         b.const("ax0", np.array([0]))
         b.const("ax1", np.array([1]))
         state_shape = [L, "batch", H]
-        lstm = cfg.cell == "lstm"
+        lstm = cfg.cell_spec.has_c  # an LSTM: ORT's int8 DynamicQuantizeLSTM, c in and out
         inputs = [("ids", "INT64", ["seq", "batch"]), ("h0", "FLOAT", state_shape)]
         inputs += [("c0", "FLOAT", state_shape)] if lstm else []
         x = self._embedding(b, "ids")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
+from wordlm.checkpoint.tensorfile import read_tensors, tensors_bytes
 from wordlm.config import ModelConfig, expected_shapes
 from wordlm.data import Vocab
 from wordlm.errors import WordLMError
-from wordlm.fileio import atomic_write_dir, settle_dir
 from wordlm.quant import Scheme, scheme_from_dict
-from wordlm.tensorfile import read_tensors, tensors_bytes
 
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, VOCAB = "config.json", "model.safetensors", "vocab.txt"

@@ -7,7 +7,7 @@ killed run resumes where it stopped and, on one thread with the same seed, ends 
 as one that was never interrupted.
 
 Under torchrun, every rank runs `train` on its share of the batch's streams with DDP (the how and the
-why: wordlm.distributed); rank 0 writes `best/` and `state/`, and a run resumes on any number of ranks.
+why: wordlm.train.distributed); rank 0 writes `best/` and `state/`, and a run resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
-from wordlm.config import ModelConfig, preset
+from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
-from wordlm.distributed import (
+from wordlm.engines.torch_fp32 import TorchEngine
+from wordlm.errors import WordLMError
+from wordlm.evaluate import evaluate
+from wordlm.train.config import TrainConfig
+from wordlm.train.distributed import (
     Group,
     average_touched_rows,
     data_parallel,
@@ -38,96 +42,13 @@ from wordlm.distributed import (
     rank_seed,
     restore_rank_state,
 )
-from wordlm.engines.torch_fp32 import TorchEngine
-from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
-from wordlm.fileio import atomic_write_dir, settle_dir
-from wordlm.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
+from wordlm.train.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
 # settings that a resumed run may change: train longer, save more or less often, the arithmetic, and
 # when the learning rate decays from here on
 RESUMABLE_CHANGES = ("epochs", "save_every", "precision", "min_improvement")
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tutorial"
-    emb_dim: int | None = None  # None: the preset's
-    hidden_dim: int | None = None
-    num_layers: int | None = None
-    dropout: float | None = None
-    cell: str | None = None  # lstm, gru, rnn_tanh, rnn_relu (None: the preset's)
-    tied: bool | None = None  # one matrix for the embedding and the decoder
-    proj_size: int | None = None  # LSTM only: project h to this size
-    init: str = "scaled"  # see RecurrentLM.init_weights
-    lr: float = 20.0
-    clip: float = 0.25
-    batch_size: int = 20
-    bptt: int = 35
-    epochs: int = 6
-    lr_decay: float = 4.0  # lr /= lr_decay when validation loss improves by less than min_improvement
-    # nats; 0 is the reference recipe (decay only when validation gets worse). A positive value anneals
-    # sooner, which pays off when the epochs are counted: lr 20 keeps improving, by ever less, for a
-    # long time (cf. the `threshold` of torch's ReduceLROnPlateau)
-    min_improvement: float = 0.0
-    seed: int = 1111
-    eval_batch_size: int = 10
-    save_every: int = 200  # batches between resumable state saves
-    # "bf16": forward and loss under bfloat16 autocast (weights, gradients and the optimizer stay fp32);
-    # measured 1.4x faster per step on an AVX-512 BF16 CPU; a CPU without bf16 support trains in fp32
-    # with a warning (see `cpu_bf16`); "fp32": the tutorial's arithmetic
-    precision: str = "fp32"
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return preset(
-            self.preset,
-            vocab_size,
-            emb_dim=self.emb_dim,
-            hidden_dim=self.hidden_dim,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            cell=self.cell,
-            tied=self.tied,
-            proj_size=self.proj_size,
-        )
-
-    def check(self, world_size: int = 1) -> None:
-        """One-line errors for impossible settings; `world_size`: the ranks that will share the batch."""
-        positive = (
-            "lr",
-            "clip",
-            "batch_size",
-            "bptt",
-            "epochs",
-            "lr_decay",
-            "save_every",
-            "eval_batch_size",
-            "emb_dim",
-            "hidden_dim",
-            "num_layers",
-            "proj_size",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # also refuses NaN
-                raise WordLMError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("lr", "clip", "lr_decay", "min_improvement"):
-            if not math.isfinite(getattr(self, name)):
-                raise WordLMError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        if not self.min_improvement >= 0:
-            raise WordLMError(f"--min-improvement must be >= 0, got {self.min_improvement}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:  # NaN fails too
-            raise WordLMError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.precision not in ("fp32", "bf16"):
-            raise WordLMError(f"--precision must be fp32 or bf16, got {self.precision!r}")
-        self.model_config(vocab_size=1)  # the model's own checks (proj_size on a GRU, tying unequal sizes)
-        if self.batch_size % world_size:
-            raise WordLMError(
-                f"--batch-size {self.batch_size} does not split into {world_size} ranks' streams; "
-                f"use a multiple of {world_size}"
-            )
 
 
 @dataclass
@@ -310,7 +231,7 @@ def train(
     """Train (or continue training) a model; returns where the run stands when it stops.
 
     Stops after `cfg.epochs` epochs or, saving its state first, once `max_minutes` have passed. In a
-    process group of several ranks (torchrun, `wordlm.distributed.setup`), every rank calls this with
+    process group of several ranks (torchrun, `wordlm.train.distributed.setup`), every rank calls this with
     the same arguments and `device` its own: DDP over the ranks' shares of the batch's streams.
     """
     run_dir = Path(run_dir)

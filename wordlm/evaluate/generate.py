@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from wordlm.data import EOS, Vocab
-from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
-from wordlm.runtime import Sampling, new_rng
+from wordlm.runtime import Engine, Sampling, new_rng
 
 
 def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:

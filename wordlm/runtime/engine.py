@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from wordlm.runtime import Sampling, State, sample
+from wordlm.runtime.sampling import Sampling, sample
 from wordlm.runtime.weights import logsumexp
+
+State = tuple[np.ndarray, ...]  # float32 (h, c) for an LSTM, (h,) otherwise: ModelConfig.state_shapes
 
 __all__ = ["Engine", "State"]
 

@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from wordlm.checkpoint import FORMAT_VERSION, Checkpoint
+from wordlm.checkpoint.fileio import atomic_write
 from wordlm.errors import WordLMError, require
-from wordlm.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _torch_export(ckpt: Checkpoint) -> bytes:
     by mistake would show up as a shape error in the tests rather than pass unnoticed.
     """
     torch = require("torch", "torch")
-    from wordlm.model import build_model
+    from wordlm.train.model import build_model
 
     if ckpt.config.proj_size:
         raise WordLMError("ONNX has no LSTM with a projection: a projected LSTM cannot be exported as float")
@@ -141,23 +141,23 @@ def onnx_bytes(ckpt: Checkpoint, quantize_dynamic: bool = False) -> bytes:
     """The serialized ONNX model of a checkpoint, checked, with wordlm metadata.
 
     Float checkpoints go through torch's exporter (then, with `quantize_dynamic`, ONNX Runtime's
-    quantizer). Quantized checkpoints are built as wordlm's own graph (wordlm.onnx_graph: same inputs
+    quantizer). Quantized checkpoints are built as wordlm's own graph (wordlm.export.onnx_graph: same inputs
     and outputs, ONNX Runtime's com.microsoft int8 / 4-bit operators).
     """
     onnx = require("onnx")
     if ckpt.scheme is not None:
         if quantize_dynamic:
             raise WordLMError("quantize_dynamic applies to float checkpoints; this one is already quantized")
-        from wordlm.onnx_graph import QuantizedGraph
+        from wordlm.export.onnx_graph import QuantizedGraph
 
         model_bytes = QuantizedGraph(ckpt).build()
     else:
         model_bytes = _torch_export(ckpt)
         check_recurrent_weights_are_initializers(onnx.load_from_string(model_bytes))
-        if quantize_dynamic and ckpt.config.cell != "lstm":
+        if quantize_dynamic and ckpt.config.cell_spec.onnx_op != "LSTM":  # the only recurrent op ORT quantizes
             raise WordLMError(
-                f"ONNX Runtime's quantize_dynamic leaves {ckpt.config.cell.upper()} operators in fp32 (onnxruntime "
-                "issue 9796): only the decoder would be int8"
+                f"ONNX Runtime's quantize_dynamic leaves {ckpt.config.cell_spec.onnx_op} operators in fp32 "
+                "(onnxruntime issue 9796): only the decoder would be int8"
             )
         if quantize_dynamic:
             model_bytes = _quantize_dynamic(model_bytes)

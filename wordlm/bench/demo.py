@@ -16,13 +16,13 @@ from wordlm.data import load_corpus, load_split, prefix
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError, require
 from wordlm.evaluate import evaluate
-from wordlm.generate import generate_text
+from wordlm.evaluate.generate import generate_text
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
 
 torch = require("torch", "torch")  # the demo compares with the tutorial's torch paths
 
-from wordlm.model import RecurrentLM, build_model, checkpoint_tensors  # noqa: E402
+from wordlm.train.model import RecurrentLM, build_model, checkpoint_tensors  # noqa: E402
 
 
 def untrained_tutorial_checkpoint(seed: int = 0) -> Checkpoint:

@@ -36,11 +36,10 @@ from wordlm import __version__
 from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import EOS, Vocab
 from wordlm.engines import default_engine, load_engine
-from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
-from wordlm.generate import context_ids, detokenize, encode_prompt, generate_ids
-from wordlm.runtime import Sampling, new_rng
-from wordlm.serve_schema import (
+from wordlm.evaluate.generate import context_ids, detokenize, encode_prompt, generate_ids
+from wordlm.runtime import Engine, Sampling, new_rng
+from wordlm.serve.schema import (
     ERRORS,
     MAX_BODY_BYTES,
     STREAM,

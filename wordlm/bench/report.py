@@ -74,7 +74,7 @@ def plots(doc: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wordlm.fileio import atomic_write
+    from wordlm.checkpoint.fileio import atomic_write
 
     rows = [r for r in doc["results"] if r["status"] == "ok"]
     paths = []

@@ -1,18 +1,18 @@
 """Whole checkpoints in and out of a quantization scheme: above both `checkpoint` and `quant`.
 
 `quantize_checkpoint` is the offline step (gpt-fast's "quantize the state dict, swap at load"), with
-round to nearest or GPTQ calibrated on training text (wordlm.calibrate); `dequantize_checkpoint` is
+round to nearest or GPTQ calibrated on training text (wordlm.quantize.calibrate); `dequantize_checkpoint` is
 the slow reference every engine is held to: dequantize, then run in fp32.
 """
 
 from __future__ import annotations
 
-from wordlm.calibrate import CALIB_TOKENS, calibrated_rounder, calibration_ids
 from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError
 from wordlm.quant import Rounder, Scheme, round_to_nearest
+from wordlm.quantize.calibrate import CALIB_TOKENS, calibrated_rounder, calibration_ids
 
-METHODS = ("rtn", "gptq")  # round to nearest; GPTQ from a calibration sample (wordlm.calibrate)
+METHODS = ("rtn", "gptq")  # round to nearest; GPTQ from a calibration sample (wordlm.quantize.calibrate)
 
 
 def make_rounder(

@@ -19,13 +19,11 @@ Hidden = tuple[torch.Tensor, ...]  # (h, c) or (h,), each [num_layers, batch, si
 
 
 def recurrent_layer(cfg: ModelConfig) -> nn.Module:
-    """torch's multi-layer recurrent module for the config's cell."""
-    if cfg.cell == "lstm":
-        return nn.LSTM(cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, dropout=cfg.dropout, proj_size=cfg.proj_size)
-    if cfg.cell == "gru":
-        return nn.GRU(cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, dropout=cfg.dropout)
-    nonlinearity = cfg.cell.removeprefix("rnn_")
-    return nn.RNN(cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, nonlinearity=nonlinearity, dropout=cfg.dropout)
+    """torch's multi-layer recurrent module for the config's cell (its registry entry: wordlm.cells)."""
+    cell = cfg.cell_spec
+    extra = {"proj_size": cfg.proj_size} if cell.projection else {}
+    module = getattr(nn, cell.torch_module)
+    return module(cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, dropout=cfg.dropout, **cell.torch_kwargs, **extra)
 
 
 class RecurrentLM(nn.Module):
@@ -89,8 +87,9 @@ class RecurrentLM(nn.Module):
     def forward(self, ids: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         # ids: [seq, batch] -> logits: [seq, batch, vocab]
         emb = self.drop(self.encoder(ids))  # [seq, batch, emb]
-        out, hidden = self.rnn(emb, hidden if self.cfg.cell == "lstm" else hidden[0])  # [seq, batch, out_dim]
-        return self.decoder(self.drop(out)), hidden if self.cfg.cell == "lstm" else (hidden,)
+        has_c = self.cfg.cell_spec.has_c  # torch takes (h, c) for an LSTM, h alone otherwise
+        out, hidden = self.rnn(emb, hidden if has_c else hidden[0])  # [seq, batch, out_dim]
+        return self.decoder(self.drop(out)), hidden if has_c else (hidden,)
 
 
 def repackage_hidden(h: Hidden) -> Hidden:

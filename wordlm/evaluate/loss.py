@@ -10,8 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from wordlm.data import batchify, bptt_batches
-from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
+from wordlm.runtime import Engine
 
 
 @dataclass

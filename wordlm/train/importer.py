@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wordlm import cells
 from wordlm.checkpoint import Checkpoint, tensor_spec, validate_tensors
-from wordlm.config import CELLS, ModelConfig
+from wordlm.config import ModelConfig
 from wordlm.data import load_corpus
 from wordlm.errors import WordLMError, require
 
@@ -36,18 +37,23 @@ def infer_config(sd: dict[str, np.ndarray], cell: str | None, where: str) -> Mod
     proj = sd["rnn.weight_hr_l0"].shape[0] if "rnn.weight_hr_l0" in sd else 0
     hidden = sd["rnn.weight_hr_l0"].shape[1] if proj else sd["rnn.weight_hh_l0"].shape[1]
     gates = gates_h // hidden if gates_h % hidden == 0 else None
-    inferred = {4: "lstm", 3: "gru", 1: None}.get(gates, "?")
-    if inferred == "?":
-        raise WordLMError(f"{where}: rnn.weight_ih_l0 has {gates_h} rows, not 1, 3 or 4 gates of {hidden}")
-    if cell is not None:
-        if cell not in CELLS:
-            raise WordLMError(f"--cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        if CELLS[cell] != gates:
-            raise WordLMError(f"{where}: --cell {cell} needs {CELLS[cell]} gates, the tensors have {gates}")
-    elif inferred is None:
+    candidates = [c.name for c in cells.by_gates(gates)] if gates else []
+    if not candidates:
+        *most, last = sorted({str(c.gates) for c in cells.CELLS.values()})
         raise WordLMError(
-            f"{where}: a vanilla RNN; its shapes cannot tell tanh from relu: pass --cell rnn_tanh or rnn_relu"
+            f"{where}: rnn.weight_ih_l0 has {gates_h} rows, not {', '.join(most)} or {last} gates of {hidden}"
         )
+    if cell is not None:
+        if cell not in cells.CELLS:
+            raise WordLMError(f"--cell must be one of {', '.join(cells.CELLS)}, got {cell!r}")
+        if cells.CELLS[cell].gates != gates:
+            raise WordLMError(f"{where}: --cell {cell} needs {cells.CELLS[cell].gates} gates, the tensors have {gates}")
+    elif len(candidates) > 1:
+        raise WordLMError(
+            f"{where}: its shapes cannot tell {' from '.join(candidates)}: pass --cell {' or '.join(candidates)}"
+        )
+    else:
+        cell = candidates[0]
     tied = "decoder.weight" not in sd or (
         sd["decoder.weight"].shape == sd["encoder.weight"].shape
         and np.array_equal(sd["decoder.weight"], sd["encoder.weight"])
@@ -59,7 +65,7 @@ def infer_config(sd: dict[str, np.ndarray], cell: str | None, where: str) -> Mod
         hidden_dim=hidden,
         num_layers=num_layers,
         dropout=0.5,  # training-only; the tutorial's and RNNModel's default
-        cell=cell or inferred,
+        cell=cell,
         tied=bool(tied),
         proj_size=proj,
     )

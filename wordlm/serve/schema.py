@@ -11,13 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from wordlm.settings import SEED_MAX
+
 MAX_BODY_BYTES = 64 * 1024  # a request body larger than this is refused (413) before it is parsed
 MAX_WORDS = 2000  # words (line breaks count as one) in a prompt or a text
 MAX_TOKENS = 512  # words generated per choice
 MAX_N = 8  # choices per completion
 MAX_K = 100  # next-word suggestions per request
 MAX_STOPS, MAX_STOP_CHARS = 4, 100  # OpenAI allows up to 4 stop sequences
-SEED_MIN, SEED_MAX = 0, 2**63 - 1  # what every client can send; choice i uses seed + i
+SEED_MIN = 0  # to SEED_MAX: what every client can send; choice i uses seed + i
 
 
 def word_count(text: str) -> int:

@@ -19,7 +19,7 @@ from wordlm.data import batchify, bptt_batches, load_split
 from wordlm.errors import WordLMError
 from wordlm.quant import QSpec, Rounder, round_to_nearest
 from wordlm.quant.gptq import gptq
-from wordlm.runtime.weights import FloatLinear, Recurrent
+from wordlm.runtime import FloatLinear, Recurrent
 
 log = logging.getLogger("wordlm")
 

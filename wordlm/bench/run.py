@@ -25,16 +25,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wordlm.bench.machine_load import MachineLoad
 from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_checkpoint
 from wordlm.data import Vocab, load_split, prefix
 from wordlm.engines import load_engine
-from wordlm.engines.base import Engine
 from wordlm.errors import WordLMError
 from wordlm.evaluate import evaluate
-from wordlm.machine_load import MachineLoad
 from wordlm.quant import SCHEMES, get_scheme
 from wordlm.quantize import quantize_checkpoint
-from wordlm.runtime import Sampling, new_rng
+from wordlm.runtime import Engine, Sampling, new_rng
 
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
@@ -129,7 +128,7 @@ def probe_rss(variant: str, artifact: Path, split: str, tokens: int, data_dir: s
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork + exec, so a child of a
     # big process would report its parent's peak
     code = (
-        "from wordlm.bench import _probe, peak_rss_bytes; "
+        "from wordlm.bench.run import _probe, peak_rss_bytes; "
         f"_probe({variant!r}, {str(artifact)!r}, {split!r}, {tokens}, {data_dir!r}); "
         "print(peak_rss_bytes())"
     )
@@ -315,8 +314,8 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
 
 def write_results(doc: dict, out: str | Path) -> list[Path]:
     """results.json, results.md and the plots, each written atomically."""
-    from wordlm.fileio import atomic_write
-    from wordlm.report import markdown, plots
+    from wordlm.bench.report import markdown, plots
+    from wordlm.checkpoint.fileio import atomic_write
 
     out = Path(out)
     paths = [atomic_write(out / "results.json", json.dumps(doc, indent=2) + "\n")]

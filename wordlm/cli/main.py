@@ -5,52 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from wordlm import settings
 from wordlm.errors import WordLMError
+from wordlm.models import DEFAULT_MODEL, SHIPPED_MODEL, default_checkpoint
+from wordlm.settings import SEED_MAX
 
 log = logging.getLogger("wordlm")
-SEED_MAX = 2**63 - 1  # what torch's and numpy's generators and every JSON client take
+# a clone's float model, else (an installed wheel) the packaged quantized one: wordlm.models
+DEFAULT_HELP = f"checkpoint (default: {DEFAULT_MODEL.name} in a clone, else the packaged {SHIPPED_MODEL.name})"
 
 
 def integer(lo: int, hi: int | None = None):
-    """An argparse type: an integer in [lo, hi], else a one-line error naming the range."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(
-                f"must be an integer {f'from {lo} to {hi}' if hi is not None else f'>= {lo}'}, got {text}"
-            )
-        return value
-
-    return parse
+    """An argparse type: an integer in [lo, hi] (wordlm.settings' validator), else a one-line error."""
+    return settings.arg_type(int, settings.integer(lo, hi))
 
 
 def number(lo: float, hi: float | None = None, lo_open: bool = False):
     """An argparse type: a finite number in [lo, hi] (or (lo, hi]), else a one-line error."""
+    return settings.arg_type(float, settings.number(lo, hi, lo_open))
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        low_ok = value > lo if lo_open else value >= lo
-        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
-            interval = (
-                f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-            )
-            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text}")
-        return value
 
-    return parse
+THREADS = settings.arg_type(int, settings.threads)
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,26 +38,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "wikitext2-lstm"
-
-
-def default_checkpoint(path: str | None, required: bool = True) -> Path | None:
-    """The named checkpoint, else $WORDLM_MODEL, else the shipped models/wikitext2-lstm; when none
-    of these exists, an error (or None where the caller can do without one)."""
-    if path:
-        return Path(path)
-    if os.environ.get("WORDLM_MODEL"):
-        return Path(os.environ["WORDLM_MODEL"])
-    if DEFAULT_MODEL.is_dir():
-        return DEFAULT_MODEL
-    if not required:
-        return None
-    raise WordLMError(
-        f"no checkpoint given and the default {DEFAULT_MODEL} is missing; "
-        "name one (e.g. runs/x/best) or set WORDLM_MODEL"
-    )
 
 
 def _engine_for(args):
@@ -90,7 +50,7 @@ def _engine_for(args):
 
 def cmd_import(args) -> None:
     from wordlm.checkpoint import save_checkpoint
-    from wordlm.importer import import_state_dict
+    from wordlm.train.importer import import_state_dict
 
     ckpt = import_state_dict(args.state_dict, args.data, cell=args.cell)
     out = save_checkpoint(ckpt, args.out)
@@ -106,33 +66,13 @@ def cmd_train(args) -> None:
 
     torch = require("torch", "torch")
     from wordlm.data import load_corpus
-    from wordlm.distributed import EchoedError, Group, launch, setup, teardown
     from wordlm.runtime import check_threads
     from wordlm.train import TrainConfig, train
+    from wordlm.train.distributed import EchoedError, Group, launch, setup, teardown
 
     if args.threads is not None:
         torch.set_num_threads(check_threads(args.threads))
-    cfg = TrainConfig(
-        preset=args.preset,
-        emb_dim=args.emb_dim,
-        hidden_dim=args.hidden_dim,
-        num_layers=args.num_layers,
-        dropout=args.dropout,
-        cell=args.cell,
-        tied=args.tied,
-        proj_size=args.proj_size,
-        init=args.init,
-        lr=args.lr,
-        clip=args.clip,
-        batch_size=args.batch_size,
-        bptt=args.bptt,
-        epochs=args.epochs,
-        lr_decay=args.lr_decay,
-        min_improvement=args.min_improvement,
-        seed=args.seed,
-        save_every=args.save_every,
-        precision=args.precision,
-    )
+    cfg = settings.from_args(TrainConfig, args)
     if args.nproc > 1:  # this machine's ranks, started as torchrun would, each running this command
         cfg.check(args.nproc)  # a setting the ranks would refuse is refused before starting them
         launch(args.nproc, _without_nproc(sys.argv[1:]))
@@ -208,11 +148,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from wordlm.generate import generate_text
+    from wordlm.evaluate.generate import generate_text
     from wordlm.runtime import Sampling
 
     ckpt, engine = _engine_for(args)
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    sampling = settings.from_args(Sampling, args)
     if args.prompt:
         sys.stdout.write(args.prompt)
     for piece in generate_text(engine, ckpt.vocab, args.words, prompt=args.prompt, sampling=sampling, seed=args.seed):
@@ -244,7 +184,7 @@ def cmd_quantize(args) -> None:
     if args.budget is not None and (args.plan or args.group_size):
         raise WordLMError("--plan and --group-size go with --scheme; --budget chooses every weight's width itself")
     if args.budget is not None:
-        from wordlm.budget import BudgetConfig, search
+        from wordlm.quantize.budget import BudgetConfig, search
 
         cfg = BudgetConfig(
             budget=args.budget,
@@ -264,7 +204,7 @@ def cmd_quantize(args) -> None:
     qckpt = quantize_checkpoint(ckpt, scheme, rounder, provenance)
     out = save_checkpoint(qckpt, args.out)
     if report is not None:
-        from wordlm.budget import write_report
+        from wordlm.quantize.budget import write_report
 
         write_report(report, out)
         print(
@@ -291,7 +231,7 @@ def cmd_bench(args) -> None:
     from rich.console import Console
 
     from wordlm.bench import ALL_VARIANTS, BenchConfig, run_bench, write_results
-    from wordlm.report import rich_table
+    from wordlm.bench.report import rich_table
 
     variants = tuple(v.strip() for v in args.engines.split(",")) if args.engines else ALL_VARIANTS
     cfg = BenchConfig(
@@ -323,29 +263,34 @@ def cmd_serve(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from wordlm.demo import run_demo
+    from wordlm.bench.demo import run_demo
 
     # no checkpoint anywhere: the demo runs an untrained tutorial-architecture model and says so
     path = default_checkpoint(args.checkpoint, required=False)
+    if path == SHIPPED_MODEL:  # the packaged model is quantized; the demo compares float paths with int8
+        path = None
     run_demo(path, max_tokens=None if args.full else args.max_tokens, words=args.words, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wordlm.cells import CELLS
     from wordlm.engines import ENGINES
     from wordlm.quant import FINE_ACTIVATIONS
+    from wordlm.runtime import Sampling
+    from wordlm.train.config import TrainConfig
 
     p = Parser(prog="wordlm", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
     def engine_opts(sp):
-        sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+        sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
         sp.add_argument(
             "--engine",
             choices=list(ENGINES),
             help="default: torch for float checkpoints, wordlm for quantized ones",
         )
-        sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads (default 1, the tutorial's)")
+        sp.add_argument("--threads", type=THREADS, default=1, help="CPU threads (default 1, the tutorial's)")
         sp.add_argument("--data", help="folder with train.txt / valid.txt / test.txt (default: bundled WikiText-2)")
 
     sp = sub.add_parser(
@@ -356,54 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("state_dict")
     sp.add_argument("--out", required=True)
     sp.add_argument("--data", help="corpus folder whose vocabulary the model uses (default: bundled WikiText-2)")
-    sp.add_argument("--cell", help="lstm, gru, rnn_tanh or rnn_relu (default: from the shapes; an RNN needs it)")
+    sp.add_argument(
+        "--cell", choices=list(CELLS), help="the recurrent cell (default: from the shapes, where they tell)"
+    )
     sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("train", help="train a model (resumable)")
     sp.add_argument("--out", required=True, help="run directory: best/ checkpoint and state/ to resume from")
     sp.add_argument("--data")
-    sp.add_argument("--preset", default="tutorial")
-    for name in ("emb-dim", "hidden-dim", "num-layers"):
-        sp.add_argument(f"--{name}", type=integer(1))
-    sp.add_argument("--dropout", type=number(0, 0.99))
-    sp.add_argument("--cell", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"], help="recurrent cell (default: lstm)")
-    sp.add_argument(
-        "--tied", action="store_true", default=None, help="one matrix for the embedding and the decoder (Press & Wolf)"
-    )
-    sp.add_argument("--proj-size", type=integer(1), help="LSTM only: project h to this size (torch's proj_size)")
-    sp.add_argument("--init", default="scaled", choices=["scaled", "tutorial"])
-    sp.add_argument("--lr", type=number(0, lo_open=True), default=20.0)
-    sp.add_argument("--clip", type=number(0, lo_open=True), default=0.25)
-    sp.add_argument("--batch-size", type=integer(1), default=20)
-    sp.add_argument("--bptt", type=integer(1), default=35)
-    sp.add_argument("--epochs", type=integer(1), default=6)
-    sp.add_argument(
-        "--lr-decay", type=number(1, lo_open=True), default=4.0, help="divide the learning rate by this on a plateau"
-    )
-    sp.add_argument(
-        "--min-improvement",
-        type=number(0),
-        default=0.0,
-        help="a plateau: validation loss improved by less than this (nats) in an epoch; 0: did not improve "
-        "(the reference recipe); may be changed on --resume",
-    )
-    sp.add_argument("--seed", type=integer(0, SEED_MAX), default=1111)
-    sp.add_argument("--save-every", type=integer(1), default=200, help="batches between resumable saves")
+    settings.add_flags(sp, TrainConfig)
     sp.add_argument("--max-minutes", type=number(0, lo_open=True), help="stop (state saved) after this many minutes")
     sp.add_argument("--resume", action="store_true")
-    sp.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16: bfloat16 autocast for forward and loss, weights and optimizer fp32 (faster where the CPU or "
-        "GPU has bf16 units; may be switched on --resume)",
-    )
     sp.add_argument(
         "--max-vocab", type=integer(2), help="keep the N - 1 most frequent words and <unk>; the rest become <unk>"
     )
     sp.add_argument("--min-count", type=integer(1), default=1, help="words seen fewer times (all splits) become <unk>")
     sp.add_argument("--device", default="cpu", help="cpu or cuda[:N]; with several ranks, cuda: GPU LOCAL_RANK each")
-    sp.add_argument("--threads", type=integer(1, 256), help="CPU threads (default: torch's; per rank)")
+    sp.add_argument("--threads", type=THREADS, help="CPU threads (default: torch's; per rank)")
     sp.add_argument(
         "--nproc",
         type=integer(1, 1024),
@@ -424,15 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("generate", help="sample text")
     engine_opts(sp)
     sp.add_argument("--words", type=integer(1), default=100)
-    sp.add_argument("--temperature", type=number(0), default=1.0, help="0: greedy")
-    sp.add_argument("--top-k", type=integer(0), help="keep the k most likely words (0: all)")
-    sp.add_argument("--top-p", type=number(0, 1, lo_open=True), help="nucleus sampling (1: all)")
+    settings.add_flags(sp, Sampling)
     sp.add_argument("--seed", type=integer(0, SEED_MAX))
     sp.add_argument("--prompt")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("export", help="export a float checkpoint to ONNX (optionally int8 via ORT)")
-    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
     sp.add_argument("--format", default="onnx", help="output format (only onnx for now)")
     sp.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     sp.add_argument("--quantize-dynamic", action="store_true", help="int8 weights via onnxruntime's quantize_dynamic")
@@ -445,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--budget",
         type=number(0, lo_open=True),
-        help="the smallest per-weight plan costing at most this many nats of validation loss (see wordlm.budget)",
+        help="the smallest per-weight plan costing at most this many nats of validation loss (wordlm.quantize.budget)",
     )
     sp.add_argument(
         "--val-tokens", type=integer(100), default=20000, help="--budget: validation tokens that measure each cost"
@@ -463,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=6,
         help="--budget: the recurrent weights' narrowest width (2-3-bit ones drift over a long context)",
     )
-    sp.add_argument("--threads", type=integer(1, 256), default=1, help="--budget: CPU threads of its evaluations")
+    sp.add_argument("--threads", type=THREADS, default=1, help="--budget: CPU threads of its evaluations")
     sp.add_argument(
         "--group-size", type=integer(16), help="inputs per scale for the sub-8-bit parts (default: the scheme's)"
     )
@@ -476,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--calib-tokens",
         type=integer(40),
-        help="gptq: tokens of the training split to calibrate on (default: wordlm.calibrate.CALIB_TOKENS)",
+        help="gptq: tokens of the training split to calibrate on (default: wordlm.quantize.calibrate.CALIB_TOKENS)",
     )
     sp.add_argument("--data", help="gptq: corpus directory with train.txt (default: the shipped WikiText-2)")
     sp.add_argument(
@@ -504,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("serve", help="HTTP server: OpenAI-compatible completions, next words, scores, a web page")
-    sp.add_argument("checkpoint", nargs="?", help=f"checkpoint directory (default: {DEFAULT_MODEL.name})")
+    sp.add_argument("checkpoint", nargs="?", help=DEFAULT_HELP)
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=integer(1, 65535), default=8000)
     sp.add_argument(
@@ -512,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(ENGINES),
         help="default: torch for float checkpoints, wordlm for quantized ones",
     )
-    sp.add_argument("--threads", type=integer(1, 256), default=1, help="CPU threads of the engine (default 1)")
+    sp.add_argument("--threads", type=THREADS, default=1, help="CPU threads of the engine (default 1)")
     sp.add_argument(
         "--max-concurrent",
         type=integer(1, 10000),
