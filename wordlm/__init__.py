@@ -29,6 +29,7 @@ _API = {
     "import_tutorial": "wordlm.importer",
     "RecurrentLM": "wordlm.model",
     "build_model": "wordlm.model",
+    "quantize_dynamic": "wordlm.nn",
     "quantize_checkpoint": "wordlm.quantize",
     "dequantize_checkpoint": "wordlm.quantize",
     "Runtime": "wordlm.runtime",

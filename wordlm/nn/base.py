@@ -1,0 +1,144 @@
+"""What every wordlm.nn module shares: weights held as codes and scales, and the call conventions.
+
+A quantized weight is two buffers, `name` (the codes as `wordlm quantize` stores them: int8 at 8 bits,
+densely packed uint8 below) and `name_scale` (fp16, one per row or per group), so that `state_dict()`
+and `torch.save` hold the real size and load into `quantize_dynamic(fresh_float_model)`. The kernels'
+packed copies are built from the buffers (`_pack`), at conversion and after every `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from wordlm import native
+from wordlm.errors import WordLMError
+from wordlm.quant import QSpec
+from wordlm.quant.primitives import pack_bits, row_unit, unpack_bits
+
+# (weight name in its module, float weight [N, K], spec) -> (codes int8 [N, K], scales fp16 [N, G])
+Rounder = Callable[[str, np.ndarray, QSpec], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Quantizer:
+    """What `quantize_dynamic` hands a module's `from_float`: the spec of each of its weights and how
+    to round them. `specs` maps a weight's name in its module to its QSpec (bits None: keep float);
+    `fine` says whether a matrix's inputs go through the kernels as two 7-bit codes (Scheme); `shared`
+    memoises the codes of a float tensor that several modules hold (a tied embedding and decoder), so
+    that they are quantized and saved once."""
+
+    spec: Callable[[str], QSpec]
+    rounder: Rounder
+    fine: Callable[[str], bool]
+    shared: dict
+
+
+def spec_text(spec: QSpec, k: int) -> str:
+    """A weight's scheme for people: 'int8 per row', 'int4 groups of 64'."""
+    group = spec.group(k)
+    return f"int{spec.bits} " + ("per row" if group == k else f"groups of {group}")
+
+
+class QuantizedModule(nn.Module):
+    """A module whose weights are codes and scales (buffers) and whose work runs on the native kernels.
+
+    `threads`: the kernels' threads; None follows torch.get_num_threads() at each call."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__()
+        self.threads = threads
+        self._specs: dict[str, tuple[QSpec, int]] = {}  # weight name -> (spec, its K)
+
+    def _kernel_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def store(self, name: str, w: torch.Tensor, q: Quantizer) -> None:
+        """Quantize float weight `w` [N, K] into the buffers `name` and `name_scale` (shared where another
+        module holds the same tensor under the same spec)."""
+        spec = q.spec(name)
+        if spec.bits is None:
+            raise WordLMError(f"the plan keeps {name} float, and a module is quantized whole")
+        key = (w.data_ptr(), tuple(w.shape), w.stride(), spec)
+        if key not in q.shared:
+            k = w.shape[1]
+            codes, scales = q.rounder(name, w.detach().float().numpy(), spec)
+            pad = -k % row_unit(spec.bits)  # dense rows fill whole bytes: pad with zero codes
+            codes = np.pad(codes, ((0, 0), (0, pad))) if pad else codes
+            q.shared[key] = (torch.from_numpy(pack_bits(codes, spec.bits)), torch.from_numpy(scales))
+        codes_t, scales_t = q.shared[key]
+        self.register_buffer(name, codes_t)
+        self.register_buffer(f"{name}_scale", scales_t)
+        self._specs[name] = (spec, w.shape[1])
+
+    def store_bias(self, name: str, b: torch.Tensor | None) -> None:
+        """A bias as a float32 buffer (None where the float module has none)."""
+        self.register_buffer(name, None if b is None else b.detach().float().clone())
+
+    def bias_array(self, name: str, n: int) -> np.ndarray:
+        """Bias `name` as float32 [n] for the kernels, which always add one: zeros where there is none."""
+        b = getattr(self, name)
+        return np.zeros(n, np.float32) if b is None else b.numpy()
+
+    def codes(self, name: str) -> np.ndarray:
+        """The int8 codes [N, K] of weight `name`."""
+        spec, k = self._specs[name]
+        return unpack_bits(getattr(self, name).numpy(), spec.bits)[:, :k]
+
+    def scales(self, name: str) -> np.ndarray:
+        """Weight `name`'s scales as float32 [N, G]."""
+        return getattr(self, f"{name}_scale").float().numpy()
+
+    def scheme_text(self) -> str:
+        texts = sorted({spec_text(spec, k) for spec, k in self._specs.values()})
+        return f"scheme={'/'.join(texts)}, kernels={native.active_isa()}"
+
+    def _pack(self) -> None:
+        """Build the kernels' packed weights from the buffers."""
+        raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._pack()  # the packed copies follow the loaded codes
+
+
+def check_no_grad(module: nn.Module, *tensors: torch.Tensor | None) -> None:
+    """Refuse, in one line, a call whose result would need a gradient: the kernels have none."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"wordlm.nn.{type(module).__name__} is inference-only (int8 kernels, no autograd): "
+            "call it under torch.no_grad() or on inputs that do not require grad"
+        )
+
+
+def as_rows(x: torch.Tensor, k_pad: int) -> torch.Tensor:
+    """x [..., K] of any float dtype and strides -> float32 [M, k_pad], C-contiguous, zero columns past K:
+    the kernels' input, in x's row order. No copy where x already is that, one otherwise."""
+    k = x.shape[-1]
+    if k == k_pad and x.dtype == torch.float32 and x.is_contiguous():
+        return x.view(-1, k)
+    out = (torch.empty if k == k_pad else torch.zeros)(*x.shape[:-1], k_pad)
+    out[..., :k].copy_(x)
+    return out.view(-1, k_pad)
+
+
+Blocks = tuple[int, int, int]  # (count, real size, padded size): a matrix dimension as blocks of padding
+
+
+def pad_blocks(a: np.ndarray, rows: Blocks, cols: Blocks | None = None, fill: float = 0) -> np.ndarray:
+    """a [count * real rows (, count * real cols)] -> the same with each block padded to its padded
+    size by `fill`: the gates of a hidden size that is not a multiple of 4, a layer's input that is the
+    two directions' padded outputs side by side."""
+    (rc, rr, rp), (cc, cr, cp) = rows, cols or (1, 1, 1)
+    out = np.full((rc, rp, cc, cp), fill, a.dtype)
+    out[:, :rr, :, :cr] = a.reshape(rc, rr, cc, cr)
+    return out.reshape(rc * rp, cc * cp) if cols else out.reshape(rc * rp)
+
+
+def padded(n: int) -> int:
+    """n rounded up to the kernels' multiple of 4."""
+    return -(-n // 4) * 4

@@ -1,0 +1,101 @@
+"""`wordlm.nn.LSTMCell`, `GRUCell`, `RNNCell`: one step of the float cells, as a one-layer native stack
+of one step (a cell loop calls it once per step: its Python overhead is the number to watch)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from wordlm import native
+from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
+from wordlm.nn.recurrent import layer_names, pack_stack, run_stack, state_buffer
+
+
+class _CellBase(QuantizedModule):
+    cell = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, threads: int | None = None) -> None:
+        super().__init__(threads)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.fine = False
+
+    @classmethod
+    def from_float(cls, mod: nn.RNNCellBase, q: Quantizer, threads: int | None = None) -> _CellBase:
+        self = cls._like(mod, threads)
+        w_ih, w_hh, b_ih, b_hh, _ = layer_names("", False)
+        self.store(w_ih, mod.weight_ih, q)
+        self.store(w_hh, mod.weight_hh, q)
+        self.store_bias(b_ih, mod.bias_ih if mod.bias else None)
+        self.store_bias(b_hh, mod.bias_hh if mod.bias else None)
+        self.fine = q.fine(w_ih)
+        self._pack()
+        return self
+
+    @classmethod
+    def _like(cls, mod: nn.RNNCellBase, threads: int | None) -> _CellBase:
+        return cls(mod.input_size, mod.hidden_size, mod.bias, threads)
+
+    def _pack(self) -> None:
+        inputs = (1, self.input_size, padded(self.input_size))
+        self._stack = pack_stack(self, self.cell, [layer_names("", False)], inputs, self.hidden_size, 0, self.fine)
+        self._kernel = native.kernel_index()
+
+    def _step(self, input: torch.Tensor, hx: tuple) -> tuple[torch.Tensor, ...]:
+        """x [B, in] or [in] and the state (Nones: zeros) -> the new state, in the input's dtype and shape."""
+        check_no_grad(self, input, *hx)
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        hx = tuple(s.unsqueeze(0) if unbatched and s is not None else s for s in hx)
+        batch, hidden, width = x.shape[0], self.hidden_size, padded(self.hidden_size)
+        shape = (1, batch, hidden)
+        states = [state_buffer(None if s is None else s.unsqueeze(0), shape, width, "hidden") for s in hx]
+        c = states[1] if self.cell == "lstm" else None
+        rows = as_rows(x, padded(self.input_size))
+        run_stack(self._stack, rows, [(0, 1, batch)], states[0], c, False, self._kernel, self._kernel_threads())
+        out = tuple(s[0, :, :hidden] for s in states)
+        out = tuple(s.squeeze(0) for s in out) if unbatched else out
+        return tuple(s if input.dtype == torch.float32 else s.to(input.dtype) for s in out)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        return f"{s}, {self.scheme_text()}" + (", fine activations" if self.fine else "")
+
+
+class LSTMCell(_CellBase):
+    """nn.LSTMCell: (x, (h, c)) -> (h', c')."""
+
+    cell = "lstm"
+
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self._step(input, (None, None) if hx is None else tuple(hx))
+
+
+class GRUCell(_CellBase):
+    """nn.GRUCell: (x, h) -> h'."""
+
+    cell = "gru"
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        return self._step(input, (hx,))[0]
+
+
+class RNNCell(_CellBase):
+    """nn.RNNCell (tanh or relu): (x, h) -> h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", threads=None):
+        super().__init__(input_size, hidden_size, bias, threads)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        self.nonlinearity, self.cell = nonlinearity, f"rnn_{nonlinearity}"
+
+    @classmethod
+    def _like(cls, mod: nn.RNNCell, threads: int | None) -> RNNCell:
+        return cls(mod.input_size, mod.hidden_size, mod.bias, mod.nonlinearity, threads)
+
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        return self._step(input, (hx,))[0]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace(", scheme=", f", nonlinearity={self.nonlinearity}, scheme=", 1)
