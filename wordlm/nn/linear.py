@@ -50,12 +50,9 @@ class Linear(QuantizedModule):
         if self._dense is not None:
             return F.linear(x.float(), self._dense, self.bias).to(x.dtype)
         rows = as_rows(x, self._k_pad)
-        out = torch.empty(rows.shape[0], self.out_features)
-        if rows.shape[0]:
-            native.linear_into(
-                rows.data_ptr(), rows.shape[0], self._packed, out.data_ptr(), self._kernel, self._kernel_threads()
-            )
-        out = out.view(*x.shape[:-1], self.out_features)
+        out = torch.empty(*x.shape[:-1], self.out_features)
+        if m := rows.numel() // self._k_pad:
+            native.linear_into(rows.data_ptr(), m, self._packed, out.data_ptr(), self._kernel, self._kernel_threads())
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:

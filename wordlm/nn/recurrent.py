@@ -84,6 +84,8 @@ def state_buffer(t: torch.Tensor | None, shape: tuple[int, int, int], width: int
         return torch.zeros(n, batch, width)
     if tuple(t.shape) != shape:
         raise RuntimeError(f"Expected {what} size {shape}, got {tuple(t.shape)}")
+    if real == width and t.dtype == torch.float32 and t.is_contiguous():
+        return t.clone()
     buf = (torch.empty if real == width else torch.zeros)(n, batch, width)
     buf[..., :real].copy_(t)
     return buf
@@ -99,11 +101,18 @@ def run_stack(
     kernel: int,
     threads: int,
 ) -> torch.Tensor:
-    """The stack over rows x float32 [T, in] (the runs `segments`), from the state h [L, B, P] (c [L, B,
-    H]), updated in place; `reverse`: each sequence from its end. Returns y float32 [T, P]."""
-    y = torch.empty(x.shape[0], packed.out_dim)
+    """The stack over x float32 [steps, batch, in] or packed rows [T, in] (the runs `segments`), from the
+    state h [L, B, P] (c [L, B, H]), updated in place; `reverse`: each sequence from its end. Returns y
+    float32 [..., P], x's leading shape."""
+    y = torch.empty(*x.shape[:-1], packed.out_dim)
+    if len(segments) == 1 and not reverse:  # the whole batch in one call, the state updated where it is
+        _, steps, batch = segments[0]
+        c_ptr = None if c is None else c.data_ptr()
+        native.recurrent_into(x.data_ptr(), steps, batch, packed, h.data_ptr(), c_ptr, y.data_ptr(), kernel, threads)
+        return y
+    rows, out = x.view(-1, x.shape[-1]), y.view(-1, packed.out_dim)
     for row, steps, batch in reversed(segments) if reverse else segments:
-        xs, ys = x[row : row + steps * batch], y[row : row + steps * batch]
+        xs, ys = rows[row : row + steps * batch], out[row : row + steps * batch]
         if reverse and steps > 1:
             xs, ys = xs.view(steps, batch, -1).flip(0), torch.empty_like(ys)  # flip copies
         hs, cs = h[:, :batch], None if c is None else c[:, :batch]
@@ -117,5 +126,5 @@ def run_stack(
             if c is not None:
                 c[:, :batch] = cs
         if reverse and steps > 1:
-            y[row : row + steps * batch].view(steps, batch, -1).copy_(ys.view(steps, batch, -1).flip(0))
+            out[row : row + steps * batch].view(steps, batch, -1).copy_(ys.view(steps, batch, -1).flip(0))
     return y

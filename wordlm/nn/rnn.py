@@ -85,8 +85,9 @@ class _RecurrentBase(QuantizedModule):
         self._kernel = native.kernel_index()
 
     def _run(self, data: torch.Tensor, segments: Segments, batch: int, hx: tuple) -> tuple[torch.Tensor, tuple]:
-        """Rows data [T, input_size] (runs `segments`, `batch` sequences) and the initial state (Nones:
-        zeros) -> (y float32 [T, D * out_size], the final state, float32)."""
+        """data [steps, batch, input_size] or packed rows [T, input_size] (runs `segments`, `batch`
+        sequences) and the initial state (Nones: zeros) -> (y float32 [..., D * out_size], data's
+        leading shape, and the final state, float32)."""
         n, out, hidden = self.num_layers * self.directions, self.out_size, self.hidden_size
         h = state_buffer(hx[0], (n, batch, out), padded(out), "hidden[0]" if self.cell == "lstm" else "hidden")
         c = state_buffer(hx[1], (n, batch, hidden), padded(hidden), "hidden[1]") if self.cell == "lstm" else None
@@ -99,9 +100,9 @@ class _RecurrentBase(QuantizedModule):
                 i = 2 * layer + d
                 ci = None if c is None else c[i : i + 1]
                 ys.append(run_stack(self._stacks[i], x, segments, h[i : i + 1], ci, d == 1, kernel, threads))
-            x = torch.cat(ys, 1)
+            x = torch.cat(ys, -1)
         if padded(out) != out:  # drop the padding units (of each direction)
-            x = torch.cat([x[:, d * padded(out) : d * padded(out) + out] for d in range(self.directions)], 1)
+            x = torch.cat([x[..., d * padded(out) : d * padded(out) + out] for d in range(self.directions)], -1)
             h = h[..., :out]
         state = (h,) if c is None else (h, c[..., :hidden])
         return x, state
@@ -131,7 +132,6 @@ class _RecurrentBase(QuantizedModule):
             x = input.transpose(0, 1) if self.batch_first else input
         steps, batch = x.shape[:2]
         y, state = self._run(x, [(0, steps, batch)], batch, hx)
-        y = y.view(steps, batch, -1)
         if unbatched:
             y, state = y.squeeze(1), tuple(s.squeeze(1) for s in state)
         elif self.batch_first:
