@@ -36,6 +36,7 @@ class Quantizer:
     rounder: Rounder
     fine: Callable[[str], bool]
     shared: dict
+    float_dtype: torch.dtype = torch.float32  # biases' storage (the scheme's float_dtype); run in float32
 
 
 def spec_text(spec: QSpec, k: int) -> str:
@@ -75,14 +76,14 @@ class QuantizedModule(nn.Module):
         self.register_buffer(f"{name}_scale", scales_t)
         self._specs[name] = (spec, w.shape[1])
 
-    def store_bias(self, name: str, b: torch.Tensor | None) -> None:
-        """A bias as a float32 buffer (None where the float module has none)."""
-        self.register_buffer(name, None if b is None else b.detach().float().clone())
+    def store_bias(self, name: str, b: torch.Tensor | None, q: Quantizer) -> None:
+        """A bias as a buffer of the scheme's float dtype (None where the float module has none)."""
+        self.register_buffer(name, None if b is None else b.detach().to(q.float_dtype, copy=True))
 
     def bias_array(self, name: str, n: int) -> np.ndarray:
         """Bias `name` as float32 [n] for the kernels, which always add one: zeros where there is none."""
         b = getattr(self, name)
-        return np.zeros(n, np.float32) if b is None else b.numpy()
+        return np.zeros(n, np.float32) if b is None else b.float().numpy()
 
     def codes(self, name: str) -> np.ndarray:
         """The int8 codes [N, K] of weight `name`."""

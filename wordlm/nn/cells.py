@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from wordlm import native
 from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
-from wordlm.nn.recurrent import layer_names, pack_stack, run_stack, state_buffer
+from wordlm.nn.recurrent import layer_names, pack_stack, run_stack, state_buffer, store_layer
 
 
 class _CellBase(QuantizedModule):
@@ -22,12 +22,8 @@ class _CellBase(QuantizedModule):
     @classmethod
     def from_float(cls, mod: nn.RNNCellBase, q: Quantizer, threads: int | None = None) -> _CellBase:
         self = cls._like(mod, threads)
-        w_ih, w_hh, b_ih, b_hh, _ = layer_names("", False)
-        self.store(w_ih, mod.weight_ih, q)
-        self.store(w_hh, mod.weight_hh, q)
-        self.store_bias(b_ih, mod.bias_ih if mod.bias else None)
-        self.store_bias(b_hh, mod.bias_hh if mod.bias else None)
-        self.fine = q.fine(w_ih)
+        store_layer(self, mod, "", False, q)
+        self.fine = q.fine("weight_ih")
         self._pack()
         return self
 
@@ -37,7 +33,9 @@ class _CellBase(QuantizedModule):
 
     def _pack(self) -> None:
         inputs = (1, self.input_size, padded(self.input_size))
-        self._stack = pack_stack(self, self.cell, [layer_names("", False)], inputs, self.hidden_size, 0, self.fine)
+        self._stack = pack_stack(
+            self, self.cell, [layer_names("", False, self.cell != "gru")], inputs, self.hidden_size, 0, self.fine
+        )
         self._kernel = native.kernel_index()
 
     def _step(self, input: torch.Tensor, hx: tuple) -> tuple[torch.Tensor, ...]:

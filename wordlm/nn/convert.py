@@ -202,7 +202,8 @@ def _quantizer(scheme: Scheme, prefix: str, base: type, rounder: Rounder | None,
     def round_weight(name, w, s):
         return (rounder or round_to_nearest)(qualified + name, w, s)
 
-    return Quantizer(spec=spec, rounder=round_weight, fine=fine_of, shared=shared)
+    float_dtype = getattr(torch, scheme.float_dtype)
+    return Quantizer(spec=spec, rounder=round_weight, fine=fine_of, shared=shared, float_dtype=float_dtype)
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

@@ -27,7 +27,7 @@ class Linear(QuantizedModule):
     def from_float(cls, mod: nn.Linear, q: Quantizer, threads: int | None = None) -> Linear:
         self = cls(mod.in_features, mod.out_features, threads)
         self.store("weight", mod.weight, q)
-        self.store_bias("bias", mod.bias)
+        self.store_bias("bias", mod.bias, q)
         self.fine = q.fine("weight")
         self._pack()
         return self

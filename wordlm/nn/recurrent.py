@@ -22,7 +22,7 @@ import torch
 
 from wordlm import native
 from wordlm.errors import WordLMError
-from wordlm.nn.base import Blocks, QuantizedModule, pad_blocks, padded
+from wordlm.nn.base import Blocks, QuantizedModule, Quantizer, pad_blocks, padded
 
 Segments = list[tuple[int, int, int]]  # (first row, steps, batch) of each run of equal batch size
 
@@ -37,16 +37,27 @@ def segments_of(batch_sizes: list[int]) -> Segments:
     return segments
 
 
-def layer_names(layer: str, proj: bool) -> tuple[str, str, str, str, str | None]:
-    """The names (W_ih, W_hh, b_ih, b_hh, W_hr or None) of a layer's tensors, `layer` their suffix
-    as torch writes it ('_l0', '_l1_reverse'; '' for a cell)."""
-    return (
-        f"weight_ih{layer}",
-        f"weight_hh{layer}",
-        f"bias_ih{layer}",
-        f"bias_hh{layer}",
-        f"weight_hr{layer}" if proj else None,
-    )
+def layer_names(layer: str, proj: bool, fold: bool) -> tuple[str, str, str, str | None, str | None]:
+    """The names (W_ih, W_hh, b_ih, b_hh, W_hr) of a layer's tensors, `layer` their suffix as torch writes
+    it ('_l0', '_l1_reverse'; '' for a cell). `fold`: one bias, b_ih + b_hh, named 'bias_ih_hh_l0',
+    and b_hh None: every cell but the GRU adds the two, whose reset gate needs b_hn apart. It saves what
+    the per-row scales cost in the state_dict (torch.ao's is per tensor)."""
+    b_ih, b_hh = (f"bias_ih_hh{layer}", None) if fold else (f"bias_ih{layer}", f"bias_hh{layer}")
+    return f"weight_ih{layer}", f"weight_hh{layer}", b_ih, b_hh, f"weight_hr{layer}" if proj else None
+
+
+def store_layer(m: QuantizedModule, mod: torch.nn.Module, layer: str, proj: bool, q: Quantizer) -> None:
+    """Quantize the weights of float module mod's layer `layer` (a suffix, as layer_names) into m."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = layer_names(layer, proj, m.cell != "gru")
+    for name in (w_ih, w_hh, w_hr):
+        if name:
+            m.store(name, getattr(mod, name), q)
+    ih, hh = (getattr(mod, f"bias_ih{layer}"), getattr(mod, f"bias_hh{layer}")) if mod.bias else (None, None)
+    if b_hh is None:
+        m.store_bias(b_ih, None if ih is None else ih.detach().double() + hh.detach().double(), q)
+    else:
+        m.store_bias(b_ih, ih, q)
+        m.store_bias(b_hh, hh, q)
 
 
 def _packed(m: QuantizedModule, name: str, bias: str | None, rows: Blocks, cols: Blocks, fine: bool = False):

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from wordlm import native
 from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
-from wordlm.nn.recurrent import Segments, layer_names, pack_stack, run_stack, segments_of, state_buffer
+from wordlm.nn.recurrent import Segments, layer_names, pack_stack, run_stack, segments_of, state_buffer, store_layer
 
 
 class _RecurrentBase(QuantizedModule):
@@ -42,11 +42,7 @@ class _RecurrentBase(QuantizedModule):
     def from_float(cls, mod: nn.RNNBase, q: Quantizer, threads: int | None = None) -> _RecurrentBase:
         self = cls._like(mod, threads)
         for layer in self._layers():
-            for name in layer_names(layer, self.proj_size > 0):
-                if name and name.startswith("weight"):
-                    self.store(name, getattr(mod, name), q)
-                elif name:
-                    self.store_bias(name, getattr(mod, name) if mod.bias else None)
+            store_layer(self, mod, layer, self.proj_size > 0, q)
         self.fine = q.fine("weight_ih_l0")
         self._pack()
         return self
@@ -73,7 +69,7 @@ class _RecurrentBase(QuantizedModule):
     def _pack(self) -> None:
         """One stack of every layer (unidirectional: the kernels run it in one call), else one per
         layer and direction, whose upper layers read the two directions' padded outputs side by side."""
-        names = [layer_names(s, self.proj_size > 0) for s in self._layers()]
+        names = [layer_names(s, self.proj_size > 0, self.cell != "gru") for s in self._layers()]
         inputs = (1, self.input_size, padded(self.input_size))
         upper = (self.directions, self.out_size, padded(self.out_size))
         if self.bidirectional:
