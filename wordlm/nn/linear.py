@@ -38,6 +38,7 @@ class Linear(QuantizedModule):
         scales = self.scales("weight")
         if scales.shape[1] > 1:  # group-wise: the float fallback
             self._dense = torch.from_numpy(dequantize(self.codes("weight"), scales))
+            self._dense_bias = torch.from_numpy(self.bias_array("bias", self.out_features))
             return
         codes = pad_blocks(self.codes("weight"), (1, self.out_features, self.out_features), (1, k, k_pad))
         self._packed = native.pack_linear(codes, scales[:, 0], self.bias_array("bias", self.out_features), self.fine)
@@ -48,7 +49,7 @@ class Linear(QuantizedModule):
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"wordlm.nn.Linear: input has {x.shape[-1]} features, expected {self.in_features}")
         if self._dense is not None:
-            return F.linear(x.float(), self._dense, self.bias).to(x.dtype)
+            return F.linear(x.float(), self._dense, self._dense_bias).to(x.dtype)
         rows = as_rows(x, self._k_pad)
         out = torch.empty(*x.shape[:-1], self.out_features)
         if m := rows.numel() // self._k_pad:
