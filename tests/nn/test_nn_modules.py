@@ -133,6 +133,18 @@ def test_recurrent_modules_match_the_float_module(case):
         assert err <= TOLERANCE * scale, (err, scale)
 
 
+@pytest.mark.parametrize("layout", ["dense", "strided", "unbatched", "packed", "packed_sorted"])
+@pytest.mark.parametrize(
+    ("cell", "input_size", "hidden", "proj"), [("lstm", 8, 12, 0), ("gru", 7, 9, 0), ("lstm", 5, 11, 6)]
+)
+def test_every_layout_matches_the_float_module(layout, cell, input_size, hidden, proj):
+    """The layouts one by one (hypothesis draws them at random), bidirectional, batch-first, with a state."""
+    sizes = dict(cell=cell, input_size=input_size, hidden=hidden, proj=proj, layers=2, lengths=[5, 2, 7], seed=3)
+    flags = dict(bidirectional=True, batch_first=True, bias=True, layout=layout, dtype=torch.float32, with_state=True)
+    case = {**sizes, **flags}
+    test_recurrent_modules_match_the_float_module.hypothesis.inner_test(case)
+
+
 @settings(max_examples=30, deadline=None)
 @given(recurrent_cases())
 def test_a_sequence_gives_the_same_bits_alone_as_in_any_batch(case):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from wordlm import native
 from wordlm.errors import WordLMError
@@ -118,14 +119,22 @@ def check_no_grad(module: nn.Module, *tensors: torch.Tensor | None) -> None:
 
 def as_rows(x: torch.Tensor, k_pad: int) -> torch.Tensor:
     """x [..., K] of any float dtype and strides -> float32 [..., k_pad], C-contiguous, zero columns past
-    K: the kernels' input. x itself where it already is that (no copy, not even a view: ~1.5 us each
-    is a one-token call's budget), else one copy."""
+    K: the kernels' input. x itself where it already is that (not even a view: each torch call costs
+    ~1.5 us, a one-token call's budget), else one copy (two for another dtype to pad)."""
     k = x.shape[-1]
-    if k == k_pad and x.dtype == torch.float32 and x.is_contiguous():
+    if k != k_pad:
+        return F.pad(x.float(), (0, k_pad - k)).contiguous()
+    if x.dtype == torch.float32 and x.is_contiguous():
         return x
-    out = (torch.empty if k == k_pad else torch.zeros)(*x.shape[:-1], k_pad)
-    out[..., :k].copy_(x)
-    return out
+    return x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # (without copy: x if fp32)
+
+
+def owned_copy(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A new float32 C-contiguous copy of t [..., real], zero columns up to `width`: a state the kernels
+    update in place, without touching the caller's."""
+    if t.shape[-1] != width:
+        return F.pad(t.float(), (0, width - t.shape[-1])).contiguous()
+    return t.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
 Blocks = tuple[int, int, int]  # (count, real size, padded size): a matrix dimension as blocks of padding

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from wordlm import native
-from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
-from wordlm.nn.recurrent import layer_names, pack_stack, run_stack, state_buffer, store_layer
+from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, owned_copy, padded
+from wordlm.nn.recurrent import layer_names, pack_stack, padded_sizes, store_layer
 
 
 class _CellBase(QuantizedModule):
@@ -33,28 +33,35 @@ class _CellBase(QuantizedModule):
 
     def _pack(self) -> None:
         inputs = (1, self.input_size, padded(self.input_size))
-        self._stack = pack_stack(
-            self, self.cell, [layer_names("", False, self.cell != "gru")], inputs, self.hidden_size, 0, self.fine
-        )
+        names = [layer_names("", False, self.cell != "gru")]
+        self._stack = pack_stack(self, self.cell, names, inputs, self.hidden_size, 0, self.fine)
+        self._width = padded_sizes(self.cell, self.hidden_size, 0)[0]
         self._kernel = native.kernel_index()
 
-    def _step(self, input: torch.Tensor, hx: tuple) -> tuple[torch.Tensor, ...]:
-        """x [B, in] or [in] and the state (Nones: zeros) -> the new state, in the input's dtype and shape."""
+    def _step(self, input: torch.Tensor, hx: tuple) -> list[torch.Tensor]:
+        """x [B, in] or [in] and the state (Nones: zeros) -> the new state, in the input's dtype and shape.
+        The lean path of a cell loop: a handful of torch calls around one native call."""
         check_no_grad(self, input, *hx)
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        hx = tuple(s.unsqueeze(0) if unbatched and s is not None else s for s in hx)
-        batch, hidden, width = x.shape[0], self.hidden_size, padded(self.hidden_size)
-        shape = (1, batch, hidden)
-        states = [state_buffer(None if s is None else s.unsqueeze(0), shape, width, "hidden") for s in hx]
-        c = states[1] if self.cell == "lstm" else None
-        rows = as_rows(x, padded(self.input_size))
-        run_stack(self._stack, rows, [(0, 1, batch)], states[0], c, False, self._kernel, self._kernel_threads())
-        out = tuple(s[0, :, :hidden] for s in states)
-        out = tuple(s.squeeze(0) for s in out) if unbatched else out
-        return tuple(s if input.dtype == torch.float32 else s.to(input.dtype) for s in out)
+        if input.dim() == 1:  # unbatched: a batch of one
+            return [s[0] for s in self._step(input[None], tuple(None if s is None else s[None] for s in hx))]
+        batch, hidden, width = input.shape[0], self.hidden_size, self._width
+        x = as_rows(input, padded(self.input_size))
+        states = [self._state(s, batch, width) for s in hx]
+        c = states[1].data_ptr() if len(states) > 1 else None
+        y = torch.empty(batch, width)  # the kernels' output of the step: the new h again
+        args = (self._stack, states[0].data_ptr(), c, y.data_ptr(), self._kernel, self._kernel_threads())
+        native.recurrent_into(x.data_ptr(), 1, batch, *args)
+        out = states if width == hidden else [s[:, :hidden] for s in states]
+        return out if input.dtype == torch.float32 else [s.to(input.dtype) for s in out]
+
+    def _state(self, s: torch.Tensor | None, batch: int, width: int) -> torch.Tensor:
+        if s is None:
+            return torch.zeros(batch, width)
+        if tuple(s.shape) != (batch, self.hidden_size):
+            raise RuntimeError(f"Expected hidden size {(batch, self.hidden_size)}, got {tuple(s.shape)}")
+        return owned_copy(s, width)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -67,7 +74,7 @@ class LSTMCell(_CellBase):
     cell = "lstm"
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
-        return self._step(input, (None, None) if hx is None else tuple(hx))
+        return tuple(self._step(input, (None, None) if hx is None else tuple(hx)))
 
 
 class GRUCell(_CellBase):

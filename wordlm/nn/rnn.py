@@ -10,7 +10,16 @@ from torch.nn.utils.rnn import PackedSequence
 
 from wordlm import native
 from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
-from wordlm.nn.recurrent import Segments, layer_names, pack_stack, run_stack, segments_of, state_buffer, store_layer
+from wordlm.nn.recurrent import (
+    Segments,
+    layer_names,
+    pack_stack,
+    padded_sizes,
+    run_stack,
+    segments_of,
+    state_buffer,
+    store_layer,
+)
 
 
 class _RecurrentBase(QuantizedModule):
@@ -71,7 +80,8 @@ class _RecurrentBase(QuantizedModule):
         layer and direction, whose upper layers read the two directions' padded outputs side by side."""
         names = [layer_names(s, self.proj_size > 0, self.cell != "gru") for s in self._layers()]
         inputs = (1, self.input_size, padded(self.input_size))
-        upper = (self.directions, self.out_size, padded(self.out_size))
+        self._widths = padded_sizes(self.cell, self.hidden_size, self.proj_size)  # (hidden, h) as run
+        upper = (self.directions, self.out_size, self._widths[1])
         if self.bidirectional:
             groups = [([n], inputs if i < 2 else upper) for i, n in enumerate(names)]
         else:
@@ -85,8 +95,9 @@ class _RecurrentBase(QuantizedModule):
         sequences) and the initial state (Nones: zeros) -> (y float32 [..., D * out_size], data's
         leading shape, and the final state, float32)."""
         n, out, hidden = self.num_layers * self.directions, self.out_size, self.hidden_size
-        h = state_buffer(hx[0], (n, batch, out), padded(out), "hidden[0]" if self.cell == "lstm" else "hidden")
-        c = state_buffer(hx[1], (n, batch, hidden), padded(hidden), "hidden[1]") if self.cell == "lstm" else None
+        (hidden_pad, out_pad), lstm = self._widths, self.cell == "lstm"
+        h = state_buffer(hx[0], (n, batch, out), out_pad, "hidden[0]" if lstm else "hidden")
+        c = state_buffer(hx[1], (n, batch, hidden), hidden_pad, "hidden[1]") if lstm else None
         x, kernel, threads = as_rows(data, padded(self.input_size)), self._kernel, self._kernel_threads()
         if not self.bidirectional:
             x = run_stack(self._stacks[0], x, segments, h, c, False, kernel, threads)
@@ -97,8 +108,8 @@ class _RecurrentBase(QuantizedModule):
                 ci = None if c is None else c[i : i + 1]
                 ys.append(run_stack(self._stacks[i], x, segments, h[i : i + 1], ci, d == 1, kernel, threads))
             x = torch.cat(ys, -1)
-        if padded(out) != out:  # drop the padding units (of each direction)
-            x = torch.cat([x[..., d * padded(out) : d * padded(out) + out] for d in range(self.directions)], -1)
+        if out_pad != out:  # drop the padding units (of each direction)
+            x = torch.cat([x[..., d * out_pad : d * out_pad + out] for d in range(self.directions)], -1)
             h = h[..., :out]
         state = (h,) if c is None else (h, c[..., :hidden])
         return x, state
