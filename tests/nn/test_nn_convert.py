@@ -110,6 +110,17 @@ def test_state_dict_round_trip_gives_identical_outputs(tmp_path):
     assert q.state_dict()["rnn.weight_ih_l0_scale"].shape == (72, 1)
 
 
+def test_a_deep_copy_or_a_pickle_packs_its_own_kernels(tmp_path):
+    q = quantize_dynamic(_tagger(0), {nn.LSTM, nn.GRUCell, nn.RNN, nn.Linear, nn.Embedding})
+    with torch.no_grad():
+        expected = q(*TAGGER_INPUT)
+        twin = copy.deepcopy(q)
+        torch.save(q, tmp_path / "whole.pt")
+        del q
+        assert torch.equal(twin(*TAGGER_INPUT), expected)
+        assert torch.equal(torch.load(tmp_path / "whole.pt", weights_only=False)(*TAGGER_INPUT), expected)
+
+
 def test_saved_size_is_no_larger_than_torch_aos_for_recurrent_modules():
     for m in (nn.LSTM(256, 256, 2), nn.LSTMCell(51, 51), nn.LSTM(64, 100, 2, bidirectional=True)):
         assert _saved_size(quantize_dynamic(m)) <= _saved_size(torch_ao(m, {type(m)}))

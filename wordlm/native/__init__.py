@@ -374,9 +374,12 @@ def recurrent_into(
     """`recurrent` by address, the state updated in place: x float32 [steps, batch, in], h [L, batch, P]
     (c [L, batch, H] for an LSTM), y [steps, batch, P], all C-contiguous and caller-owned (the lean
     path of wordlm.nn, as linear_into)."""
-    sizes = (steps, batch, packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0)
-    weights = ctypes.addressof(packed._matrices)
-    rc = lib().wl_rnn(CELLS.index(packed.cell), x, *sizes, len(packed.layers), weights, h, c, y, kernel, threads)
+    raw = packed.__dict__.get("_raw")
+    if raw is None:  # what every call passes, taken once
+        sizes = (packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0, len(packed.layers))
+        raw = packed._raw = (lib().wl_rnn, CELLS.index(packed.cell), sizes, ctypes.addressof(packed._matrices))
+    wl_rnn, cell, sizes, weights = raw
+    rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads)
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
 

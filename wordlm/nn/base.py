@@ -46,6 +46,9 @@ def spec_text(spec: QSpec, k: int) -> str:
     return f"int{spec.bits} " + ("per row" if group == k else f"groups of {group}")
 
 
+PACKED = ("_packed", "_stacks", "_stack", "_table", "_dense", "_dense_bias")  # what _pack builds
+
+
 class QuantizedModule(nn.Module):
     """A module whose weights are codes and scales (buffers) and whose work runs on the native kernels.
 
@@ -102,6 +105,15 @@ class QuantizedModule(nn.Module):
     def _pack(self) -> None:
         """Build the kernels' packed weights from the buffers."""
         raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        """Without the packed copies: they hold raw addresses, which a deep copy or a pickle would carry
+        to memory the copy does not own. __setstate__ packs the copy's own."""
+        return {k: v for k, v in self.__dict__.items() if k not in PACKED}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._pack()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
