@@ -88,22 +88,24 @@ def torch_ao(m: nn.Module, spec: set) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(m, spec, dtype=torch.qint8)
 
 
-def beam_search(model: nn.Module, steps: int = 50, beams: int = 10) -> Callable[[], None]:
-    """A beam search's steps: one token for each of 10 hypotheses, the state carried and reordered."""
+def beam_search(model: nn.Module, search: bool, steps: int = 50, beams: int = 10) -> Callable[[], None]:
+    """A beam search's steps: one token for each of 10 hypotheses, the state carried; `search`: with its
+    bookkeeping (log-softmax, top-k over the beams, the state reordered), the same work for every model."""
 
     def run() -> None:
         state = tuple(torch.zeros(2, beams, HIDDEN) for _ in range(2))
         tokens = torch.zeros(1, beams, dtype=torch.long)
         for _ in range(steps):
             logits, state = model(tokens, state)
-            top = F.log_softmax(logits[0], -1).view(-1).topk(beams).indices
-            tokens, rows = (top % VOCAB)[None], top // VOCAB
-            state = tuple(s.index_select(1, rows) for s in state)
+            if search:
+                top = F.log_softmax(logits[0], -1).view(-1).topk(beams).indices
+                tokens, rows = (top % VOCAB)[None], top // VOCAB
+                state = tuple(s.index_select(1, rows) for s in state)
 
     return run
 
 
-def cell_steps(model: nn.Module, batch: int = 97, steps: int = 20) -> Callable[[], None]:
+def cell_steps(model: nn.Module, batch: int, steps: int = 20) -> Callable[[], None]:
     x = torch.sin(torch.arange(steps * batch, dtype=torch.float32).view(steps, batch, 1) / 4)
 
     def run() -> None:
@@ -114,24 +116,22 @@ def cell_steps(model: nn.Module, batch: int = 97, steps: int = 20) -> Callable[[
     return run
 
 
-def cases() -> dict[str, tuple[nn.Module, set, Callable[[nn.Module], Callable[[], None]], str]]:
-    """name -> (float model, the qconfig_spec both quantizers get, model -> timed call, per what)."""
+def cases() -> dict[str, tuple[nn.Module, set, Callable[[nn.Module], Callable[[], None]]]]:
+    """name -> (float model, the qconfig_spec both quantizers get, model -> the timed call)."""
     torch.manual_seed(0)
     lm, tagger, seq = trained_like(WordLM()), trained_like(Tagger()), trained_like(Sequence())
     ids = torch.randint(0, VOCAB, (125, 4))
     lengths = torch.randint(5, 41, (64,))
     sentences = torch.randint(0, 20_000, (64, int(lengths.max())))
     state = tuple(torch.zeros(2, 4, HIDDEN) for _ in range(2))
+    lm_spec, seq_spec = {nn.LSTM, nn.Linear}, {nn.LSTMCell, nn.Linear}
     return {
-        "word LM, 4 x 125 batch": (lm, {nn.LSTM, nn.Linear}, lambda m: lambda: m(ids, state), "batch"),
-        "beam step (10 hypotheses, 50 steps)": (lm, {nn.LSTM, nn.Linear}, beam_search, "step"),
-        "packed bidirectional tagger, 64 sentences": (
-            tagger,
-            {nn.LSTM, nn.Linear},
-            lambda m: lambda: m(sentences, lengths),
-            "batch",
-        ),  # fmt: skip
-        "51-unit LSTMCell step (batch 97, 20 steps)": (seq, {nn.LSTMCell, nn.Linear}, cell_steps, "step"),
+        "word LM, 4 x 125 batch": (lm, lm_spec, lambda m: lambda: m(ids, state)),
+        "beam step, model only (10 hypotheses, 50 steps)": (lm, lm_spec, lambda m: beam_search(m, False)),
+        "beam step with the search (log-softmax, top-k, reorder)": (lm, lm_spec, lambda m: beam_search(m, True)),
+        "packed bidirectional tagger, 64 sentences": (tagger, lm_spec, lambda m: lambda: m(sentences, lengths)),
+        "51-unit LSTMCell steps (batch 97, 20 steps)": (seq, seq_spec, lambda m: cell_steps(m, 97)),
+        "51-unit LSTMCell steps (batch 3, 20 steps)": (seq, seq_spec, lambda m: cell_steps(m, 3)),
     }
 
 
@@ -146,7 +146,7 @@ def speed(reps: int) -> list[str]:
         "| case | wordlm (ms) | torch.ao (ms) | float (ms) | wordlm vs torch.ao | torch.ao vs float |",
         "|---|---|---|---|---|---|",
     ]
-    for name, (model, spec, make, _) in cases().items():
+    for name, (model, spec, make) in cases().items():
         fns = [make(quantize_dynamic(model, spec)), make(torch_ao(copy.deepcopy(model), spec)), make(model)]
         times: list[list[float]] = [[], [], []]
         with torch.no_grad():
@@ -156,7 +156,8 @@ def speed(reps: int) -> list[str]:
                 for i, fn in enumerate(fns):
                     times[i].append(timed(fn))
         ours, ao, flt = (statistics.median(t) * 1e3 for t in times)
-        rows.append(f"| {name} | {ours:.2f} | {ao:.2f} | {flt:.2f} | {ao / ours:.2f}x | {flt / ao:.2f}x |")
+        load = Path("/proc/loadavg").read_text().split()[0]
+        rows.append(f"| {name} | {ours:.2f} | {ao:.2f} | {flt:.2f} | {ao / ours:.2f}x | {flt / ao:.2f}x | {load} |")
     return rows
 
 
@@ -220,14 +221,16 @@ def sizes() -> list[str]:
         "| model (qconfig_spec) | wordlm bytes | torch.ao bytes | float bytes | wordlm / torch.ao |",
         "|---|---|---|---|---|",
     ]
-    for name, (model, spec, _, _) in cases().items():
-        if name.startswith("beam"):
+    for name, (model, spec, _) in cases().items():
+        if name.startswith("beam") or "batch 3" in name:
             continue
         ours, ao, flt = (
             _saved(m) for m in (quantize_dynamic(model, spec), torch_ao(copy.deepcopy(model), spec), model)
         )
         specs = ", ".join(sorted(t.__name__ for t in spec))
-        rows.append(f"| {name.split(',')[0]} ({specs}) | {ours:,} | {ao:,} | {flt:,} | {ours / ao:.4f} |")
+        rows.append(
+            f"| {name.split(',')[0].split(' (')[0]} ({specs}) | {ours:,} | {ao:,} | {flt:,} | {ours / ao:.4f} |"
+        )
     return rows
 
 
