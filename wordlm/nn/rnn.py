@@ -92,27 +92,28 @@ class _RecurrentBase(QuantizedModule):
 
     def _run(self, data: torch.Tensor, segments: Segments, batch: int, hx: tuple) -> tuple[torch.Tensor, tuple]:
         """data [steps, batch, input_size] or packed rows [T, input_size] (runs `segments`, `batch`
-        sequences) and the initial state (Nones: zeros) -> (y float32 [..., D * out_size], data's
-        leading shape, and the final state, float32)."""
+        sequences) and the initial state (Nones: zeros) -> (y float32 [..., D * out_size], with data's
+        leading shape; the final state, float32)."""
         n, out, hidden = self.num_layers * self.directions, self.out_size, self.hidden_size
         (hidden_pad, out_pad), lstm = self._widths, self.cell == "lstm"
         h = state_buffer(hx[0], (n, batch, out), out_pad, "hidden[0]" if lstm else "hidden")
         c = state_buffer(hx[1], (n, batch, hidden), hidden_pad, "hidden[1]") if lstm else None
         x, kernel, threads = as_rows(data, padded(self.input_size)), self._kernel, self._kernel_threads()
-        if not self.bidirectional:
+        if self.bidirectional:
+            for layer in range(self.num_layers):  # each layer's input: both directions of the one below
+                ys = []
+                for d, i in enumerate((2 * layer, 2 * layer + 1)):
+                    ci = None if c is None else c[i : i + 1]
+                    ys.append(run_stack(self._stacks[i], x, segments, h[i : i + 1], ci, d == 1, kernel, threads))
+                x = torch.cat(ys, -1)
+        else:
             x = run_stack(self._stacks[0], x, segments, h, c, False, kernel, threads)
-        for layer in range(self.num_layers if self.bidirectional else 0):
-            ys = []
-            for d in (0, 1):
-                i = 2 * layer + d
-                ci = None if c is None else c[i : i + 1]
-                ys.append(run_stack(self._stacks[i], x, segments, h[i : i + 1], ci, d == 1, kernel, threads))
-            x = torch.cat(ys, -1)
         if out_pad != out:  # drop the padding units (of each direction)
             x = torch.cat([x[..., d * out_pad : d * out_pad + out] for d in range(self.directions)], -1)
             h = h[..., :out]
-        state = (h,) if c is None else (h, c[..., :hidden])
-        return x, state
+        if c is not None and hidden_pad != hidden:
+            c = c[..., :hidden]
+        return x, (h,) if c is None else (h, c)
 
     def forward(self, input: torch.Tensor | PackedSequence, hx=None):
         state_in = hx if isinstance(hx, tuple) else (hx,)
