@@ -361,3 +361,14 @@ def test_embeddings_are_the_dequantized_tables():
             ids.flatten(), bag_table, torch.tensor([0, 5, 11, 20]), mode=mode, per_sample_weights=w, padding_idx=3
         )
         torch.testing.assert_close(ours, ref)
+
+
+def test_threads_change_the_speed_never_the_bits():
+    torch.manual_seed(0)
+    m = nn.LSTM(16, 70, 2, bidirectional=True)  # 3 blocks of units: work for 2 threads
+    one, two = quantize_dynamic(m, threads=1), quantize_dynamic(m, threads=2)
+    x = torch.randn(9, 3, 16)
+    with torch.no_grad():
+        for a, b in zip(flat(one(x)), flat(two(x)), strict=True):
+            assert torch.equal(a, b)
+    assert two.threads == 2
