@@ -28,7 +28,7 @@ Rounder = Callable[[str, np.ndarray, QSpec], tuple[np.ndarray, np.ndarray]]
 @dataclass
 class Quantizer:
     """What `quantize_dynamic` hands a module's `from_float`: the spec of each of its weights and how
-    to round them. `specs` maps a weight's name in its module to its QSpec (bits None: keep float);
+    to round them. `spec` maps a weight's name in its module to its QSpec (bits None: keep float);
     `fine` says whether a matrix's inputs go through the kernels as two 7-bit codes (Scheme); `shared`
     memoises the codes of a float tensor that several modules hold (a tied embedding and decoder), so
     that they are quantized and saved once."""
@@ -74,8 +74,9 @@ class QuantizedModule(nn.Module):
             codes, scales = q.rounder(name, w.detach().float().numpy(), spec)
             pad = -k % row_unit(spec.bits)  # dense rows fill whole bytes: pad with zero codes
             codes = np.pad(codes, ((0, 0), (0, pad))) if pad else codes
-            q.shared[key] = (torch.from_numpy(pack_bits(codes, spec.bits)), torch.from_numpy(scales))
-        codes_t, scales_t = q.shared[key]
+            # w is kept with its codes: its address is the key, and must not be reused while it is one
+            q.shared[key] = (w, torch.from_numpy(pack_bits(codes, spec.bits)), torch.from_numpy(scales))
+        _, codes_t, scales_t = q.shared[key]
         self.register_buffer(name, codes_t)
         self.register_buffer(f"{name}_scale", scales_t)
         self._specs[name] = (spec, w.shape[1])
