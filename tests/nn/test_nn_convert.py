@@ -77,6 +77,8 @@ def test_the_default_set_is_torch_aos_plus_rnn_and_a_copy_unless_inplace():
     assert same is m and type(m.out) is wnn.Linear and type(m.rnn) is nn.LSTM
     with pytest.raises(WordLMError, match="qint8 or quint8"):
         quantize_dynamic(_tagger(), dtype=torch.float16)
+    with pytest.raises(WordLMError, match="qint8 or quint8"):  # torch.ao's fp16 weights: not run as int8
+        quantize_dynamic(_tagger(), {nn.LSTM: torch.ao.quantization.float16_dynamic_qconfig})
 
 
 def test_qconfig_spec_by_name_and_none_as_torch_ao_propagates_it():
@@ -86,6 +88,11 @@ def test_qconfig_spec_by_name_and_none_as_torch_ao_propagates_it():
     q = quantize_dynamic(wrapped, {"0": torch.ao.quantization.default_dynamic_qconfig})  # a parent's entry
     assert [type(m) for m in (q[0][0], q[0][1], q[1])] == [wnn.Linear, wnn.Linear, nn.Linear]
     assert type(quantize_dynamic(nn.LSTM(4, 4))) is wnn.LSTM  # the root itself
+
+
+def test_a_mapping_chooses_the_classes():
+    q = quantize_dynamic(_tagger(), mapping={nn.Linear: wnn.Linear})  # the default set, one class mapped
+    assert (type(q.out), type(q.rnn), type(q.cell)) == (wnn.Linear, nn.LSTM, nn.GRUCell)
 
 
 def test_the_tagger_runs_and_prints_its_scheme():

@@ -111,19 +111,25 @@ def _scheme(scheme: str | Scheme | None) -> Scheme:
 
 
 def _qconfig_spec(qconfig_spec, dtype: torch.dtype) -> dict:
-    """torch.ao's qconfig_spec as {type or qualified name: asked (truthy) or not (None)}."""
+    """torch.ao's qconfig_spec as {type or qualified name: asked (truthy) or not (None)}. torch.ao's
+    float16 dynamic quantization (dtype, or a qconfig's weight) is not wordlm's: refused, not run as int8."""
+    if dtype not in (torch.qint8, torch.quint8) or any(map(_is_float16, _values(qconfig_spec))):
+        raise WordLMError("wordlm.quantize_dynamic stores integer codes: dtype torch.qint8 or quint8, not float16")
     if qconfig_spec is None:
-        if dtype == torch.qint8:
-            qconfig_spec = DEFAULT_QINT8
-        elif dtype == torch.quint8:
-            qconfig_spec = DEFAULT_QUINT8
-        else:
-            raise WordLMError(
-                f"wordlm.quantize_dynamic stores integer codes: dtype must be torch.qint8 or quint8, not {dtype}"
-            )
+        return dict.fromkeys(DEFAULT_QINT8 if dtype == torch.qint8 else DEFAULT_QUINT8, True)
     if isinstance(qconfig_spec, dict):
         return dict(qconfig_spec)
     return dict.fromkeys(qconfig_spec, True)
+
+
+def _values(qconfig_spec) -> list:
+    return list(qconfig_spec.values()) if isinstance(qconfig_spec, dict) else []
+
+
+def _is_float16(qconfig) -> bool:
+    """Whether a torch.ao QConfig asks for float16 weights (float16_dynamic_qconfig)."""
+    weight = getattr(qconfig, "weight", None)
+    return callable(weight) and getattr(weight(), "dtype", None) == torch.float16
 
 
 def _family(mod: nn.Module, mapping: dict) -> type | None:
