@@ -121,13 +121,16 @@ class QuantizedModule(nn.Module):
         self._pack()  # the packed copies follow the loaded codes
 
 
-def check_no_grad(module: nn.Module, *tensors: torch.Tensor | None) -> None:
-    """Refuse, in one line, a call whose result would need a gradient: the kernels have none."""
+def check_inputs(module: nn.Module, *tensors: torch.Tensor | None) -> None:
+    """Refuse, in one line, a call whose result would need a gradient (the kernels have none), and
+    tensors the kernels cannot read (not in the CPU's memory)."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
             f"wordlm.nn.{type(module).__name__} is inference-only (int8 kernels, no autograd): "
             "call it under torch.no_grad() or on inputs that do not require grad"
         )
+    if not all(t is None or t.is_cpu for t in tensors):
+        raise RuntimeError(f"wordlm.nn.{type(module).__name__} runs on the CPU: its inputs must be CPU tensors")
 
 
 def as_rows(x: torch.Tensor, k_pad: int) -> torch.Tensor:

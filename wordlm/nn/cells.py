@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from wordlm import native
-from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, owned_copy, padded
+from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_inputs, owned_copy, padded
 from wordlm.nn.recurrent import layer_names, pack_stack, padded_sizes, store_layer
 
 
@@ -41,7 +41,7 @@ class _CellBase(QuantizedModule):
     def _step(self, input: torch.Tensor, hx: tuple) -> list[torch.Tensor]:
         """x [B, in] or [in] and the state (Nones: zeros) -> the new state, in the input's dtype and shape.
         The lean path of a cell loop: a handful of torch calls around one native call."""
-        check_no_grad(self, input, *hx)
+        check_inputs(self, input, *hx)
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
         if input.dim() == 1:  # unbatched: a batch of one

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wordlm import native
-from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, pad_blocks, padded
+from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_inputs, pad_blocks, padded
 from wordlm.quant.primitives import dequantize
 
 
@@ -45,7 +45,7 @@ class Linear(QuantizedModule):
         self._kernel = native.kernel_index()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_no_grad(self, x)
+        check_inputs(self, x)
         if x.shape[-1] != self.in_features:
             raise RuntimeError(f"wordlm.nn.Linear: input has {x.shape[-1]} features, expected {self.in_features}")
         if self._dense is not None:

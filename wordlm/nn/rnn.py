@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence
 
 from wordlm import native
-from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_no_grad, padded
+from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_inputs, padded
 from wordlm.nn.recurrent import (
     Segments,
     layer_names,
@@ -117,7 +117,7 @@ class _RecurrentBase(QuantizedModule):
 
     def forward(self, input: torch.Tensor | PackedSequence, hx=None):
         state_in = hx if isinstance(hx, tuple) else (hx,)
-        check_no_grad(self, input.data if isinstance(input, PackedSequence) else input, *state_in)
+        check_inputs(self, input.data if isinstance(input, PackedSequence) else input, *state_in)
         state_in = state_in + (None,) * (2 - len(state_in))
         if isinstance(input, PackedSequence):
             y, state = self._forward_packed(input, state_in)
