@@ -244,6 +244,28 @@ def _saved(m: nn.Module) -> int:
     return len(buf.getvalue())
 
 
+def beam_parts(reps: int, n: int = 200) -> list[str]:
+    """A beam step's two quantized calls apart: the LSTM (one token, 10 hypotheses) and the decoder on 10 rows."""
+    lm = trained_like(WordLM())
+    ours, ao = quantize_dynamic(lm, {nn.LSTM, nn.Linear}), torch_ao(copy.deepcopy(lm), {nn.LSTM, nn.Linear})
+    x, y = torch.randn(1, 10, EMB), torch.randn(1, 10, HIDDEN)
+    state = tuple(torch.zeros(2, 10, HIDDEN) for _ in range(2))
+    parts = {
+        "LSTM 2 x 256, one token": lambda m: m.rnn(x, state),
+        "Linear 256 -> 10000, 10 rows": lambda m: m.decoder(y),
+    }
+    rows = ["| call | wordlm (us) | torch.ao (us) | wordlm vs torch.ao |", "|---|---|---|---|"]
+    with torch.no_grad():
+        for name, call in parts.items():
+            times: list[list[float]] = [[], []]
+            for _ in range(reps):
+                for i, m in enumerate((ours, ao)):
+                    times[i].append(timed(lambda m=m, call=call: [call(m) for _ in range(n)]) / n * 1e6)
+            a, b = (statistics.median(t) for t in times)
+            rows.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    return rows
+
+
 def overhead(n: int = 3000) -> list[str]:
     """One beam step's LSTM call (2 x 256, 10 hypotheses, one token): the module against the bare native call."""
     q = quantize_dynamic(nn.LSTM(EMB, HIDDEN, 2))
@@ -283,6 +305,7 @@ def main() -> None:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     sections = {
         "Speed (one thread, medians of interleaved repetitions; ratios > 1: the first is faster)": speed(args.reps),
+        "A beam step's quantized calls apart (medians of interleaved repetitions)": beam_parts(args.reps),
         "Python overhead of a one-token call": overhead(),
         "Per-module output error against the float module (trained-like weights)": accuracy(),
         f"The shipped WikiText-2 model, first {args.loss_tokens} test tokens (bptt 35, batch 1)": shipped_loss(
