@@ -29,6 +29,7 @@ _API = {
     "import_state_dict": "wordlm.train.importer",
     "RecurrentLM": "wordlm.train.model",
     "build_model": "wordlm.train.model",
+    "quantize_dynamic": "wordlm.nn",
     "quantize_checkpoint": "wordlm.quantize",
     "dequantize_checkpoint": "wordlm.quantize",
     "Runtime": "wordlm.runtime",

@@ -421,6 +421,40 @@ def recurrent(
     return (y, *state)
 
 
+def kernel_index(isa: str | None = None) -> int:
+    """The number of kernel `isa` (None: active_isa()) as the raw entry points below take it: resolved
+    once by a caller that calls often (wordlm.nn)."""
+    return _isa(isa)
+
+
+def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, threads: int) -> None:
+    """`decoder_nll`'s logits by address, for a caller that owns its buffers (wordlm.nn's modules): x
+    float32 [m, dec.k] and out float32 [m, dec.n], C-contiguous, m >= 1. No checks beyond the kernel's:
+    a one-token call's Python overhead is most of its time."""
+    panels, scales, sums, bias = dec._args
+    rc = lib().wl_decoder_nll(
+        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags, None, None, out, None, kernel, threads
+    )
+    if rc != 0:
+        raise WordLMError("native linear: bad arguments")
+
+
+def recurrent_into(
+    x: int, steps: int, batch: int, packed: PackedRecurrent, h: int, c: int | None, y: int, kernel: int, threads: int
+) -> None:
+    """`recurrent` by address, the state updated in place: x float32 [steps, batch, in], h [L, batch, P]
+    (c [L, batch, H] for an LSTM), y [steps, batch, P], all C-contiguous and caller-owned (the lean
+    path of wordlm.nn, as linear_into)."""
+    raw = packed.__dict__.get("_raw")
+    if raw is None:  # what every call passes, taken once
+        sizes = (packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0, len(packed.layers))
+        raw = packed._raw = (lib().wl_rnn, lib().cell_ids[packed.cell], sizes, ctypes.addressof(packed._matrices))
+    wl_rnn, cell, sizes, weights = raw
+    rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads)
+    if rc != 0:
+        raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
+
+
 def sample(z: np.ndarray, temperature: float, u: float) -> int:
     """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
     (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""
