@@ -8,9 +8,11 @@
 
 /* a matrix's flags (wl_packed.flags, wl_decoder_nll's flags): WL_FINE, its inputs as two 7-bit codes,
  * the code and its residual's (kernels.c); WL_CODES4, every code within [-8, 7] (int4 weights), which
- * lets a kernel add more products in int16 before widening (kernels_x86.c) with the same sums */
+ * lets a kernel add more products in int16 before widening (kernels_x86.c) with the same sums;
+ * WL_NIBBLES (with WL_CODES4; the decoder's only): the panels hold two codes a byte (kernels.c) */
 #define WL_FINE 1
 #define WL_CODES4 2
+#define WL_NIBBLES 4
 
 /* one packed matrix as the decoder takes it: codes in panels (64-byte aligned) and per row [n_pad] the
  * scale, code sum and bias, and its flags (wordlm.native.PackedLinear) */
