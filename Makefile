@@ -1,6 +1,11 @@
 # make demo: the tutorial's flow on the default model.  make test: the test suite.
 # Both create .venv and install what they need (torch's CPU build first, so pip never pulls CUDA).
+# make test-wheel (part of make test): the wheel of `python -m build` in a fresh venv without torch
+# (tests/wheel/check.sh).
 # make test-arm: the native kernels for ARM64, cross-compiled and run under QEMU (tests/arm/run.sh).
+# make test-simde: the AVX2 and AVX-512 VNNI kernels compiled against SIMDe (portable C), held to the
+# reference on any x86-64 (tests/native_simde.py); `make test` runs them too, with everything else.
+# make docs: the documentation site (mkdocs.yml, docs/) into site/, failing on any warning.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,15 +19,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[torch,onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-arm lint format chromium
+.PHONY: install demo test test-wheel test-arm simde test-simde lint format chromium docs
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
 demo: $(STAMP)
 	$(BIN)/wordlm demo $(if $(FULL),--full,) $(CKPT)
 
-test: $(STAMP) chromium
+# the SIMDe build first, so that a compile error is one clear line here and not an error per test
+test: $(STAMP) chromium simde test-wheel
 	$(BIN)/python -m pytest -q
+
+# the wheel installed with nothing beside it (no repo, no torch, no network) runs generate, eval and serve
+# on the model packaged inside it (~1 min; the venv's packages come from pip's cache)
+test-wheel: $(STAMP)
+	tests/wheel/check.sh $(BIN)/python
+
+# build/simde/libwordlm_simde-HASH.so, rebuilt when the sources, flags, compiler or SIMDe change (on x86;
+# elsewhere nothing to do)
+simde: $(STAMP)
+	$(BIN)/python tests/native_simde.py
+
+# the tests of every kernel and cell that run the emulated tables (~20 s)
+test-simde: simde
+	$(BIN)/python -m pytest -q -k simde tests/test_native.py tests/test_runtime.py
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # gcc-aarch64-linux-gnu and qemu-user from Debian's packages when missing; no venv needed
 test-arm:

@@ -16,7 +16,12 @@ setup(
                 "wordlm/native/kernels_arm.c",
                 "wordlm/native/sample.c",
             ],
-            depends=["wordlm/native/api.h", "wordlm/native/kernels.h", "wordlm/native/threads.h"],
+            depends=[
+                "wordlm/native/api.h",
+                "wordlm/native/kernels.h",
+                "wordlm/native/threads.h",
+                "wordlm/native/x86_simd.h",
+            ],
             # no fused multiply-add contraction: the kernels and the numpy reference agree bit for bit
             # (GCC contracts by default on ARM64, where a*b+c would become one FMADD)
             extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],

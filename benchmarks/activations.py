@@ -8,7 +8,7 @@ Run:
       recurrent h, the decoder's input): loss on a test prefix, one stream, bptt 25
   .venv/bin/python benchmarks/activations.py engine CKPT --scheme int8 --max-tokens 20000 --repeats 5
       wordlm's engine with --fine-activations none, inputs and all: loss, and seconds per pass
-      (interleaved, median of the repeats)
+      (interleaved, median of the repeats); refused on a busy machine unless --allow-busy
 Prints markdown rows; benchmarks/activations.md records them with the machine.
 """
 
@@ -17,17 +17,19 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
-from wordlm.evaluate import evaluate
 from wordlm.quant import FINE_ACTIVATIONS, get_scheme
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
+from wordlm.tasks import evaluate
 
 PLACES = ("all", "embedding", "upper inputs", "recurrent h", "decoder")
 
@@ -103,11 +105,17 @@ def engine(args) -> None:
         for fine in FINE_ACTIVATIONS
     }
     losses, seconds = {}, {fine: [] for fine in engines}
-    for _ in range(args.repeats):  # interleaved: the machine's load falls on both alike
-        for fine, e in engines.items():
-            start = time.perf_counter()
-            losses[fine] = evaluate(e, ids).loss
-            seconds[fine].append(time.perf_counter() - start)
+    try:
+        load = MachineLoad.start(args.allow_busy)
+        for _ in range(args.repeats):  # interleaved: the machine's load falls on both alike
+            for fine, e in engines.items():
+                start = time.perf_counter()
+                losses[fine] = evaluate(e, ids).loss
+                seconds[fine].append(time.perf_counter() - start)
+        load.stop()
+    except BusyMachine as e:
+        sys.exit(f"benchmarks/activations.py: {e}")
+    print(load.header() + "\n")
     print("| --fine-activations | loss | s per pass (median) | vs none |\n|---|---|---|---|")
     coarse = statistics.median(seconds["none"])
     for fine in engines:
@@ -130,6 +138,7 @@ def main() -> None:
     sp.add_argument("--scheme", default="int8")
     sp.add_argument("--max-tokens", type=int, default=20000)
     sp.add_argument("--repeats", type=int, default=5)
+    add_argument(sp)
     sp.set_defaults(func=engine)
     args = ap.parse_args()
     logging.disable(logging.WARNING)

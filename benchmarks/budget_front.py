@@ -1,5 +1,5 @@
 """The size-vs-loss front on the TEST split (issue 14), from the costs a `quantize --budget` search
-measured on validation: the least-bytes plan (wordlm.budget.choose) at each of several budgets,
+measured on validation: the least-bytes plan (wordlm.quantize.budget.choose) at each of several budgets,
 quantized by GPTQ and evaluated on the whole test split, beside the fixed schemes and the peers.
 
 The plans are chosen from validation costs only; the test split only reports. A plan here is the
@@ -20,14 +20,14 @@ import json
 import logging
 from pathlib import Path
 
-from wordlm.budget import BudgetConfig, Candidate, choose, memoized, mixed_scheme
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quantize import make_rounder, quantize_checkpoint
+from wordlm.quantize.budget import BudgetConfig, Candidate, choose, memoized, mixed_scheme
+from wordlm.tasks import evaluate
 
 
 def plot(rows: list[dict], fp32: float, path: Path) -> None:

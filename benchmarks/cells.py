@@ -1,21 +1,23 @@
 """Every cell side by side (issue 13): size, test loss and one-thread eval speed of each engine on the
 small models that benchmarks/cells_train.sh trains, one `wordlm bench` run per model.
 
-Run: .venv/bin/python benchmarks/cells.py RUNS_DIR [NAME ...] [--reps 1] [--out benchmarks/cells.md]
+Run: .venv/bin/python benchmarks/cells.py RUNS_DIR [NAME ...] [--reps 1] [--out benchmarks/cells.md] [--allow-busy]
 Writes the table (markdown) and, beside it, cells.json with every bench document; the models named
-(default: all trained) are measured, the others' rows are kept from an earlier cells.json.
+(default: all trained) are measured, the others' rows are kept from an earlier cells.json. On a busy
+machine it writes nothing unless --allow-busy (wordlm/bench/machine_load.py); each document keeps its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
+import sys
 from pathlib import Path
 
-from wordlm.bench import BenchConfig, run_bench
-from wordlm.fileio import atomic_write
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.bench.run import BenchConfig, run_bench
+from wordlm.checkpoint.fileio import atomic_write
 
 NAMES = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_tied", "lstm_proj")
 VARIANTS = ("torch", "torch-dynamic", "onnxruntime-int8", "wordlm-int8", "wordlm-int4")
@@ -46,16 +48,23 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=NAMES)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("cells.md"))
+    add_argument(ap)
     args = ap.parse_args()
     cfg = BenchConfig(variants=VARIANTS, reps=args.reps, all_cores=1, measure_rss=False, gen_tokens=100)
     store = args.out.with_suffix(".json")
     docs = json.loads(store.read_text()) if store.exists() else {}
-    for name in args.names:
-        if (args.runs / name / "best").is_dir():
-            docs[name] = run_bench(args.runs / name / "best", cfg)
+    try:
+        load = MachineLoad.start(args.allow_busy)
+        measured = {name: run_bench(args.runs / name / "best", cfg) for name in args.names
+                    if (args.runs / name / "best").is_dir()}  # fmt: skip
+        load.stop()
+    except BusyMachine as e:
+        sys.exit(f"benchmarks/cells.py: {e}")
+    for doc in measured.values():
+        doc["machine_load"] = load.as_dict()
+    docs.update(measured)
     docs = {name: docs[name] for name in NAMES if name in docs}
     env = next(iter(docs.values()))
-    load = os.getloadavg()
     cpu = env["hardware"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     text = (
@@ -65,8 +74,8 @@ def main() -> None:
         f"then `.venv/bin/python benchmarks/cells.py RUNS_DIR --reps {args.reps}` (a `wordlm bench` per model:\n"
         "the whole test split, batch 1, bptt 25, one thread; the speed is the median of the passes).\n\n"
         f"CPU: {cpu['cpu']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}, wordlm kernels "
-        f"{cpu['wordlm_kernels']}; load average at the end {load[0]:.2f} (a shared machine: ratios, not absolute "
-        f"figures); commit {commit}.\n\n" + table(docs)
+        f"{cpu['wordlm_kernels']}; commit {commit}. This run ({', '.join(measured) or 'no model'}): "
+        f"{load.header()}\n\n" + table(docs)
     )
     atomic_write(args.out, text)
     atomic_write(store, json.dumps(docs, indent=1) + "\n")

@@ -6,7 +6,7 @@
     torchrun --standalone --nproc-per-node 2 benchmarks/ddp_step.py no-comm  # the same, gradients not sent
 
 `ddp` is what `wordlm train` does: DDP for every weight but the embedding, whose touched rows are
-averaged after backward (`wordlm.distributed.average_touched_rows`); `ddp-dense` leaves all 114 MB of
+averaged after backward (`wordlm.train.distributed.average_touched_rows`); `ddp-dense` leaves all 114 MB of
 gradients to DDP's all-reduce (gloo over loopback TCP). `no-comm` registers a DDP communication hook
 that returns each gradient bucket untouched: the ranks compute as in `ddp-dense` but exchange nothing,
 so `ddp-dense` minus `no-comm` is what the dense all-reduce costs. Wall and CPU seconds (this
@@ -30,9 +30,9 @@ import torch.nn as nn
 
 from wordlm.config import preset
 from wordlm.data import batchify, load_corpus
-from wordlm.distributed import Group, average_touched_rows, data_parallel
-from wordlm.model import RecurrentLM
 from wordlm.train import reuse_freed_memory
+from wordlm.train.distributed import Group, average_touched_rows, data_parallel
+from wordlm.train.model import RecurrentLM
 
 
 def keep_local(state, bucket):  # unannotated: DDP refuses the strings that postponed annotations make

@@ -6,6 +6,9 @@ logs when it stops (its epoch's tokens, all ranks, over the training time, the s
 The variants are interleaved, in a rotated order each repetition, and the medians are reported.
 
     .venv/bin/python benchmarks/distributed.py --minutes 1.5 --reps 3 --out benchmarks/distributed_run.md
+
+On a busy machine it writes nothing unless --allow-busy (wordlm/bench/machine_load.py: its own training runs
+are not counted as the machine's other work).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument, load_average
 
 VARIANTS = {  # name -> the flags after `wordlm train --preset tutorial ...`
     "1 process x 1 thread": ["--threads", "1"],
@@ -58,18 +63,25 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=1.5, help="training time of each run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/distributed_run.md"))
+    add_argument(ap)
     args = ap.parse_args()
     names = list(VARIANTS)
     rows, speeds = [], {n: [] for n in names}
-    with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.reps):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
-                load = os.getloadavg()[0]
-                tps, batches = run(VARIANTS[name], args.minutes, Path(tmp))
-                speeds[name].append(tps)
-                rows.append(f"| {rep + 1} | {name} | {tps:,.0f} | {batches} | {load:.2f} | {os.getloadavg()[0]:.2f} |")
-                print(rows[-1], flush=True)
+    try:
+        guard = MachineLoad.start(args.allow_busy)
+        with tempfile.TemporaryDirectory() as tmp:
+            for rep in range(args.reps):
+                order = names[rep % len(names) :] + names[: rep % len(names)]
+                for name in order:
+                    load = load_average() or float("nan")
+                    tps, batches = run(VARIANTS[name], args.minutes, Path(tmp))
+                    speeds[name].append(tps)
+                    after = load_average() or float("nan")
+                    rows.append(f"| {rep + 1} | {name} | {tps:,.0f} | {batches} | {load:.2f} | {after:.2f} |")
+                    print(rows[-1], flush=True)
+        guard.stop()
+    except BusyMachine as e:
+        sys.exit(f"benchmarks/distributed.py: {e}")
     base = statistics.median(speeds[names[0]])
     lines = [
         "# Distributed training on the CPU: one run of benchmarks/distributed.py (write-up: distributed.md)",
@@ -78,6 +90,8 @@ def main() -> None:
         f"Measured {time.strftime('%Y-%m-%d %H:%M')}, {args.reps} interleaved repetitions of {args.minutes} "
         "minutes each, medians. The tutorial model (`--preset tutorial`: Embedding(33278, 512), 5 x LSTM 256, "
         "Linear(256, 33278)), WikiText-2, global batch 20, bptt 35, fp32.",
+        "",
+        guard.header(),
         "",
         "```bash",
         *(

@@ -1,7 +1,8 @@
 """Kernel choices for the wordlm engine: ONNX Runtime's decoder and LSTM ops, and wordlm's native
 kernels (each instruction set this CPU runs), one thread, medians.
 
-Run: .venv/bin/python benchmarks/kernels.py  (writes benchmarks/kernels.md)
+Run: .venv/bin/python benchmarks/kernels.py [--allow-busy]  (writes benchmarks/kernels.md; refuses on a busy
+machine unless --allow-busy: wordlm/bench/machine_load.py)
 Decoder-sized matmul x[M, 256] @ W[256, 33278] at M = 25 (an eval chunk) and M = 1 (a generated
 token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph or one call of
 the native kernel.
@@ -9,7 +10,9 @@ the native kernel.
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -192,6 +195,11 @@ def native_variants(layers=5, E=512, H=256):
     scales = np.full(N, 0.002, np.float32)
     bias = np.zeros(N, np.float32)
     dec = native.pack_linear(q, scales, bias)
+    q4 = rng.integers(-8, 8, (N, K), dtype=np.int8)  # int4 codes: as int8 bytes, and two a byte
+    int4 = {
+        "int4 codes": native.pack_linear(q4, scales, bias),
+        "int4 nibbles": native.pack_linear(q4, scales, bias, nibbles=True),
+    }
 
     def lstm_layer(i):
         return native.pack_linear(
@@ -248,6 +256,17 @@ def native_variants(layers=5, E=512, H=256):
             )
         )
     for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
+        for name, d in int4.items():
+            rows.append(
+                (
+                    f"decoder + loss: wordlm native, fused, {isa}, {name}",
+                    *(
+                        clock(lambda m=m, isa=isa, d=d: native.decoder_nll(x[m], d, t[m], isa=isa), r)
+                        for m, r in ((25, 30), (1, 200))
+                    ),
+                )
+            )
+    for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
         xs = {s: rng.standard_normal((s, 1, E)).astype(np.float32) for s in (25, 1)}
         rows.append(
             (
@@ -281,15 +300,28 @@ def sampling_variants():
     return rows
 
 
-if __name__ == "__main__":
+def main() -> None:
     from wordlm import native
+    from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+    from wordlm.bench.run import cpu_flags
 
-    rows = decoder_variants() + lstm_variants() + loss_head_variants() + native_variants() + sampling_variants()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_argument(ap)
+    args = ap.parse_args()
+    try:
+        load = MachineLoad.start(args.allow_busy)
+        rows = decoder_variants() + lstm_variants() + loss_head_variants() + native_variants() + sampling_variants()
+        load.stop()
+    except BusyMachine as e:
+        sys.exit(f"benchmarks/kernels.py: {e}")
     lines = [
         f"# Kernel timings (onnxruntime {ort.__version__}, one thread, median ms)",
         "",
-        "Produced by `.venv/bin/python benchmarks/kernels.py`. The best instruction set of this CPU for "
-        f"wordlm's native kernels: {native.best_isa()} (ONNX Runtime picks its own kernels at run time too).",
+        f"Produced by `.venv/bin/python benchmarks/kernels.py{' --allow-busy' if args.allow_busy else ''}`. The best "
+        f"instruction set of this CPU for wordlm's native kernels: {native.best_isa()} (ONNX Runtime picks its own "
+        f"kernels at run time too). CPU flags: {', '.join(cpu_flags())}.",
+        "",
+        load.header(),
         "",
         "| kernel | 25 rows / steps | 1 row / step |",
         "|---|---|---|",
@@ -302,3 +334,7 @@ if __name__ == "__main__":
     text = "\n".join(lines) + "\n"
     print(text)
     Path(__file__).with_name("kernels.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

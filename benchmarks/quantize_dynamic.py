@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from wordlm import native
-from wordlm.bench import cpu_flags
+from wordlm.bench.run import cpu_flags
 from wordlm.nn import quantize_dynamic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def shipped_loss(tokens: int) -> list[str]:
     decoder quantized, embedding float: the tutorial's {nn.LSTM, nn.Linear})."""
     from wordlm.checkpoint import load_checkpoint
     from wordlm.data import load_split
-    from wordlm.model import build_model
+    from wordlm.train.model import build_model
 
     ckpt = load_checkpoint(ROOT / "models" / "wikitext2-lstm")
     shared = ROOT.parent / "shared" / "data" / "wikitext-2"

@@ -2,8 +2,10 @@
 next-word log-probabilities against fp32 with every kernel, thread scaling, memory, load time, and
 the CLI's start-up. Speeds against torch-dynamic and ONNX Runtime come from `wordlm bench`.
 
-Run: .venv/bin/python benchmarks/runtime.py [CKPT] [--reps 3] [--out benchmarks/runtime.md]
-CKPT is a float checkpoint (default: the shipped model); its int8 copy is written to a temp folder.
+Run: .venv/bin/python benchmarks/runtime.py [CKPT] [--reps 3] [--out benchmarks/runtime.md] [--allow-busy]
+CKPT is a float checkpoint (default: the shipped model); its int8 copy is written to a temp folder. On a
+busy machine it refuses to write anything unless --allow-busy (wordlm/bench/machine_load.py); the header says
+the load either way.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from wordlm import native
-from wordlm.bench import cpu_flags
+from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
+from wordlm.bench.run import cpu_flags
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
-from wordlm.cli import DEFAULT_MODEL
 from wordlm.data import load_split
 from wordlm.engines import load_engine
-from wordlm.evaluate import evaluate
+from wordlm.models import DEFAULT_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
 
 CONTEXTS, CONTEXT_WORDS = 150, 50
 
@@ -127,6 +130,8 @@ def markdown(r: dict, command: str) -> str:
         f"Checkpoint: `{r['checkpoint']}` quantized to int8 (per-row int8 everywhere).  ",
         f"CPU flags: {', '.join(r['cpu_flags'])}; kernels this CPU runs: {', '.join(r['kernels'])}.",
         "",
+        r["machine_load_header"],
+        "",
         f"## int8 next-word log-probabilities against fp32 ({CONTEXTS} test contexts of {CONTEXT_WORDS} words)",
         "",
         "| kernel | mean KL (nats) | max KL | top-1 agreement |",
@@ -166,8 +171,15 @@ def main() -> None:
     ap.add_argument("checkpoint", nargs="?", default=str(DEFAULT_MODEL))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/runtime.md")
+    add_argument(ap)
     args = ap.parse_args()
-    r = run(Path(args.checkpoint), args.reps)
+    try:
+        load = MachineLoad.start(args.allow_busy)
+        r = run(Path(args.checkpoint), args.reps)
+        load.stop()
+    except BusyMachine as e:
+        sys.exit(f"benchmarks/runtime.py: {e}")
+    r["machine_load"], r["machine_load_header"] = load.as_dict(), load.header()
     command = "python benchmarks/runtime.py " + " ".join(sys.argv[1:])
     Path(args.out).write_text(markdown(r, command))
     Path(args.out).with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")

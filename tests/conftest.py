@@ -16,7 +16,7 @@ import torch
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.config import preset
 from wordlm.data import load_corpus
-from wordlm.model import RecurrentLM, checkpoint_tensors
+from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "<unk>"]
 VERBS = ["sat on", "looked at", "ran to", "slept near"]

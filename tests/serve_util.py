@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from hypothesis import strategies as st
 
-from wordlm.serve_schema import MAX_K, SEED_MAX, SEED_MIN
+from wordlm.serve.schema import MAX_K, SEED_MAX, SEED_MIN
 
 
 @contextmanager

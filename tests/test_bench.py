@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import run_cli
 
-from wordlm.bench import ALL_VARIANTS, BenchConfig, Row, add_ratios, run_bench, write_results
+from wordlm.bench.run import ALL_VARIANTS, BenchConfig, Row, add_ratios, run_bench, write_results
 from wordlm.errors import WordLMError
 
 FIELDS = (
@@ -79,6 +79,8 @@ def test_written_results(doc, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == doc
     md = (tmp_path / "results.md").read_text()
     assert "| wordlm-int4 |" in md and "speed vs torch-dynamic" in md
+    load = doc["machine_load"]  # the load it ran under, in the document and the table's header
+    assert load["header"] in md and load["load_before"] is not None and "1-minute load average" in load["header"]
     assert (tmp_path / "size_vs_ppl.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -9,7 +9,7 @@ import torch
 
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.errors import WordLMError
-from wordlm.model import build_model
+from wordlm.train.model import build_model
 
 
 def test_round_trip_preserves_everything(tiny_ckpt, tmp_path):

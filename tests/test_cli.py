@@ -88,7 +88,10 @@ def test_unknown_prompt_word_without_unk(tmp_path):
             ["train", "--out", "{tmp}/r", "--resume", "--preset", "tiny", "--data", "{data}"],
             "no training state",
         ),
-        (["train", "--out", "{tmp}/r", "--preset", "huge", "--data", "{data}"], "unknown preset"),
+        (
+            ["train", "--out", "{tmp}/r", "--preset", "huge", "--data", "{data}"],
+            "--preset: must be one of tutorial, tiny",
+        ),
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--dropout", "2"], "--dropout"),
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--num-layers", "0"], "--num-layers"),
         (["train", "--out", "{tmp}/r", "--preset", "tiny", "--data", "{data}", "--threads", "0"], "--threads"),

@@ -1,9 +1,13 @@
-"""The shipped default model, models/wikitext2-lstm: the tutorial's architecture stored as fp16, better
-than the tutorial's pretrained model on the whole test split, and what commands use by default."""
+"""The default models: models/wikitext2-lstm (the clone's float model: the tutorial's architecture stored
+as fp16, better than the tutorial's pretrained model on the whole test split, and what commands use by
+default in a clone) and the quantized one packaged in wordlm/shipped/ (what a wheel has; its card's
+figures hold). tests/wheel/check.sh checks the wheel itself."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +15,20 @@ import torch
 from conftest import run_cli
 from safetensors import safe_open
 
+from wordlm import models
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
-from wordlm.cli import DEFAULT_MODEL
 from wordlm.data import load_split
 from wordlm.engines import ENGINES, load_engine
-from wordlm.evaluate import evaluate
-from wordlm.model import build_model
+from wordlm.errors import WordLMError
+from wordlm.models import DEFAULT_MODEL, SHIPPED_MODEL, default_checkpoint
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
+from wordlm.train.model import build_model
 
 TUTORIAL_TEST_LOSS = 5.167  # the tutorial's pretrained model, bptt 25, batch 1
+SHIPPED_TEST_LOSS = 5.1363  # the packaged model on the whole test split, as its README.md says
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +72,33 @@ def test_every_engine_runs_an_fp16_checkpoint_like_its_fp32_upcast(engine, tiny_
     upcast = replace(half, tensors={k: v.astype(np.float32) for k, v in half.tensors.items()})
     losses = [evaluate(load_engine(engine, c), corpus.test[:400]).loss for c in (half, upcast)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+def test_the_default_is_named_then_env_then_the_clones_float_model_then_the_packaged_one(monkeypatch, tmp_path):
+    monkeypatch.delenv("WORDLM_MODEL", raising=False)
+    assert default_checkpoint() == DEFAULT_MODEL  # a clone
+    monkeypatch.setenv("WORDLM_MODEL", str(tmp_path / "env"))
+    assert default_checkpoint("named") == Path("named")
+    assert default_checkpoint() == tmp_path / "env"
+    monkeypatch.delenv("WORDLM_MODEL")
+    monkeypatch.setattr(models, "DEFAULT_MODEL", tmp_path / "absent")  # an installed wheel has no models/
+    assert default_checkpoint() == SHIPPED_MODEL
+    monkeypatch.setattr(models, "SHIPPED_MODEL", tmp_path / "absent-too")
+    assert default_checkpoint(required=False) is None
+    with pytest.raises(WordLMError, match="WORDLM_MODEL"):
+        default_checkpoint()
+
+
+def test_the_packaged_model_is_its_cards_plan_and_loss():
+    """The README's command (the plan of benchmarks/budget/front, GPTQ, fine inputs) and its figure on
+    the whole test split (~20-40 s on one thread); at most 16 MB so the wheel stays small."""
+    ck = load_checkpoint(SHIPPED_MODEL)
+    q = json.loads((SHIPPED_MODEL / "config.json").read_text())["quantization"]["params"]
+    assert q["plan"] == json.loads((REPO / "benchmarks/budget/front/plan-0.0005.json").read_text())
+    assert q["fine_activations"] == "inputs" and ck.meta["quantization_method"] == "gptq"
+    assert ck.size_bytes <= 16e6
+    assert "wordlm quantize models/wikitext2-lstm --scheme mixed" in (SHIPPED_MODEL / "README.md").read_text()
+    test = load_split(ck.vocab, "test")
+    res = evaluate(load_engine("wordlm", ck), test, bptt=25, batch_size=1)
+    assert res.tokens == len(test) - 1
+    assert res.loss == pytest.approx(SHIPPED_TEST_LOSS, abs=5e-5)

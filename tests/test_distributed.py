@@ -21,11 +21,12 @@ import torch.nn as nn
 from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
-from wordlm.cli import _without_nproc, main
+from wordlm.cli import main
+from wordlm.cli.commands import _without_nproc
 from wordlm.config import preset
-from wordlm.distributed import Group, average_touched_rows, data_parallel
-from wordlm.model import RecurrentLM
 from wordlm.train import TrainConfig, train
+from wordlm.train.distributed import Group, average_touched_rows, data_parallel
+from wordlm.train.model import RecurrentLM
 
 # dropout 0: two ranks then compute what one process computes, up to the order of float sums
 EXACT = dict(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=2.0, seed=3, dropout=0.0)

@@ -19,7 +19,7 @@ from wordlm.engines import load_engine
 from wordlm.engines.ort import OrtEngine
 from wordlm.errors import WordLMError
 from wordlm.export import check_recurrent_weights_are_initializers, export_onnx, onnx_bytes
-from wordlm.onnx_graph import seven_bit
+from wordlm.export.onnx_graph import seven_bit
 from wordlm.quant import QSpec, Scheme, get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
@@ -255,7 +255,7 @@ def test_every_cell_exports_and_runs_in_onnxruntime(corpus, cell):
     leaves GRU and RNN in fp32, is refused for them rather than called int8."""
     from wordlm.checkpoint import Checkpoint
     from wordlm.config import ModelConfig
-    from wordlm.model import RecurrentLM, checkpoint_tensors
+    from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
     torch.manual_seed(0)
     tied = cell.endswith("-tied")

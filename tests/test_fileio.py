@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from wordlm.checkpoint.fileio import atomic_write
 from wordlm.errors import WordLMError
-from wordlm.fileio import atomic_write
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
@@ -30,7 +30,7 @@ def test_never_writes_through_what_is_not_a_regular_file(tmp_path, kind):
 def test_the_next_write_removes_a_killed_writers_temp_file(tmp_path):
     out = tmp_path / "model.onnx"
     code = (
-        "import sys, wordlm.fileio as f, os, signal\n"
+        "import sys, wordlm.checkpoint.fileio as f, os, signal\n"
         "real = os.fsync\n"
         "def die(fd): os.kill(os.getpid(), signal.SIGKILL)\n"
         "os.fsync = die\n"  # killed after the data is written, before the rename

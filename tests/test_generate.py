@@ -6,8 +6,8 @@ import pytest
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.generate import context_ids, detokenize, generate_ids, generate_text
 from wordlm.runtime import Sampling, new_rng, sample
+from wordlm.tasks.generate import context_ids, detokenize, generate_ids, generate_text
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +98,11 @@ def test_detokenize_breaks_lines_at_eos():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(sampling=Sampling(temperature=-0.5)), "temperature must be a finite number >= 0"),
+        (dict(sampling=Sampling(temperature=-0.5)), "--temperature: must be a finite number in \\[0, inf\\)"),
         (dict(sampling=Sampling(top_p=1.5)), "top-p"),
         (dict(sampling=Sampling(top_k=-1)), "top-k"),
-        (dict(sampling=Sampling(temperature=float("nan"))), "temperature must be a finite number"),
-        (dict(sampling=Sampling(temperature=float("inf"))), "temperature must be a finite number"),
+        (dict(sampling=Sampling(temperature=float("nan"))), "--temperature: must be a finite number"),
+        (dict(sampling=Sampling(temperature=float("inf"))), "--temperature: must be a finite number"),
         (dict(seed=-1), "seed must be an integer >= 0"),
     ],
 )

@@ -1,5 +1,6 @@
 """The native kernels (decoder + loss, recurrent stacks of every cell) against their numpy references, for every
-kernel this CPU runs."""
+kernel this CPU runs, and on x86 for every x86 table compiled against SIMDe (tests/native_simde.py), whatever
+the CPU."""
 
 import os
 import subprocess
@@ -8,11 +9,19 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from native_simde import EMULATED, use_kernel
 
-from wordlm import native
+from wordlm import cells, native
 from wordlm.errors import WordLMError
 
 KERNELS = native.available_isas()
+
+
+@pytest.fixture
+def isa(request, monkeypatch) -> str:
+    """A kernel this CPU runs, or an x86 table of the SIMDe build (`simde-avx2`, `simde-avx512-vnni`:
+    tests/native_simde.py), which any x86-64 runs: the name to pass as isa=."""
+    return use_kernel(request.param, monkeypatch)
 
 
 def _case(m: int, n: int, k: int, seed: int = 0, bits: int = 8):
@@ -38,7 +47,7 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
     return top + np.log(np.exp(z - top[:, None]).sum(1))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(
     ("m", "n", "k", "bits"),
     [
@@ -60,7 +69,7 @@ def test_logits_equal_the_reference_bit_for_bit(isa, m, n, k, bits):
     assert np.array_equal(out.logits, native.reference_linear(x, q, s, b))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("m", [1, 4, 5, 6])
 def test_extreme_codes_equal_the_reference(isa, m):
     """Weights of -128 and 127 against activation codes of 0 and 127 (rows all positive, all negative,
@@ -80,7 +89,7 @@ def test_extreme_codes_equal_the_reference(isa, m):
     assert np.abs(ref[0, :2] - np.array([-128, 127]) * k * 1e-3).max() < 1e-3  # the extremes were reached
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_nll_is_the_log_softmax_of_the_logits(isa):
     x, q, s, b, t = _case(25, 1000, 64, seed=1)
     out = native.decoder_nll(x, native.pack_linear(q, s, b), t, isa=isa)
@@ -89,7 +98,7 @@ def test_nll_is_the_log_softmax_of_the_logits(isa):
     assert np.allclose(out.nll, ref, rtol=0, atol=2e-5)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_nll_survives_a_wide_range_of_logits(isa):
     """The running log-sum-exp rescales as the max grows block by block; exp underflows to 0, not NaN."""
     x, q, s, b, t = _case(5, 2000, 32, seed=2)
@@ -100,7 +109,7 @@ def test_nll_survives_a_wide_range_of_logits(isa):
     assert np.allclose(nll, ref, rtol=1e-6, atol=1e-4)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_lse_is_the_log_sum_exp_of_the_logits(isa):
     x, q, s, b, t = _case(6, 3001, 48, seed=6)
     out = native.decoder_nll(x, native.pack_linear(q, s, b), None, logits=True, lse=True, isa=isa)
@@ -113,7 +122,7 @@ def test_lse_is_the_log_sum_exp_of_the_logits(isa):
     assert np.allclose(with_nll.nll, out.lse - out.logits[np.arange(6), t], atol=1e-5)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(("m", "n", "k"), [(9, 9000, 256), (1, 33278, 256), (2, 1000, 8)])
 def test_every_thread_count_gives_the_same_bits(isa, m, n, k):
     """A fixed partition of the vocabulary, merged in order: the thread count changes nothing."""
@@ -184,7 +193,7 @@ def test_a_bad_wordlm_isa_is_a_one_line_error_at_first_use(value):
 
 
 # every cell of the recurrent kernels: torch's cells, and the LSTM with a projection (h = W_hr m)
-CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm-proj"]
+CELLS = [*cells.CELLS, "lstm-proj"]  # every cell of the registry, and the LSTM with a projection
 
 
 class _RnnCase(NamedTuple):
@@ -194,16 +203,20 @@ class _RnnCase(NamedTuple):
     state: tuple[np.ndarray, ...]  # (h, c) for an LSTM, (h,) otherwise
 
 
-def _rnn_case(name: str, steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0) -> _RnnCase:
-    """A random int8 stack of cell `name` (one of CELLS); a projection to half the units (at least 4)."""
+def _rnn_case(
+    name: str, steps: int, batch: int, in_dim: int, hidden: int, layers: int, seed: int = 0, bits: int = 8
+) -> _RnnCase:
+    """A random int8 stack of cell `name` (one of CELLS); a projection to half the units (at least 4).
+    bits=4: every code within [-8, 7] (int4 weights)."""
     rng = np.random.default_rng(seed)
+    lo, hi = (-128, 128) if bits == 8 else (-8, 8)
     cell, proj = name.removesuffix("-proj"), name.endswith("-proj")
     out = max(4, hidden // 8 * 4) if proj else hidden
-    gates = native.GATES[cell]
+    gates = cells.CELLS[cell].gates
 
     def linear(n: int, k: int, bias: bool = True):
-        q = rng.integers(-128, 128, (n, k), dtype=np.int8)
-        scales = (rng.random(n) * 0.01 + 1e-3).astype(np.float32)
+        q = rng.integers(lo, hi, (n, k), dtype=np.int8)
+        scales = (rng.random(n) * 0.01 + 1e-3).astype(np.float32) * (16 if bits == 4 else 1)
         return q, scales, rng.standard_normal(n).astype(np.float32) if bias else np.zeros(n, np.float32)
 
     x = rng.standard_normal((steps, batch, in_dim)).astype(np.float32)
@@ -235,7 +248,7 @@ def _one_code_of_m(layer: tuple, x: np.ndarray, state: tuple[np.ndarray, ...]) -
     return native.quantize_activations(m)[1][:, None] * (np.abs(q.astype(np.float32)).max(1) * scales) * 1.01
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize(
     ("steps", "batch", "in_dim", "hidden", "layers"), [(1, 1, 8, 4, 1), (25, 1, 512, 256, 2), (9, 3, 20, 36, 3)]
@@ -269,7 +282,7 @@ def test_recurrent_follows_the_reference(isa, name, steps, batch, in_dim, hidden
         assert all(np.array_equal(a, b) for a, b in zip(ref, (y, *last), strict=True))
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_recurrent_threads_give_the_same_bits(isa, name):
     x, _, packed, state = _rnn_case(name, 25, 4, 512, 256, 2, seed=8)  # 100 x 512 x 1024: worth 2 threads
@@ -279,7 +292,7 @@ def test_recurrent_threads_give_the_same_bits(isa, name):
         assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("hidden", [12, 40, 100, 256])  # blocks of 32 units: part of 1, 1 + 8 units, 3 + 4, 8
 @pytest.mark.parametrize("batch", [1, 3])
@@ -306,7 +319,7 @@ def test_recurrent_bad_arguments_are_clear_errors():
         native.PackedRecurrent([(native.pack_linear(*(a[:12] for a in wih)), native.pack_linear(*whh))])
     with pytest.raises(WordLMError, match="3 x 4 gate rows"):  # and a GRU's are not an LSTM's
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "gru")
-    with pytest.raises(WordLMError, match="no cell 'lstm2'"):
+    with pytest.raises(WordLMError, match="cell must be one of .*got 'lstm2'"):
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh))], "lstm2")
     with pytest.raises(WordLMError, match="an LSTM's"):
         pair = (native.pack_linear(*(a[:4] for a in wih)), native.pack_linear(*(a[:4] for a in whh)))
@@ -321,7 +334,7 @@ def test_recurrent_bad_arguments_are_clear_errors():
         native.recurrent(x, packed, *state, threads=0)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 def test_decoder_threads_one_to_five_give_the_same_bits(isa):
     x, q, s, b, t = _case(12, 33278, 64, seed=9)
     dec = native.pack_linear(q, s, b)
@@ -407,7 +420,7 @@ def test_a_forked_child_can_use_threads():
 # ---- fine activations: each row's residual quantized again and its product added (kernels.c) ----
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 16, 4), (7, 37, 12), (25, 300, 256), (1, 4100, 256), (11, 2049, 36)])
 def test_fine_logits_equal_the_reference_bit_for_bit_on_every_thread_count(isa, m, n, k):
     x, q, s, b, t = _case(m, n, k, seed=m + n)
@@ -428,7 +441,7 @@ def test_fine_activations_shrink_the_activation_error_a_hundredfold():
     assert fine < coarse / 100, (fine, coarse)
 
 
-@pytest.mark.parametrize("isa", KERNELS)
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
 def test_fine_input_projections_follow_the_reference(isa, name):
     """W_ih fine: a ReLU RNN (no exp) equals the reference over the whole stack bit for bit; every cell
@@ -454,3 +467,122 @@ def test_only_input_projections_take_fine_activations():
     ((wih, whh),) = weights
     with pytest.raises(WordLMError, match="only the input projections"):
         native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, fine=True))], "lstm")
+
+
+# ---- int4 weights: codes within [-8, 7] (WL_CODES4), which AVX2 adds 16 groups at a time in int16 ----
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("nibbles", [False, True])
+@pytest.mark.parametrize("fine", [False, True])
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    [
+        (1, 100, 36),  # one row: 3 pairs of panels, then one alone; 9 groups (less than a span of 16)
+        (1, 4100, 260),  # 65 groups: 4 spans and 1
+        (1, 48, 8),  # one row, one pair of groups (nibbles: one byte holds both), 3 panels
+        (1, 64, 64),  # one row, 16 groups: one span, 4 panels
+        (1, 80, 132),  # one row, 33 groups: 2 spans and an odd last group, 5 panels
+        (2, 70, 68),  # 17 groups
+        (3, 33, 4),  # one group
+        (4, 48, 128),  # 2 + 2 rows, 2 spans exactly
+        (5, 300, 256),  # 3 + 2 rows
+        (25, 513, 516),  # 129 groups, 5 row groups
+        (11, 2049, 36),
+    ],
+)
+def test_int4_weights_equal_the_reference_bit_for_bit(isa, nibbles, fine, m, n, k):
+    """Codes within [-8, 7], as int8 codes or two a byte (nibbles: half the bytes; an odd number of
+    groups of 4 inputs leaves a last half byte empty)."""
+    x, q, s, b, t = _case(m, n, k, seed=m * k + n, bits=4)
+    q[0, :4] = [-8, 7, -8, 7]  # both ends of the range
+    dec = native.pack_linear(q, s, b, fine=fine, nibbles=nibbles)
+    assert dec.codes4 and dec.flags == 2 + fine + 4 * nibbles
+    assert dec.panels.size == dec.n_pad * (-(-k // 8) * 4 if nibbles else k)  # half the bytes, rounded up
+    want = native.reference_linear(x, q, s, b, fine=fine)
+    for threads in (1, 2, 3):
+        out = native.decoder_nll(x, dec, t, logits=True, isa=isa, threads=threads)
+        assert np.array_equal(out.logits, want), threads
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("m", [1, 3, 4, 5])
+def test_extreme_int4_codes_equal_the_reference(isa, m):
+    """Weights of -8 and 7 against activation codes of 127 and 0 over 1,028 inputs: 16 groups of the
+    largest products reach -32,512 in an int16 lane, its limit, before they are widened."""
+    rng = np.random.default_rng(16)
+    n, k = 35, 1028
+    q = rng.choice(np.array([-8, 7], np.int8), (n, k))
+    q[0], q[1] = -8, 7
+    s, b = np.full(n, 1e-3, np.float32), np.zeros(n, np.float32)
+    x = rng.choice(np.array([-1.0, 1.0], np.float32), (m, k))
+    x[0] = 1.0  # zero point 0, every code 127
+    if m > 1:
+        x[1] = -1.0  # zero point 127, every code 0
+    ref = native.reference_linear(x, q, s, b)
+    for nibbles in (False, True):
+        dec = native.pack_linear(q, s, b, nibbles=nibbles)
+        assert dec.codes4 and np.array_equal(native.decoder_nll(x, dec, logits=True, isa=isa).logits, ref), nibbles
+    assert np.abs(ref[0, :2] - np.array([-8, 7]) * k * 1e-3).max() < 1e-3  # the extremes were reached
+
+
+def test_int4_codes_are_found_by_pack_linear():
+    _, q, s, b, _ = _case(1, 40, 8, bits=4)
+    assert native.pack_linear(q, s, b).codes4 and native.pack_linear(q, s, b).flags == 2
+    for outside in (8, -9, 127, -128):
+        wide = q.copy()
+        wide[7, 3] = outside
+        assert not native.pack_linear(wide, s, b).codes4 and native.pack_linear(wide, s, b, fine=True).flags == 1
+        with pytest.raises(WordLMError, match="nibbles need int4 codes"):
+            native.pack_linear(wide, s, b, nibbles=True)
+
+
+def test_nibbles_are_the_decoders_only():
+    import dataclasses
+
+    x, weights, _, state = _rnn_case("gru", 2, 1, 8, 4, 1, bits=4)
+    ((wih, whh),) = weights
+    with pytest.raises(WordLMError, match="nibbles are the decoder's only"):
+        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, nibbles=True))], "gru")
+    _, q, s, b, t = _case(2, 40, 8, bits=4)
+    liar = dataclasses.replace(native.pack_linear(q, s, b, nibbles=True), codes4=False)  # nibbles without codes4
+    with pytest.raises(WordLMError, match="bad arguments"):
+        native.decoder_nll(x[0], liar, t[:1])
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+def test_the_int4_gemm_is_the_one_that_runs(isa):
+    """White box: told that int8 codes of 127 are int4 codes, the tables with a GEMM of their own for int4
+    (AVX2) overflow their int16 sums, so that one runs; the others (qgemm for both) still give the
+    reference's sums."""
+    import dataclasses
+
+    n, k = 32, 256
+    q = np.full((n, k), 127, np.int8)
+    s, b = np.full(n, 1e-3, np.float32), np.zeros(n, np.float32)
+    liar = dataclasses.replace(native.pack_linear(q, s, b), codes4=True)
+    want = native.reference_linear(np.ones((1, k), np.float32), q, s, b)
+    for m in (1, 3):  # the GEMV and the GEMM
+        x = np.ones((m, k), np.float32)
+        got = native.decoder_nll(x, liar, logits=True, isa=isa).logits
+        assert np.array_equal(got[0], want[0]) == (isa != "avx2"), m
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("name", CELLS)
+def test_int4_recurrent_stacks_follow_the_reference(isa, name):
+    """Every cell with int4 weights (every matrix's codes within [-8, 7]): the same bits on 1-3 threads,
+    a ReLU RNN's whole stack equal to the reference, the others' first step within exp's last bits."""
+    x, weights, packed, state = _rnn_case(name, 9, 3, 20, 40, 2, seed=21, bits=4)
+    assert all(p.codes4 for pair in packed.layers for p in pair) and all(p.codes4 for p in packed.proj or [])
+    one = native.recurrent(x, packed, *state, isa=isa)
+    for threads in (2, 3):
+        out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
+        assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
+    cell, first = packed.cell, tuple(st[:1] for st in state)
+    got = native.recurrent(x[:1], _packed(cell, weights[:1]), *first, isa=isa)
+    want = native.reference_recurrent(cell, x[:1], weights[:1], *first)
+    assert all(np.allclose(a, b, rtol=1e-5, atol=2e-6) for a, b in zip(got, want, strict=True))
+    if cell == "rnn_relu":
+        ref = native.reference_recurrent(cell, x, weights, *state)
+        assert all(np.array_equal(a, b) for a, b in zip(ref, one, strict=True))

@@ -1,5 +1,6 @@
 """wordlm.runtime (and the `wordlm` engine over it) held to the slow reference: dequantize, then the
-fp32 torch model; with every kernel this CPU runs, every thread count, and without torch at all."""
+fp32 torch model; with every kernel this CPU runs (and the x86 tables of the SIMDe build: tests/native_simde.py),
+every thread count, and without torch at all."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from native_simde import EMULATED, use_kernel
 
 from wordlm import native
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
-from wordlm.model import build_model
 from wordlm.quant import get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling, new_rng
+from wordlm.tasks import evaluate
+from wordlm.train.model import build_model
 
 # int8 and int4 with one scale per decoder row (groups of 32 = the trained model's hidden size) run
 # on the native kernels; groups of 16 and float weights on numpy's float32 path; int8-fine: the input
@@ -50,9 +52,9 @@ def models(trained_ckpt):
 
 @pytest.fixture
 def isa(request, monkeypatch):
-    """Run the test with one forced kernel (what WORDLM_ISA does for a whole process)."""
-    monkeypatch.setattr(native, "_active", request.param)
-    return request.param
+    """Run the test with one forced kernel (what WORDLM_ISA does for a whole process): one this CPU runs,
+    or an x86 table of the SIMDe build (tests/native_simde.py)."""
+    return use_kernel(request.param, monkeypatch)
 
 
 def test_parts_run_where_they_should(models):
@@ -66,9 +68,13 @@ def test_parts_run_where_they_should(models):
         == f"lstm native {native.active_isa()}, decoder native {native.active_isa()}"
     )
     assert kernels["int8-fine"] == kernels["int8"] + ", fine activations (all)"
+    for name, int4 in (("int8", False), ("int4-row", True)):  # int4 codes reach the kernels marked as such
+        w = Runtime(m[name][0]).weights  # (the int4 scheme's recurrent weights are int8)
+        assert w.decoder.packed.codes4 == w.decoder.packed.nibbles == int4  # a decoder's two a byte
+        assert not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 def test_fine_activations_bring_the_engine_to_its_weights(models, corpus, isa):
     """The same int8 weights: with fine activations the engine's logits are closer to the
     dequantized reference's (what the weights alone give) than with 7-bit ones."""
@@ -82,7 +88,7 @@ def test_fine_activations_bring_the_engine_to_its_weights(models, corpus, isa):
     assert snr["int8-fine"] > snr["int8"] + 5, snr  # the recurrent GEMMs keep 7 bits: +7.7 dB measured
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_logits_and_state_agree_with_reference(models, corpus, name, isa):
     _, m = models
@@ -101,7 +107,7 @@ def test_logits_and_state_agree_with_reference(models, corpus, name, isa):
         assert np.allclose(a, b, atol=1e-4 if name == "float" else 0.05)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", list(SCHEMES))
 def test_loss_and_next_logprobs_agree_with_reference(models, corpus, name, isa):
     _, m = models
@@ -124,7 +130,7 @@ def cells(corpus):
     gate rows not a whole number of panels; a projection to 12), each float and int8."""
     from wordlm.checkpoint import Checkpoint
     from wordlm.config import ModelConfig
-    from wordlm.model import RecurrentLM, checkpoint_tensors
+    from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
     torch.set_num_threads(1)
     out = {}
@@ -138,7 +144,7 @@ def cells(corpus):
     return out
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", ["gru", "rnn_tanh", "rnn_relu", "lstm-proj"])
 def test_every_cell_runs_natively_and_agrees_with_reference(cells, corpus, name, isa):
     """Quantized GRU, RNN and projected LSTM run their whole stack in C, as the LSTM does, and agree with
@@ -286,7 +292,7 @@ def test_eval_generate_and_next_words_run_without_torch(trained_ckpt, corpus, co
     assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.split()) >= 10, r.stderr
     code = f"""
 from wordlm.checkpoint import load_checkpoint
-from wordlm.generate import context_ids
+from wordlm.tasks.generate import context_ids
 from wordlm.runtime import Runtime
 import numpy as np
 ck = load_checkpoint({str(out)!r})

@@ -18,7 +18,7 @@ from serve_util import FIELDS, live_server, random_bodies, valid_bodies
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.serve import create_app
-from wordlm.serve_schema import TWO_WORDS, word_count
+from wordlm.serve.schema import TWO_WORDS, word_count
 
 SEED = 12  # schemathesis's (its deterministic mode draws the same cases whatever the seed)
 EXAMPLES = 15  # per operation in the fuzzing phase and per stateful scenario; the coverage phase adds its own

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wordlm.checkpoint import load_checkpoint
+from wordlm.checkpoint.tensorfile import read_tensors, tensors_bytes
 from wordlm.errors import WordLMError
-from wordlm.tensorfile import read_tensors, tensors_bytes
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 

@@ -70,10 +70,10 @@ def test_bf16_training_learns_and_can_be_switched_on_resume(corpus, tmp_path):
 
 def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_with_a_warning(corpus, tmp_path, monkeypatch, caplog):
     """Simulated where the CPU has bf16: the run is exactly an fp32 run, and says so."""
-    import wordlm.train
+    import wordlm.train.loop
 
     torch.set_num_threads(1)
-    monkeypatch.setattr(wordlm.train, "cpu_bf16", lambda: False)
+    monkeypatch.setattr(wordlm.train.loop, "cpu_bf16", lambda: False)
     kw = dict(preset="tiny", epochs=1, batch_size=4, bptt=8, lr=5, seed=1)
     train(TrainConfig(**kw), corpus, tmp_path / "fp32")
     with caplog.at_level("WARNING", logger="wordlm.train"):
@@ -88,9 +88,9 @@ def test_bf16_on_a_cpu_without_bf16_trains_in_fp32_with_a_warning(corpus, tmp_pa
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(lr=float("nan")), "--lr must be positive"),
-        (dict(lr=float("inf")), "--lr must be a finite number"),
-        (dict(clip=0.0), "--clip must be positive"),
+        (dict(lr=float("nan")), "--lr: must be a finite number in \\(0, inf\\), got nan"),
+        (dict(lr=float("inf")), "--lr: must be a finite number in \\(0, inf\\), got inf"),
+        (dict(clip=0.0), "--clip: must be a finite number in \\(0, inf\\), got 0.0"),
         (dict(batch_size=100_000), "--batch-size 100000 leaves fewer than 2 tokens"),
     ],
 )
@@ -208,7 +208,7 @@ def test_every_cell_trains_resumes_exactly_and_evaluates(corpus, tmp_path, shape
     best checkpoint carries the cell and runs on the wordlm runtime."""
     from wordlm.checkpoint import load_checkpoint
     from wordlm.engines import load_engine
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     torch.set_num_threads(1)
     kw = dict(preset="tiny", batch_size=4, bptt=8, lr=5, seed=1, **shape)
@@ -233,7 +233,7 @@ def test_every_cell_trains_resumes_exactly_and_evaluates(corpus, tmp_path, shape
     [
         (["--cell", "gru", "--proj-size", "4"], "proj_size applies to LSTM cells only"),
         (["--tied", "--emb-dim", "8"], "tying the embedding and the decoder needs emb_dim"),
-        (["--cell", "lstm2"], "invalid choice"),
+        (["--cell", "lstm2"], "--cell: must be one of lstm, gru, rnn_tanh, rnn_relu, got lstm2"),
     ],
 )
 def test_bad_model_shapes_are_one_line_errors(corpus_dir, tmp_path, args, message):

@@ -123,7 +123,7 @@ def test_batched_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
     """Batch > 1 (what training validates with) is the tutorial's evaluate() with eval_batch_size > 1."""
     from wordlm.checkpoint import load_checkpoint
     from wordlm.engines import load_engine
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     model, _ = tutorial_pth
     test = load_corpus(corpus_dir).test
@@ -136,7 +136,7 @@ def test_tutorial_architecture_sizes_match_tutorial():
     from wordlm.config import preset
     from wordlm.engines.torch_dynamic import quantize_dynamic_int8
     from wordlm.engines.torch_fp32 import state_dict_bytes
-    from wordlm.model import RecurrentLM
+    from wordlm.train.model import RecurrentLM
 
     model = RecurrentLM(preset("tutorial", 33278)).eval()
     assert f"{state_dict_bytes(model) / 1e6:.1f}" == "113.9"

@@ -6,7 +6,7 @@ https://arxiv.org/abs/1608.05859), and an LSTM projection (`proj_size`, torch's 
 W_hr (o * tanh(c)), Sak et al. 2014, https://arxiv.org/abs/1402.1128). Fields added after format 1
 are optional in config.json, with today's meaning as default: old checkpoints load unchanged.
 
-Torch-free on purpose (DESIGN.md, the torch boundary): the runtime reads the same config as the
+Torch-free on purpose (docs/design.md, "The torch boundary"): the runtime reads the same config as the
 torch model without importing torch.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from wordlm import cells
 from wordlm.errors import WordLMError
 
-CELLS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # cell -> gates per hidden unit
 OPTIONAL = {"cell": "lstm", "tied": False, "proj_size": 0}  # absent from older config.json files
 
 
@@ -40,14 +40,16 @@ class ModelConfig:
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or not 0 <= d < 1:
             raise WordLMError(f"model config: dropout must be a number in [0, 1), got {d!r}")
-        if not isinstance(self.cell, str) or self.cell not in CELLS:
-            raise WordLMError(f"model config: cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        try:
+            cell = cells.get(self.cell)
+        except WordLMError as e:
+            raise WordLMError(f"model config: {e}") from None
         if not isinstance(self.tied, bool):
             raise WordLMError(f"model config: tied must be true or false, got {self.tied!r}")
         p = self.proj_size
         if isinstance(p, bool) or not isinstance(p, int) or p < 0:
             raise WordLMError(f"model config: proj_size must be an integer >= 0, got {p!r}")
-        if p and self.cell != "lstm":
+        if p and not cell.projection:
             raise WordLMError(f"model config: proj_size applies to LSTM cells only, not {self.cell}")
         if p >= self.hidden_dim:
             raise WordLMError(f"model config: proj_size ({p}) must be smaller than hidden_dim ({self.hidden_dim})")
@@ -58,8 +60,13 @@ class ModelConfig:
             )
 
     @property
+    def cell_spec(self) -> cells.Cell:
+        """The cell's registry entry (wordlm.cells)."""
+        return cells.CELLS[self.cell]
+
+    @property
     def gates(self) -> int:
-        return CELLS[self.cell]
+        return self.cell_spec.gates
 
     @property
     def out_dim(self) -> int:
@@ -68,8 +75,7 @@ class ModelConfig:
 
     def state_shapes(self, batch: int) -> tuple[tuple[int, int, int], ...]:
         """The recurrent state: (h, c) for an LSTM (h of out_dim, c of hidden_dim), (h,) otherwise."""
-        h = (self.num_layers, batch, self.out_dim)
-        return (h, (self.num_layers, batch, self.hidden_dim)) if self.cell == "lstm" else (h,)
+        return self.cell_spec.state_shapes(self.num_layers, batch, self.hidden_dim, self.out_dim)
 
     def to_dict(self) -> dict:
         """The config.json form; optional fields at their default are left out, so that an untied,

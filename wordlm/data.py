@@ -216,7 +216,7 @@ def batchify(data: np.ndarray, batch_size: int) -> np.ndarray:
 def stream_slice(data: np.ndarray, batch_size: int, start: int, stop: int) -> np.ndarray:
     """The text of streams [start, stop) of `batchify(data, batch_size)`, as one 1-D array: batchify
     of it with `stop - start` streams is exactly those columns. A rank of a distributed run holds
-    only its own streams this way (wordlm.distributed)."""
+    only its own streams this way (wordlm.train.distributed)."""
     n = len(data) // batch_size
     return data[start * n : stop * n]
 

@@ -51,12 +51,12 @@ run() { # label, expected exit status, command... ; output in $out/run_<label>.t
 
 # The Python package under QEMU (tests/arm/python.sh), beside the builds and the kernels' runs.
 # ARM_PYTHON=smoke (the default, ~40 s beside the rest): the architecture's kernel names, logits bit for
-# bit, extreme codes and WORDLM_ISA in subprocesses, on `max`; full (~2 min more): all of tests/test_native.py on `max` and the CPU and
+# bit, extreme codes, int4 weights and WORDLM_ISA in subprocesses, on `max`; full (~2 min more): all of tests/test_native.py on `max` and the CPU and
 # WORDLM_ISA tests on `cortex-a53`; 0: none. The fork test is left out: QEMU 7.2's user mode aborts
 # in a child forked from a process with threads (an assertion in QEMU, cpu-exec.c), not in wordlm.
 arm_python=${ARM_PYTHON:-smoke}
 smoke='architecture or kernels_of_each or library_holds or not_a_kernel_here or every_arm64 or this_cpu_runs'
-smoke="$smoke or logits_equal or extreme_codes or fine_input_projections or wordlm_isa"
+smoke="$smoke or logits_equal or extreme_codes or fine_input_projections or wordlm_isa or int4"
 python_runs() {
     if ! tests/arm/python.sh prepare >"$out/run_python-prepare.txt" 2>&1; then
         echo 1 >"$out/run_python-prepare.rc"

@@ -84,6 +84,7 @@ static int8_t code(int bits) { /* uniform over [-128, 127] (bits 8, extremes inc
 
 typedef struct {
     int64_t n, k, n_pad;
+    int flags;           /* api.h's: WL_CODES4 where every code is within [-8, 7] (bits 4) */
     int8_t *q;           /* [n, k] */
     float *scale, *bias; /* [n] */
     int8_t *panels;      /* [n_pad / 16][k / 4][16][4], 64-byte aligned */
@@ -113,7 +114,7 @@ static void pack(linear_t *l) {
 }
 
 static linear_t random_linear(int64_t n, int64_t k, int bits, float scale_lo, float scale_span) {
-    linear_t l = {.n = n, .k = k};
+    linear_t l = {.n = n, .k = k, .flags = bits == 4 ? WL_CODES4 : 0};
     l.q = xmalloc((size_t)(n * k));
     l.scale = xmalloc(sizeof(float) * (size_t)n);
     l.bias = xmalloc(sizeof(float) * (size_t)n);
@@ -192,8 +193,8 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
     ref_linear(x, m, l, ref);
     for (int threads = 1; threads <= 3; threads++) {
         memset(logits, 0xff, sizeof(float) * (size_t)(m * n)); /* NaNs where nothing was written */
-        int rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, 0, targets, nll, logits,
-                                lse, isa, threads);
+        int rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, l->flags, targets, nll,
+                                logits, lse, isa, threads);
         CHECK(rc == 0, "wl_decoder_nll returned %d (threads %d)", rc, threads);
         if (rc) break;
         if (threads == 1) {
@@ -210,8 +211,8 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
             memcpy(first, logits, sizeof(float) * (size_t)(m * n));
             memcpy(nll1, nll, sizeof(float) * (size_t)m), memcpy(lse1, lse, sizeof(float) * (size_t)m);
             /* the NLL alone (no logits, no lse): the same bits */
-            rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, 0, targets, nll_only, NULL,
-                                NULL, isa, 1);
+            rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, l->flags, targets, nll_only,
+                                NULL, NULL, isa, 1);
             CHECK(rc == 0 && !memcmp(nll_only, nll1, sizeof(float) * (size_t)m), "the NLL alone differs");
         } else {
             CHECK(first_difference(logits, first, m * n) < 0 && !memcmp(nll, nll1, sizeof(float) * (size_t)m) &&
@@ -235,6 +236,9 @@ static const decoder_case decoder_cases[] = {
     {1, 4100, 256, 8}, {1, 100, 36, 8}, {5, 70, 28, 8},    {2, 33, 8, 8},     {4, 19, 44, 8},    {6, 130, 60, 8},
     {9, 500, 132, 8}, {13, 77, 100, 8}, {3, 64, 16, 8},    {2, 48, 24, 8},    {1, 64, 12, 8},    {5, 1100, 516, 8},
     {26, 513, 64, 4}, {9, 5000, 64, 8}, {1, 80, 4, 8},     {5, 16, 4, 8},     {4, 50, 8, 8},     {3, 90, 12, 8},
+    /* int4 codes (WL_CODES4: x86's AVX2 adds 16 groups in int16): spans of 16 groups and their tails */
+    {1, 100, 36, 4},  {1, 4100, 260, 4}, {2, 70, 68, 4},   {3, 33, 4, 4},     {4, 48, 128, 4},   {5, 300, 256, 4},
+    {25, 513, 516, 4},
 };
 
 static float *random_x(int64_t m, int64_t k) {
@@ -259,16 +263,17 @@ static void test_decoder_case(const decoder_case *dc, int isa) {
 
 /* weights of -128 and 127 against codes of 127 and 0 (rows all positive: zero point 0, every code 127;
  * all negative: zero point 127, every code 0; and both): the largest products, where two products in
- * an int16 lane (NEON's SMULL + SMLAL) reach -32,512 and 32,258 */
-static void test_extreme_codes(int64_t m, int isa) {
-    int64_t n = 67, k = 516;
+ * an int16 lane (NEON's SMULL + SMLAL) reach -32,512 and 32,258. bits 4: weights of -8 and 7 over 1,028
+ * inputs (WL_CODES4), where AVX2's 16 groups in an int16 lane reach -32,512 */
+static void test_extreme_codes(int64_t m, int isa, int bits) {
+    int64_t n = 67, k = bits == 8 ? 516 : 1028, lo = bits == 8 ? -128 : -8, hi = bits == 8 ? 127 : 7;
     rng = 5 + (uint64_t)m;
-    linear_t l = {.n = n, .k = k};
+    linear_t l = {.n = n, .k = k, .flags = bits == 4 ? WL_CODES4 : 0};
     l.q = xmalloc((size_t)(n * k));
     l.scale = xmalloc(sizeof(float) * (size_t)n);
     l.bias = calloc((size_t)n, sizeof(float));
-    for (int64_t i = 0; i < n * k; i++) l.q[i] = next_u64() & 1 ? 127 : -128;
-    for (int64_t i = 0; i < k; i++) l.q[i] = -128, l.q[k + i] = 127;
+    for (int64_t i = 0; i < n * k; i++) l.q[i] = (int8_t)(next_u64() & 1 ? hi : lo);
+    for (int64_t i = 0; i < k; i++) l.q[i] = (int8_t)lo, l.q[k + i] = (int8_t)hi;
     for (int64_t i = 0; i < n; i++) l.scale[i] = 1e-3f;
     pack(&l);
     float *x = xmalloc(sizeof(float) * (size_t)(m * k));
@@ -282,14 +287,14 @@ static void test_extreme_codes(int64_t m, int isa) {
     float s;
     int32_t zp;
     ref_quantize(x, k, u, &s, &zp); /* the extremes are reached */
-    CHECK(zp == 0 && u[0] == 127 && ref_acc(u, zp, l.q, k) == -128 * 127 * k && ref_acc(u, zp, l.q + k, k) == 127 * 127 * k,
+    CHECK(zp == 0 && u[0] == 127 && ref_acc(u, zp, l.q, k) == lo * 127 * k && ref_acc(u, zp, l.q + k, k) == hi * 127 * k,
           "row 0 does not reach the extreme sums");
     if (m > 1) {
         ref_quantize(x + k, k, u, &s, &zp);
-        CHECK(zp == 127 && u[0] == 0 && ref_acc(u, zp, l.q, k) == 127 * 128 * k, "row 1 does not reach the extremes");
+        CHECK(zp == 127 && u[0] == 0 && ref_acc(u, zp, l.q, k) == -lo * 127 * k, "row 1 does not reach the extremes");
     }
     check_decoder(x, m, &l, targets, isa, 2e-5);
-    end("extreme_codes[%s-m%d]", wl_isa_name(isa), (int)m);
+    end("extreme_codes[%s-m%d-bits%d]", wl_isa_name(isa), (int)m, bits);
     free(u), free(x), free_linear(&l);
 }
 
@@ -316,8 +321,27 @@ typedef struct {
     int64_t steps, batch, in_dim, hidden, proj, layers;
 } rnn_case;
 
+/* the cells this harness has a C reference for (ref_cell), by kernels.c's number: check_cell_table holds
+ * them to the library's table (wl_cell_name, wl_cell_info), so a renumbered or changed cell fails here */
 static const char *const cell_names[] = {"lstm", "gru", "rnn_tanh", "rnn_relu"};
 static const int64_t cell_gates[] = {4, 3, 1, 1};
+#define REF_CELLS ((int)(sizeof(cell_names) / sizeof(cell_names[0])))
+
+static void check_cell_table(void) {
+    int n = 0;
+    for (; wl_cell_name(n); n++) {
+        int64_t gates;
+        int has_c, proj;
+        CHECK(!wl_cell_info(n, &gates, &has_c, &proj), "wl_cell_info(%d) refused", n);
+        if (n < REF_CELLS)
+            CHECK(!strcmp(wl_cell_name(n), cell_names[n]) && gates == cell_gates[n] && has_c == (n == 0),
+                  "kernels.c's cell %d is %s with %d gates; this harness's reference is %s", n, wl_cell_name(n),
+                  (int)gates, cell_names[n]);
+        else
+            printf("cell %s: no C reference here (tests/test_native.py checks it against numpy)\n", wl_cell_name(n));
+    }
+    CHECK(n >= REF_CELLS, "kernels.c has %d cells, this harness's reference %d", n, REF_CELLS);
+}
 
 static const rnn_case rnn_cases[] = {
     {0, 1, 1, 8, 4, 0, 1},    {0, 9, 3, 20, 12, 0, 3},  {0, 7, 1, 20, 40, 0, 3},  {0, 7, 3, 20, 100, 0, 2},
@@ -613,6 +637,7 @@ int main(int argc, char **argv) {
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    check_cell_table();
     int count = 0, best = wl_best_isa();
     char names[256] = "";
     for (; wl_isa_name(count) && count < MAX_ISAS; count++) {
@@ -648,7 +673,7 @@ int main(int argc, char **argv) {
     test_sample();
     for (int isa = lo; isa <= hi; isa++) {
         for (size_t i = 0; i < sizeof decoder_cases / sizeof decoder_cases[0]; i++) test_decoder_case(&decoder_cases[i], isa);
-        for (int64_t m = 1; m <= 7; m++) test_extreme_codes(m, isa);
+        for (int64_t m = 1; m <= 7; m++) test_extreme_codes(m, isa, 8), test_extreme_codes(m, isa, 4);
         test_wide_logits(isa);
         for (size_t i = 0; i < sizeof rnn_cases / sizeof rnn_cases[0]; i++) test_rnn_case(&rnn_cases[i], isa);
     }

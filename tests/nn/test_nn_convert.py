@@ -247,9 +247,9 @@ def test_the_tutorial_model_gives_the_loss_of_wordlm_quantize():
     """The shipped WikiText-2 model through quantize_dynamic (embedding, LSTM and decoder asked: what the
     int8 scheme quantizes) and through `wordlm quantize` + the runtime: the same loss."""
     from wordlm.checkpoint import load_checkpoint
-    from wordlm.model import build_model
     from wordlm.quantize import quantize_checkpoint
     from wordlm.runtime import Runtime
+    from wordlm.train.model import build_model
 
     ckpt = load_checkpoint(ROOT / "models" / "wikitext2-lstm")
     ids = _wikitext_test_ids(ckpt.vocab, 201).astype(np.int64)

@@ -2,7 +2,7 @@
 
 The registry imports nothing heavy (`wordlm --help` lists the names without loading numpy); each
 engine's module, and the runtime it needs (torch, onnxruntime, wordlm's kernels), loads when that
-engine is built. The interface they share is wordlm.engines.base.Engine.
+engine is built. The interface they share is wordlm.runtime.engine.Engine.
 """
 
 from __future__ import annotations

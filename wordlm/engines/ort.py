@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines.base import Engine, State
 from wordlm.errors import require
 from wordlm.export import onnx_bytes
+from wordlm.runtime import Engine, State
 
 
 def ort_session(model_bytes: bytes, threads: int):

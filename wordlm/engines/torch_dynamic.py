@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+from wordlm import cells
 from wordlm.checkpoint import Checkpoint
 from wordlm.engines.torch_fp32 import TorchEngine, torch
 from wordlm.errors import WordLMError
@@ -25,17 +26,19 @@ def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice of torch.ao.quantization
-        return quantize_dynamic(model, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8)
+        modules = {getattr(torch.nn, c.torch_module) for c in cells.CELLS.values() if c.torch_dynamic}
+        return quantize_dynamic(model, {*modules, torch.nn.Linear}, dtype=torch.qint8)
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
-    from wordlm.model import build_model
+    from wordlm.train.model import build_model
 
     cfg = ckpt.config
     # torch.ao has no dynamic nn.RNN (it would stay float), and its LSTM fails on proj_size (pytorch
     # issues 60008, 74953): refused rather than measured as something it is not
-    if cfg.cell.startswith("rnn_"):
-        raise WordLMError("torch.ao.quantization has no dynamic int8 RNN cell; torch-dynamic takes LSTM and GRU")
+    if not cfg.cell_spec.torch_dynamic:
+        takes = ", ".join(c.name for c in cells.CELLS.values() if c.torch_dynamic)
+        raise WordLMError(f"torch.ao.quantization has no dynamic int8 {cfg.cell} cell; torch-dynamic takes {takes}")
     if cfg.proj_size:
         raise WordLMError("torch.ao.quantization's dynamic LSTM cannot run a projection (proj_size)")
     torch.set_num_threads(threads)

@@ -8,8 +8,8 @@ from functools import cached_property
 import numpy as np
 
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines.base import Engine, State
 from wordlm.errors import require
+from wordlm.runtime import Engine, State
 
 torch = require("torch", "torch")
 
@@ -53,7 +53,7 @@ class TorchEngine(Engine):
 
 
 def from_checkpoint(ckpt: Checkpoint, threads: int = 1) -> TorchEngine:
-    from wordlm.model import build_model
+    from wordlm.train.model import build_model
 
     torch.set_num_threads(threads)
     return TorchEngine(build_model(ckpt), threads=threads)

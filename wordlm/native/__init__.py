@@ -12,6 +12,9 @@ those this CPU runs, `active_isa()` the one every call uses unless it names one 
 environment variable WORDLM_ISA (one of ISAS) when set, so that tests and benchmarks can force a lower
 one, else the best. Threads (`threads=`) change how fast, never the bits: the work is cut the same way
 for any count.
+
+WORDLM_NATIVE_LIB: the path of another build of the same sources to load instead of the installed one
+(`load_library`), e.g. tests/native_simde.py's, whose AVX2 and AVX-512 VNNI tables are SIMDe's portable C.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wordlm.config import CELLS as GATES  # cell -> gate rows per hidden unit
+from wordlm import cells
 from wordlm.errors import WordLMError
 from wordlm.native.reference import cell_step as cell_step  # re-exported: the runtime's float cells
 from wordlm.native.reference import quantize_activations as quantize_activations  # and the references
 from wordlm.native.reference import reference_linear as reference_linear
 from wordlm.native.reference import reference_recurrent as reference_recurrent
+from wordlm.settings import check_threads
 
 PANEL = 16  # rows of W per packed panel (kernels.h: NR)
 # every kernel of an architecture, lowest first, by kernels.c's number (its isa_names)
@@ -46,12 +50,21 @@ def architecture(machine: str | None = None) -> str:
 ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this machine's kernels
 
 
-def _library() -> ctypes.CDLL:
+def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
+    """The kernels' library with its functions' signatures: the one `pip install` built, or the one at
+    `path`, another build of the same sources (tests/native_simde.py's, whose AVX2 and AVX-512 VNNI
+    kernels are SIMDe's portable C and run on any x86-64). `lib()` loads the one WORDLM_NATIVE_LIB
+    names, when set."""
+    if path is None:
+        try:
+            from wordlm.native import _kernels
+        except ImportError as e:  # a source tree that was never installed
+            raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
+        path = _kernels.__file__
     try:
-        from wordlm.native import _kernels
-    except ImportError as e:  # a source tree that was never installed
-        raise WordLMError(f"wordlm's native kernels are not built ({e}); run `pip install -e .`") from e
-    lib = ctypes.CDLL(_kernels.__file__)  # ctypes releases the GIL during each call
+        lib = ctypes.CDLL(os.fspath(path))  # ctypes releases the GIL during each call
+    except OSError as e:
+        raise WordLMError(f"wordlm's native kernels: cannot load {os.fspath(path)!r} ({e})") from e
     # raw addresses of arrays whose dtype and layout the wrappers below guarantee: ndpointer's checks
     # cost ~40 us per call, more than a layer's step
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
@@ -65,12 +78,35 @@ def _library() -> ctypes.CDLL:
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
     lib.wl_isa_name.argtypes = [c_int]
+    lib.wl_cell_name.restype = ctypes.c_char_p
+    lib.wl_cell_name.argtypes = [c_int]
+    lib.wl_cell_info.restype = c_int
+    lib.wl_cell_info.argtypes = [c_int, ptr, ptr, ptr]
     built = []
     while (name := lib.wl_isa_name(len(built))) is not None:
         built.append(name.decode())
     if tuple(built) != ISAS:  # never expected: a library built for another architecture than this Python's
         raise WordLMError(f"wordlm's native kernels are {built}, but this {platform.machine()} machine's are {ISAS}")
+    lib.cell_ids = _cell_ids(lib)
     return lib
+
+
+def _cell_ids(lib: ctypes.CDLL) -> dict[str, int]:
+    """wordlm.cells' name -> the library's number of its C step, checked as the ISA list is: a registry
+    cell whose C step is missing, or whose gates or state differ from the C table's, is refused."""
+    table, gates, has_c, proj = {}, ctypes.c_int64(), ctypes.c_int(), ctypes.c_int()
+    while (name := lib.wl_cell_name(len(table))) is not None:
+        lib.wl_cell_info(len(table), *(ctypes.byref(v) for v in (gates, has_c, proj)))
+        table[name.decode()] = (len(table), gates.value, bool(has_c.value), bool(proj.value))
+    ids = {}
+    for cell in cells.CELLS.values():
+        if cell.kernel not in table:
+            raise WordLMError(f"wordlm's native kernels have no cell step {cell.kernel!r} (cell {cell.name}); rebuild")
+        number, *shape = table[cell.kernel]
+        if shape != [cell.gates, cell.has_c, cell.projection]:
+            raise WordLMError(f"cell {cell.name}: the registry's gates, c and projection differ from kernels.c's")
+        ids[cell.name] = number
+    return ids
 
 
 _lib: ctypes.CDLL | None = None
@@ -80,7 +116,7 @@ _active: str | None = None
 def lib() -> ctypes.CDLL:
     global _lib
     if _lib is None:
-        _lib = _library()
+        _lib = load_library(os.environ.get("WORDLM_NATIVE_LIB") or None)
     return _lib
 
 
@@ -128,9 +164,7 @@ def _addr(a: np.ndarray | None) -> int | None:
 
 
 def _threads(threads: int) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise WordLMError(f"native kernels: threads must be an integer >= 1, got {threads!r}")
-    return min(int(threads), 1 << 16)
+    return check_threads(int(threads) if isinstance(threads, np.integer) else threads, "native kernels: threads")
 
 
 @dataclass
@@ -139,15 +173,20 @@ class PackedLinear:
 
     `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
     twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
-    decoder."""
+    decoder. `codes4`: every code is within [-8, 7] (int4 weights; `pack_linear` finds out), which a
+    kernel may use to add more products in int16 (the same sums: kernels_x86.c). `nibbles` (a decoder's
+    int4 codes, asked for): the panels hold two codes a byte, half the memory that generation reads per
+    word (kernels.c says how)."""
 
-    panels: np.ndarray  # int8, flat, 64-byte aligned
+    panels: np.ndarray  # int8, flat, 64-byte aligned (nibbles: [N/16][ceil(K/8)][16][4] bytes)
     scales: np.ndarray  # float32 [n_pad]
     sums: np.ndarray  # int32 [n_pad]: sum_k q[n, k], for the activations' zero point
     bias: np.ndarray  # float32 [n_pad]
     n: int  # real rows (words)
     k: int
     fine: bool = False
+    codes4: bool = False
+    nibbles: bool = False
 
     def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
         self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
@@ -156,6 +195,11 @@ class PackedLinear:
     def n_pad(self) -> int:
         return self.scales.size
 
+    @property
+    def flags(self) -> int:
+        """The kernels' flags of this matrix (api.h): WL_FINE 1, WL_CODES4 2, WL_NIBBLES 4."""
+        return int(self.fine) | int(self.codes4) << 1 | int(self.nibbles) << 2
+
 
 def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     raw = np.empty(nbytes + align, np.uint8)
@@ -163,11 +207,17 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes]
 
 
-def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False) -> PackedLinear:
-    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear."""
+def pack_linear(
+    q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False, nibbles: bool = False
+) -> PackedLinear:
+    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear.
+    nibbles: int4 codes (within [-8, 7]) kept two a byte, for `decoder_nll` (not `recurrent`)."""
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
         raise WordLMError(f"native kernels: need int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
+    codes4 = n > 0 and int(q.min()) >= -8 and int(q.max()) <= 7  # int4 weights, as stored or quantized
+    if nibbles and not codes4:
+        raise WordLMError("native kernels: nibbles need int4 codes, within [-8, 7]")
     n_pad, full = -(-n // PANEL) * PANEL, n // PANEL
     panels = _aligned(n_pad * k).view(np.int8)
     # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: each 64 bytes hold 4 inputs of 16 words. Written
@@ -179,6 +229,8 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         tail = np.zeros((PANEL, k), np.int8)
         tail[: n - full * PANEL] = q[full * PANEL :]
         out[full] = tail.reshape(PANEL, k // 4, 4).transpose(1, 0, 2)
+    if nibbles:
+        panels = _nibbles(out)
 
     def pad(v: np.ndarray, dtype) -> np.ndarray:
         out = np.zeros(n_pad, dtype)
@@ -193,7 +245,22 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         n=n,
         k=k,
         fine=fine,
+        codes4=codes4,
+        nibbles=nibbles,
     )
+
+
+def _nibbles(panels: np.ndarray) -> np.ndarray:
+    """int8 panels [P, G, 16, 4] of int4 codes -> kernels.c's nibbles, flat: per pair of groups (2i, 2i + 1)
+    of a panel 64 bytes, group 2i's codes + 8 in the low nibbles, group 2i + 1's in the high (0 + 8 past
+    an odd last group)."""
+    p, groups = panels.shape[:2]
+    biased = panels.reshape(p, groups, 64).view(np.uint8) + np.uint8(8)  # codes -8..7 -> 0..15
+    if groups % 2:
+        biased = np.concatenate([biased, np.full((p, 1, 64), 8, np.uint8)], axis=1)
+    out = _aligned(p * (biased.shape[1] // 2) * 64).reshape(p, -1, 64)
+    np.bitwise_or(biased[:, 0::2], biased[:, 1::2] << 4, out=out)
+    return out.reshape(-1).view(np.int8)
 
 
 class DecoderOutput(NamedTuple):
@@ -236,7 +303,7 @@ def decoder_nll(
         return out
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.fine,
+        _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags,
         *map(_addr, (tgt, *out)), kernel, n_threads,
     )  # fmt: skip
     if rc != 0:
@@ -245,7 +312,6 @@ def decoder_nll(
 
 
 UNIT_BLOCK = 32  # hidden units per block of the recurrent layers' partition among threads (kernels.c)
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")  # the recurrent cells by kernels.c's number (its cells)
 
 
 def _unit_block_order(hidden: int, gates: int) -> np.ndarray:
@@ -267,14 +333,14 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
 
 
 class _Matrix(ctypes.Structure):
-    """kernels.c's wl_packed: a PackedLinear's addresses and its `fine` (all NULL: no matrix)."""
+    """api.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
 
-    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("fine", ctypes.c_int64)]
+    _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("flags", ctypes.c_int64)]
 
 
 @dataclass
 class PackedRecurrent:
-    """A stack of recurrent layers of `cell` (one of CELLS) for the kernels: (W_ih with b_ih, W_hh with
+    """A stack of recurrent layers of `cell` (a wordlm.cells name) for the kernels: (W_ih with b_ih, W_hh with
     b_hh) per layer, W_hr per layer in `proj` for an LSTM with a projection (torch's proj_size: h = W_hr
     (o * tanh(c))), and the array of their addresses that `wl_rnn` takes (built once).
 
@@ -287,11 +353,13 @@ class PackedRecurrent:
     proj: list[PackedLinear] | None = None
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise WordLMError(f"native kernels: no cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        if self.proj and (self.cell != "lstm" or len(self.proj) != len(self.layers)):
+        try:
+            spec = cells.get(self.cell)
+        except WordLMError as e:
+            raise WordLMError(f"native kernels: {e}") from None
+        if self.proj and (not spec.projection or len(self.proj) != len(self.layers)):
             raise WordLMError(f"native {self.cell}: a projection is an LSTM's, one W_hr per layer")
-        gates, hidden, out = GATES[self.cell], self.hidden, self.out_dim
+        gates, hidden, out = spec.gates, self.hidden, self.out_dim
         if any(p.n != gates * hidden for pair in self.layers for p in pair):
             raise WordLMError(
                 f"native {self.cell}: every W_ih and W_hh needs {gates} x {hidden} gate rows (hidden = "
@@ -302,11 +370,13 @@ class PackedRecurrent:
             raise WordLMError(f"native {self.cell}: W_hh and the upper layers' W_ih need {out} inputs (h's size)")
         if any(b.fine for _, b in self.layers) or any(p.fine for p in self.proj or []):
             raise WordLMError(f"native {self.cell}: only the input projections (W_ih) take fine activations")
+        if any(p.nibbles for pair in self.layers for p in pair) or any(p.nibbles for p in self.proj or []):
+            raise WordLMError(f"native {self.cell}: weights as nibbles are the decoder's only")
         order = _unit_block_order(hidden, gates)
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)
         mats = [p for (a, b), r in zip(self.layers, hr, strict=True) for p in (a, b, r)]  # [layers][W_ih, W_hh, W_hr]
-        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.fine) if p else _Matrix() for p in mats))
+        self._matrices = (_Matrix * len(mats))(*(_Matrix(*p._args, p.flags) if p else _Matrix() for p in mats))
 
     @property
     def hidden(self) -> int:
@@ -331,9 +401,10 @@ def recurrent(
     """
     kernel, n_threads = _isa(isa), _threads(threads)
     x = np.ascontiguousarray(x, np.float32)
-    n_layers, hidden, out, lstm = len(packed.layers), packed.hidden, packed.out_dim, packed.cell == "lstm"
+    n_layers, hidden, out = len(packed.layers), packed.hidden, packed.out_dim
+    has_c = cells.CELLS[packed.cell].has_c
     batch = x.shape[1] if x.ndim == 3 else 0
-    shapes = [(n_layers, batch, out), (n_layers, batch, hidden)][: 2 if lstm else 1]
+    shapes = [(n_layers, batch, out), (n_layers, batch, hidden)][: 2 if has_c else 1]
     if x.ndim != 3 or packed.layers[0][0].k != x.shape[2] or [np.shape(s) for s in state] != shapes:
         raise WordLMError(
             f"native {packed.cell}: shapes do not fit (x {list(x.shape)}, state {[list(np.shape(s)) for s in state]})"
@@ -341,9 +412,9 @@ def recurrent(
     steps, _, in_dim = x.shape
     state = tuple(np.array(s, np.float32, order="C") for s in state)  # copies: the kernel updates them in place
     y = np.empty((steps, batch, out), np.float32)
-    h, c = _addr(state[0]), _addr(state[1]) if lstm else None
+    h, c = _addr(state[0]), _addr(state[1]) if has_c else None
     sizes = (steps, batch, in_dim, hidden, out if packed.proj else 0, n_layers)
-    cell, weights = CELLS.index(packed.cell), ctypes.addressof(packed._matrices)
+    cell, weights = lib().cell_ids[packed.cell], ctypes.addressof(packed._matrices)
     rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads)
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
@@ -362,7 +433,7 @@ def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, thread
     a one-token call's Python overhead is most of its time."""
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.fine, None, None, out, None, kernel, threads
+        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags, None, None, out, None, kernel, threads
     )
     if rc != 0:
         raise WordLMError("native linear: bad arguments")
@@ -377,7 +448,7 @@ def recurrent_into(
     raw = packed.__dict__.get("_raw")
     if raw is None:  # what every call passes, taken once
         sizes = (packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0, len(packed.layers))
-        raw = packed._raw = (lib().wl_rnn, CELLS.index(packed.cell), sizes, ctypes.addressof(packed._matrices))
+        raw = packed._raw = (lib().wl_rnn, lib().cell_ids[packed.cell], sizes, ctypes.addressof(packed._matrices))
     wl_rnn, cell, sizes, weights = raw
     rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads)
     if rc != 0:

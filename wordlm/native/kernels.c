@@ -23,7 +23,10 @@
  *   also int8, which ARM's signed SDOT and SMMLA take as they are;
  * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
  *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit;
- * - fine activations (a matrix's `fine`: the input projections and the decoder of a scheme that asks):
+ * - int4 weights (codes within [-8, 7], a matrix's WL_CODES4 flag: api.h) are the same arithmetic; a
+ *   table may give them a GEMM of its own (qgemm4) that adds more products in int16 before widening
+ *   (AVX2: 16 vpmaddubsw results per vpmaddwd, kernels_x86.c), which gives the same integer sums;
+ * - fine activations (a matrix's WL_FINE flag: the input projections and the decoder of a scheme that asks):
  *   each row's residual r = x - (float)(u - zp) * s is quantized the same way and its product, without
  *   the bias, is added: y = y(x) + y(r). Two 7-bit codes make ~14 bits (the residual's range is one step
  *   of x's) from the same kernels, for twice the GEMM: on the shipped model the 7-bit activations cost
@@ -47,6 +50,7 @@
 #include <Python.h>
 #endif
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,7 +105,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL, NULL};
 
 /* ---- fine activations ---- */
 
@@ -128,15 +132,16 @@ static void quantize_fine(const wl_kernels *kern, const float *x, int64_t m, int
     kern->quantize(res, m, k, r.u, r.s, r.zp);
 }
 
-/* the table's qgemm of codes a, plus (r.u given) that of the residual's codes r without the bias
- * (zeros: as many zeros as bias has entries), summed into z; tmp: [rows, panels * NR] floats */
-static void qgemm_fine(const wl_kernels *kern, codes_t a, codes_t r, int64_t rows, int64_t k, const int8_t *wp,
+/* a table's GEMM (qgemm, or qgemm4 for int4 codes: wl_qgemm_for) of codes a, plus (r.u given) that of the
+ * residual's codes r without the bias (zeros: as many zeros as bias has entries), summed into z; tmp:
+ * [rows, panels * NR] floats */
+static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, int64_t k, const int8_t *wp,
                        int64_t panels, const float *wscale, const int32_t *wsum, const float *bias, const float *zeros,
                        float *z, int64_t ldz, float *tmp) {
-    kern->qgemm(a.u, rows, k, wp, panels, a.s, a.zp, wscale, wsum, bias, z, ldz);
+    qgemm(a.u, rows, k, wp, panels, a.s, a.zp, wscale, wsum, bias, z, ldz);
     if (!r.u) return;
     int64_t width = panels * NR;
-    kern->qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
+    qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < width; j++) z[i * ldz + j] += tmp[i * width + j];
 }
@@ -173,11 +178,56 @@ static const wl_kernels *kernels_for(int isa) {
     return isa_tables[isa];
 }
 
+/* ---- int4 weights as nibbles (WL_NIBBLES) ----
+ * Generation reads the whole decoder for every word (8.5 MB of int8 codes for the tutorial's): memory,
+ * not arithmetic, sets its pace, so int4 codes are kept two a byte there. For each pair of groups of 4
+ * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
+ * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
+ * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. A table's qgemm_nibbles (any rows) or, for
+ * one row (generation), gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
+ * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
+ * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
+
+/* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
+#define UNPACK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define UNPACK_CLONES
+#endif
+
+/* panels [0, panels) of nibbles -> the int8 layout in out (panels * k * NR bytes) */
+static UNPACK_CLONES void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
+    int64_t groups = k / 4;
+    for (int64_t p = 0; p < panels; p++) {
+        const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
+        int8_t *o = out + p * k * NR;
+        for (int64_t g = 0; g < groups; g += 2, in += 64) {
+            for (int i = 0; i < 64; i++) o[g * 64 + i] = (int8_t)((in[i] & 15) - 8);
+            if (g + 1 < groups)
+                for (int i = 0; i < 64; i++) o[(g + 1) * 64 + i] = (int8_t)((in[i] >> 4) - 8);
+        }
+    }
+}
+
+/* this thread's buffer of at least `bytes` (64-byte aligned), kept for its next calls; NULL: no memory */
+static int8_t *thread_buffer(size_t bytes) {
+    static _Thread_local int8_t *buf;
+    static _Thread_local size_t size;
+    if (size < bytes) {
+        free(buf);
+        size = (bytes + 63) / 64 * 64;
+        buf = aligned_alloc(64, size);
+        if (!buf) size = 0;
+    }
+    return buf;
+}
+
 /* ---- the decoder ---- */
 
 typedef struct {
     const wl_kernels *kern;
-    codes_t a, r; /* the rows' codes, and their residual's (fine) */
+    wl_qgemm_fn qgemm; /* the table's GEMM for this matrix's codes */
+    codes_t a, r;      /* the rows' codes, and their residual's (fine) */
     int64_t m, k, n, n_pad;
     const int8_t *wp;
     const float *wscale;
@@ -187,6 +237,8 @@ typedef struct {
     float *logits;          /* [m, n] or NULL */
     float *target_logit;    /* [m]: written by the chunk that holds the target */
     lse_t *part;            /* [chunks][m]: each chunk's log-sum-exp of each row */
+    int nibbles;            /* wp holds nibbles (WL_NIBBLES) */
+    atomic_int *failed;     /* set by a chunk that found no memory */
 } decoder_job;
 
 /* one chunk of the vocabulary for every row: blocks of NB words outside (a block of W, 64 KiB at
@@ -197,13 +249,28 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
+    wl_qgemm_fn qgemm = d->qgemm, direct = NULL;
+    if (d->nibbles) direct = d->kern->qgemm_nibbles ? d->kern->qgemm_nibbles : d->m == 1 ? d->kern->gemv_nibbles : NULL;
+    int8_t *unpacked = d->nibbles && !direct ? thread_buffer((size_t)(NB * d->k)) : NULL;
+    if (d->nibbles && !direct && !unpacked) {
+        atomic_store(d->failed, 1);
+        return;
+    }
     for (int64_t n0 = start; n0 < end; n0 += NB) {
         int64_t width = end - n0 < NB ? end - n0 : NB, panels = width / NR;
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
+        const int8_t *wp = d->wp + n0 * d->k;
+        if (direct) {
+            wp = d->wp + n0 / NR * wl_nibble_panel_bytes(d->k);
+            qgemm = direct;
+        } else if (d->nibbles) {
+            unpack_nibbles(d->wp + n0 / NR * wl_nibble_panel_bytes(d->k), panels, d->k, unpacked);
+            wp = unpacked;
+        }
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
-            qgemm_fine(d->kern, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, d->wp + n0 * d->k,
-                       panels, d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
+            qgemm_fine(qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, wp, panels,
+                       d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
             for (int64_t r = r0; r < r0 + rows; r++) {
                 const float *zr = z + (r - r0) * width;
                 if (d->logits) memcpy(d->logits + r * d->n + n0, zr, sizeof(float) * (size_t)valid);
@@ -224,20 +291,21 @@ static void lse_merge(lse_t *into, const lse_t *part) {
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
  * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding;
- * fine: the rows as two codes (above).
+ * flags: the matrix's (api.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7];
+ * WL_NIBBLES (with WL_CODES4), wp holds them two a byte (above).
  * isa: the kernel (0 portable, then this architecture's: see wl_isa_name, wl_best_isa); threads >= 1.
  * Returns 0, or -1 for a bad argument (a target outside [0, n), a kernel this CPU lacks) or no memory. */
 int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
-                   const float *wscale, const int32_t *wsum, const float *bias, int fine, const int64_t *targets,
+                   const float *wscale, const int32_t *wsum, const float *bias, int flags, const int64_t *targets,
                    float *nll, float *logits, float *lse, int isa, int threads) {
     const wl_kernels *kern = kernels_for(isa);
     if (!kern || threads < 1 || m < 1 || k < 4 || k % 4 || n < 1 || n_pad != (n + NR - 1) / NR * NR ||
-        ((uintptr_t)wp & 63) || (targets && !nll))
+        ((uintptr_t)wp & 63) || (targets && !nll) || ((flags & WL_NIBBLES) && !(flags & WL_CODES4)))
         return -1;
     for (int64_t r = 0; targets && r < m; r++)
         if (targets[r] < 0 || targets[r] >= n) return -1;
     int64_t chunks = (n_pad + CHUNK_WORDS - 1) / CHUNK_WORDS;
-    int passes = fine ? 2 : 1;
+    int fine = flags & WL_FINE, passes = fine ? 2 : 1;
     codes_t a = {malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
     codes_t r = {0};
     float *res = NULL, *zeros = NULL, *target_logit = malloc(sizeof(float) * (size_t)m);
@@ -250,9 +318,13 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
     int ok = a.u && a.s && a.zp && target_logit && part && (!fine || (r.u && r.s && r.zp && res && zeros));
     if (ok) {
         quantize_fine(kern, x, m, k, a, r, res);
-        decoder_job job = {kern,  a,       r,      m,      k,    n, n_pad, wp, wscale, wsum, bias,
-                           zeros, targets, logits, target_logit, part};
+        atomic_int failed = 0;
+        decoder_job job = {kern,  wl_qgemm_for(kern, flags), a, r, m, k, n, n_pad, wp, wscale, wsum, bias,
+                           zeros, targets, logits, target_logit, part, (flags & WL_NIBBLES) != 0, &failed};
         wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
+        ok = !atomic_load(&failed);
+    }
+    if (ok) {
         for (int64_t r = 0; r < m; r++) {
             lse_t all = {-INFINITY, 0.0};
             for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &part[c * m + r]);
@@ -324,13 +396,19 @@ static void rnn_relu_cell(const wl_kernels *kern, const float *xp, float *g, int
     }
 }
 
-/* the cells by number (wordlm.native's CELLS names them alike): gate rows per unit, and the cell */
+/* The cells by number, and by name: wordlm/cells.py's registry names each entry's C step here (its
+ * `kernel`) and wordlm.native checks the gates and the state against this table when it loads the
+ * library (wl_cell_name, wl_cell_info). A new cell is a step function above and a row here. */
 static const struct {
+    const char *name;
     int64_t gates;
+    int has_c, projection; /* a cell state c beside h; takes a projection W_hr (torch's proj_size) */
     cell_fn fn;
-} cells[] = {{4, lstm_cell}, {3, gru_cell}, {1, rnn_tanh_cell}, {1, rnn_relu_cell}};
+} cells[] = {{"lstm", 4, 1, 1, lstm_cell},
+             {"gru", 3, 0, 0, gru_cell},
+             {"rnn_tanh", 1, 0, 0, rnn_tanh_cell},
+             {"rnn_relu", 1, 0, 0, rnn_relu_cell}};
 #define CELL_COUNT ((int)(sizeof(cells) / sizeof(cells[0])))
-enum { CELL_LSTM };
 
 enum { W_IH, W_HH, W_HR, MATRICES }; /* a layer's matrices, in wl_rnn's w[layers][MATRICES] */
 
@@ -382,8 +460,9 @@ static void qgemm_rows(const wl_kernels *kern, codes_t a, codes_t r, int64_t row
     float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        qgemm_fine(kern, codes_from(a, r0, k), codes_from(r, r0, k), nr, k, w->panels + row * k, panels,
-                   w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL, out + r0 * ldo, ldo, tmp);
+        qgemm_fine(wl_qgemm_for(kern, w->flags), codes_from(a, r0, k), codes_from(r, r0, k), nr, k,
+                   w->panels + row * k, panels, w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL,
+                   out + r0 * ldo, ldo, tmp);
     }
 }
 
@@ -398,7 +477,7 @@ static void rnn_quantize_rows(void *arg, int64_t item) {
     rnn_thread *t = arg;
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, r0 = item * QUANT_ROWS, nr = rows - r0 < QUANT_ROWS ? rows - r0 : QUANT_ROWS;
-    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    codes_t none = {0}, r = t->w[W_IH].flags & WL_FINE ? codes_from(j->xr, r0, t->k) : none;
     quantize_fine(j->kern, t->in + r0 * t->k, nr, t->k, codes_from(j->xa, r0, t->k), r,
                   j->xres ? j->xres + r0 * t->k : NULL);
 }
@@ -410,7 +489,7 @@ static void rnn_input_gemm(void *arg, int64_t item) {
     const rnn_job *j = t->j;
     int64_t rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
     int64_t v = item / groups * UNIT_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
-    codes_t none = {0}, r = t->w[W_IH].fine ? codes_from(j->xr, r0, t->k) : none;
+    codes_t none = {0}, r = t->w[W_IH].flags & WL_FINE ? codes_from(j->xr, r0, t->k) : none;
     qgemm_rows(j->kern, codes_from(j->xa, r0, t->k), r, nr, t->k, &t->w[W_IH], j->gates * v,
                block_panels(j, block_width(j, v)), j->zeros, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
 }
@@ -483,10 +562,9 @@ static void rnn_region(void *arg, team_t *team) {
     }
 }
 
-/* A stack of recurrent layers of cell `cell` (0 LSTM, 1 GRU, 2 RNN tanh, 3 RNN ReLU; torch's gate
- * orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
- * batch, P] and, for the LSTM, c [layers, batch, hidden] (read, then updated in place; c NULL
- * otherwise), where P = proj for an LSTM with a projection (proj > 0: h = W_hr (o * tanh(c))), else
+/* A stack of recurrent layers of cell `cell` (a row of `cells`: wl_cell_name; torch's gate orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
+ * batch, P] and, for a cell with c (the LSTM), c [layers, batch, hidden] (read, then updated in place;
+ * c NULL otherwise), where P = proj for a cell with a projection (proj > 0: h = W_hr (o * tanh(c))), else
  * hidden. w[layers][3]: W_ih [G, in] (in = in_dim for the first layer, P above) and W_hh [G, P], G =
  * gates x hidden, packed as for the decoder with their rows in UNIT_BLOCK order (above), their scales,
  * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
@@ -499,14 +577,16 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
     const wl_kernels *kern = kernels_for(isa);
     if (!kern || cell < 0 || cell >= CELL_COUNT || threads < 1 || steps < 1 || batch < 1 || layers < 1 ||
         in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
-        (proj && cell != CELL_LSTM) || (cell == CELL_LSTM && !c))
+        (proj && !cells[cell].projection) || (cells[cell].has_c && !c))
         return -1;
     int fine = 0;
     for (int64_t l = 0; l < layers; l++) {
         for (int i = 0; i < MATRICES; i++)
             if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
-        if (w[l * MATRICES + W_HH].fine || (proj && w[l * MATRICES + W_HR].fine)) return -1;
-        fine |= w[l * MATRICES + W_IH].fine != 0;
+        if ((w[l * MATRICES + W_HH].flags & WL_FINE) || (proj && (w[l * MATRICES + W_HR].flags & WL_FINE))) return -1;
+        for (int i = 0; i < MATRICES; i++) /* nibbles are the decoder's only */
+            if (w[l * MATRICES + i].flags & WL_NIBBLES) return -1;
+        fine |= (w[l * MATRICES + W_IH].flags & WL_FINE) != 0;
     }
     int64_t gates = cells[cell].gates, P = proj ? proj : hidden;
     int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
@@ -514,7 +594,7 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
     int64_t rows = steps * batch, ldg = (gates * hidden + NR - 1) / NR * NR, widest = in_dim > P ? in_dim : P;
     rnn_job job = {.kern = kern, .cell = cells[cell].fn, .gates = gates, .steps = steps, .batch = batch,
                    .in_dim = in_dim, .hidden = hidden, .proj = proj, .layers = layers, .out_dim = P, .ldg = ldg,
-                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cell == CELL_LSTM ? c : NULL,
+                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cells[cell].has_c ? c : NULL,
                    .y = y};
     job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * P)) : NULL;
     job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * P));
@@ -560,6 +640,14 @@ int wl_best_isa(void) { return best_isa(); }
 
 /* the name of kernel `isa` of this build's architecture, lowest first; NULL past the last */
 const char *wl_isa_name(int isa) { return isa >= 0 && isa < ISA_COUNT ? isa_names[isa] : NULL; }
+
+const char *wl_cell_name(int cell) { return cell >= 0 && cell < CELL_COUNT ? cells[cell].name : NULL; }
+
+int wl_cell_info(int cell, int64_t *gates, int *has_c, int *projection) {
+    if (cell < 0 || cell >= CELL_COUNT) return -1;
+    *gates = cells[cell].gates, *has_c = cells[cell].has_c, *projection = cells[cell].projection;
+    return 0;
+}
 
 #ifndef WL_NO_PYTHON
 /* A Python module only so that the library is built and found like any extension; the functions

@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "api.h" /* WL_FINE, WL_CODES4 */
+
 #if defined(__x86_64__) || defined(__i386__)
 #define WL_X86 1
 #elif defined(__aarch64__) /* Linux, Android and macOS on ARM64 */
@@ -34,19 +36,39 @@ static inline void lse_raise_max(lse_t *l, float bmax) {
     }
 }
 
+typedef void (*wl_qgemm_fn)(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                            const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                            const float *bias, float *z, int64_t ldz);
+
 /* One instruction set's kernels; every one computes the same GEMMs bit for bit (kernels.c says how).
  *  quantize: x[m, k] -> 7-bit codes u[m, k], scale[m], zero point zp[m];
  *  qgemm:    rows (<= MR) of codes x `panels` panels of W -> z[r * ldz + j], j < panels * NR;
  *  lse_block: fold the logits z[0..len) (any len >= 1) into l;
- *  cell:     the LSTM cell of one batch row: gates g[4H] (i, f, g, o) -> h, c [H] in place. */
+ *  cell:     the LSTM cell of one batch row: gates g[4H] (i, f, g, o) -> h, c [H] in place;
+ *  qgemm4:   qgemm for weights whose codes are all within [-8, 7] (WL_CODES4), or NULL where qgemm is
+ *            as fast for them (the same integers either way);
+ *  gemv_nibbles: qgemm of one row (rows = 1) against panels of nibbles (WL_NIBBLES: kernels.c), read as
+ *            they are, or NULL;
+ *  qgemm_nibbles: the same for any rows (<= MR), or NULL: the decoder then unpacks the nibbles, block by
+ *            block, for qgemm4 (or qgemm) unless one row goes to gemv_nibbles. */
 typedef struct {
     void (*quantize)(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp);
-    void (*qgemm)(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels, const float *ascale,
-                  const int32_t *zp, const float *wscale, const int32_t *wsum, const float *bias, float *z,
-                  int64_t ldz);
+    wl_qgemm_fn qgemm;
     void (*lse_block)(lse_t *l, const float *z, int64_t len);
     void (*cell)(const float *g, int64_t hidden, float *h, float *c);
+    wl_qgemm_fn qgemm4;
+    wl_qgemm_fn gemv_nibbles;
+    wl_qgemm_fn qgemm_nibbles;
 } wl_kernels;
+
+/* the bytes of one panel of nibbles (kernels.c): 64 per pair of groups of 4 inputs, an odd last one
+ * padded */
+static inline int64_t wl_nibble_panel_bytes(int64_t k) { return 64 * ((k / 4 + 1) / 2); }
+
+/* the GEMM of a table for a matrix of these flags (api.h) */
+static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {
+    return (flags & WL_CODES4) && k->qgemm4 ? k->qgemm4 : k->qgemm;
+}
 
 /* x[m, k] -> u[m, k] (7-bit codes), scale[m], zp[m]: one body, compiled once per instruction set
  * (vroundps is the same rint as nearbyintf, so the codes are identical) */

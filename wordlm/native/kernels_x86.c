@@ -2,16 +2,18 @@
  * wl_kernels table (kernels.h) that kernels.c picks at run time. The GEMMs follow kernels.c's
  * arithmetic contract bit for bit; only exp (log-sum-exp, sigmoid, tanh) is a polynomial here and libm
  * in the portable kernels, ~1e-7 relative apart. Compiled per function with target attributes, so the
- * library itself needs no -mavx2 and runs on any x86-64. */
+ * library itself needs no -mavx2 and runs on any x86-64. The intrinsics come from x86_simd.h: the
+ * compiler's, or SIMDe's portable C in the tests' second build, which runs both tables on any x86-64. */
 #include "kernels.h"
 
 #ifdef WL_X86
-#include <immintrin.h>
 #include <string.h>
+
+#include "x86_simd.h"
 
 /* ---- AVX2 ---- */
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 WL_TARGET("avx2,fma")
 
 /* int32 sums of one row and 8 words -> their 8 outputs: (float)(acc - zp * sum_k q) * (s * w_scale) + b,
  * a multiply then an add (no FMA: numpy rounds twice too) */
@@ -226,13 +228,195 @@ static AVX2 void cell_avx2(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_avx2, cell_avx2};
+/* ---- AVX2 for int4 weights (codes within [-8, 7]: WL_CODES4) ----
+ * A vpmaddubsw pair sum of a 7-bit code and such a weight is at most 2 x 127 x 8 = 2,032 in magnitude,
+ * so the results of SPAN4 = 16 groups of 4 inputs add in int16 (<= 32,512) before one vpmaddwd widens
+ * them to int32: per group and 8 words one multiply (vpmaddubsw) and one vpaddw, where qgemm_avx2 takes
+ * two multiplies (vpmaddubsw, vpmaddwd) and a vpaddd. The same integers, so the same bits. */
+#define SPAN4 16
+
+/* int16 sums (pairs of products) -> added to the int32 ones (pairs of pairs) */
+static inline AVX2 __attribute__((always_inline)) __m256i widen_avx2(__m256i acc, __m256i s16) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+}
+
+/* one group of 4 inputs of `rows` rows against a panel's 64 bytes of them, into int16 sums */
+static inline AVX2 __attribute__((always_inline)) void group4_avx2(__m256i s[][2], const uint8_t *u, int64_t k,
+                                                                    const int rows, __m256i w0, __m256i w1) {
+    for (int r = 0; r < rows; r++) {
+        int32_t four;
+        memcpy(&four, u + r * k, 4);
+        __m256i a = _mm256_set1_epi32(four);
+        s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(a, w0));
+        s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(a, w1));
+    }
+}
+
+/* micro's int4 twin: rows (<= 3: int32 and int16 sums of 16 words, 4 registers a row) x one panel,
+ * spans of SPAN4 groups in int16, each widened once; (`prefetch`) the next panel's line of each group */
+static inline AVX2 __attribute__((always_inline)) void micro4(const uint8_t *u, int64_t k, const int8_t *panel,
+                                                               const int rows, const float *ascale,
+                                                               const int32_t *zp, const float *wscale,
+                                                               const int32_t *wsum, const float *bias, float *z,
+                                                               int64_t ldz, const int prefetch) {
+    __m256i acc[MR][2], s[MR][2];
+    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    int64_t groups = k / 4;
+    for (int64_t g0 = 0; g0 < groups; g0 += SPAN4) {
+        int64_t g1 = g0 + SPAN4 < groups ? g0 + SPAN4 : groups;
+        for (int r = 0; r < rows; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+        for (int64_t g = g0; g < g1; g++) {
+            const int8_t *w = panel + g * 64;
+            if (prefetch) _mm_prefetch((const char *)(w + k * NR), _MM_HINT_T0);
+            group4_avx2(s, u + g * 4, k, rows, _mm256_load_si256((const __m256i *)w),
+                        _mm256_load_si256((const __m256i *)(w + 32)));
+        }
+        for (int r = 0; r < rows; r++) {
+            acc[r][0] = widen_avx2(acc[r][0], s[r][0]);
+            acc[r][1] = widen_avx2(acc[r][1], s[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < 2; h++)
+            epilogue_avx2(acc[r][h], ascale[r], zp[r], wscale + 8 * h, wsum + 8 * h, bias + 8 * h,
+                          z + r * ldz + 8 * h);
+}
+
+/* one row: four panels at a time (8 int16 sums in registers, sharing each broadcast; the int32 sums,
+ * touched once a span, may live in memory), then panel by panel */
+static AVX2 void gemv4_avx2(const uint8_t *u, int64_t k, const int8_t *wp, int64_t panels, float ascale,
+                            int32_t zp, const float *wscale, const int32_t *wsum, const float *bias, float *z) {
+    int64_t p = 0, stride = k * NR, groups = k / 4;
+    for (; p + 4 <= panels; p += 4) {
+        const int8_t *w = wp + p * stride;
+        __m256i acc[8], s[8];
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_si256();
+        for (int64_t g0 = 0; g0 < groups; g0 += SPAN4) {
+            int64_t g1 = g0 + SPAN4 < groups ? g0 + SPAN4 : groups;
+            for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_si256();
+            for (int64_t g = g0; g < g1; g++) {
+                int32_t four;
+                memcpy(&four, u + g * 4, 4);
+                __m256i a = _mm256_set1_epi32(four);
+                for (int j = 0; j < 8; j++) {
+                    const int8_t *wj = w + (j / 2) * stride + g * 64 + (j % 2) * 32;
+                    s[j] = _mm256_add_epi16(s[j], _mm256_maddubs_epi16(a, _mm256_load_si256((const __m256i *)wj)));
+                }
+            }
+            for (int j = 0; j < 8; j++) acc[j] = widen_avx2(acc[j], s[j]);
+        }
+        int64_t n = p * NR;
+        for (int j = 0; j < 8; j++)
+            epilogue_avx2(acc[j], ascale, zp, wscale + n + 8 * j, wsum + n + 8 * j, bias + n + 8 * j, z + n + 8 * j);
+    }
+    for (; p < panels; p++) {
+        int64_t n = p * NR;
+        micro4(u, k, wp + p * stride, 1, &ascale, &zp, wscale + n, wsum + n, bias + n, z + n, 0, 0);
+    }
+}
+
+static AVX2 void qgemm4_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                             const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                             const float *bias, float *z, int64_t ldz) {
+    if (rows == 1) {
+        gemv4_avx2(u, k, wp, panels, *ascale, *zp, wscale, wsum, bias, z);
+        return;
+    }
+    for (int64_t p = 0; p < panels; p++) {
+        const int8_t *panel = wp + p * k * NR;
+        int64_t n = p * NR;
+        switch (rows) { /* at most 3 rows a pass (12 registers of sums), as qgemm_avx2 */
+        case 5:
+            micro4(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz, 1);
+            micro4(u + 3 * k, k, panel, 2, ascale + 3, zp + 3, wscale + n, wsum + n, bias + n, z + 3 * ldz + n, ldz,
+                   0);
+            break;
+        case 4:
+            micro4(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz, 1);
+            micro4(u + 2 * k, k, panel, 2, ascale + 2, zp + 2, wscale + n, wsum + n, bias + n, z + 2 * ldz + n, ldz,
+                   0);
+            break;
+        case 3: micro4(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz, 1); break;
+        default: micro4(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz, 1); break;
+        }
+    }
+}
+
+/* ---- AVX2, one row against int4 codes two a byte (WL_NIBBLES: kernels.c) ----
+ * Generation's decoder: half the bytes from memory. 32 bytes of nibbles hold a pair of groups of 4
+ * inputs for 8 words: the low nibbles (code + 8) are the first group's int8 layout, the high ones the
+ * second's; AND, shift and subtract give the codes, which go on as in qgemm4_avx2 (int16 spans of 16
+ * groups, widened once). */
+
+/* the codes of a pair of groups: lo the first's, hi the second's */
+static inline AVX2 __attribute__((always_inline)) void unnibble_avx2(__m256i v, __m256i *lo, __m256i *hi) {
+    const __m256i mask = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    *lo = _mm256_sub_epi8(_mm256_and_si256(v, mask), eight);
+    *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight);
+}
+
+/* one row x np (1 or 2) panels of nibbles from wp (stride bytes apart) -> z[0, np * 16) */
+static inline AVX2 __attribute__((always_inline)) void gemv_nibble_panels(const uint8_t *u, int64_t k,
+                                                                           const int8_t *wp, int64_t stride,
+                                                                           const int np, float ascale, int32_t zp,
+                                                                           const float *wscale, const int32_t *wsum,
+                                                                           const float *bias, float *z) {
+    __m256i acc[4], s[4], lo, hi;
+    for (int j = 0; j < 2 * np; j++) acc[j] = _mm256_setzero_si256();
+    int64_t pairs = k / 8;
+    for (int64_t i0 = 0; i0 < pairs; i0 += SPAN4 / 2) { /* a pair a step: SPAN4 groups per int16 span */
+        int64_t i1 = i0 + SPAN4 / 2 < pairs ? i0 + SPAN4 / 2 : pairs;
+        for (int j = 0; j < 2 * np; j++) s[j] = _mm256_setzero_si256();
+        for (int64_t i = i0; i < i1; i++) {
+            int32_t f0, f1;
+            memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+            __m256i a0 = _mm256_set1_epi32(f0), a1 = _mm256_set1_epi32(f1);
+            for (int j = 0; j < 2 * np; j++) {
+                unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + i * 64 + (j % 2) * 32)), &lo,
+                              &hi);
+                s[j] = _mm256_add_epi16(s[j], _mm256_add_epi16(_mm256_maddubs_epi16(a0, lo), _mm256_maddubs_epi16(a1, hi)));
+            }
+        }
+        for (int j = 0; j < 2 * np; j++) acc[j] = widen_avx2(acc[j], s[j]);
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair (the high ones are padding) */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m256i a0 = _mm256_set1_epi32(f0);
+        for (int j = 0; j < 2 * np; j++) {
+            unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + pairs * 64 + (j % 2) * 32)), &lo,
+                          &hi);
+            acc[j] = widen_avx2(acc[j], _mm256_maddubs_epi16(a0, lo));
+        }
+    }
+    for (int j = 0; j < 2 * np; j++)
+        epilogue_avx2(acc[j], ascale, zp, wscale + 8 * j, wsum + 8 * j, bias + 8 * j, z + 8 * j);
+}
+
+static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 2 <= panels; p += 2)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 2, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+    if (p < panels)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+}
+
+/* no qgemm_nibbles: unpacking in registers two rows a pass (16 registers) took longer than unpacking each
+ * block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20 interleaved on a
+ * busy machine, load 5.5: a direction, not a figure) */
+const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2,    cell_avx2,
+                                    qgemm4_avx2,        gemv_nibbles_avx2, NULL};
 
 /* ---- AVX-512 VNNI ---- */
 
 /* vpdpbusd: four u8 x s8 products summed into int32 in one instruction; one 512-bit register holds
  * a panel's 4 inputs x 16 words */
-#define VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define VNNI WL_TARGET("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")
 
 /* int32 sums of one row and 16 words -> its 16 outputs (the AVX2 epilogue, 16 lanes wide) */
 static inline VNNI void epilogue_vnni(__m512i acc, float ascale, int32_t zp, const float *wscale,
@@ -326,6 +510,13 @@ static inline VNNI __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* the 16 lanes' sum, in the order of GCC's _mm512_reduce_add_ps (halves, then AVX2's hsum), which
+ * SIMDe lacks: written out, the native and the SIMDe build (x86_simd.h) sum alike */
+static inline VNNI float hsum512(__m512 v) {
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return hsum(_mm256_add_ps(hi, _mm512_castps512_ps256(v)));
+}
+
 /* 16 lanes, then the last len % 16 logits one by one */
 static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     int64_t vec = len & ~(int64_t)15, i;
@@ -336,15 +527,124 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     lse_raise_max(l, bmax);
     __m512 m = _mm512_set1_ps(l->max), s = _mm512_setzero_ps();
     for (i = 0; i < vec; i += 16) s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
-    double sum = (double)_mm512_reduce_add_ps(s);
+    double sum = (double)hsum512(s);
     for (i = vec; i < len; i++) sum += expf(z[i] - l->max);
     l->sum += sum;
 }
 
-/* quantization and the cell are AVX2's: neither is where the time goes */
-const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2};
+/* one row x np (1 to 4) panels of nibbles (WL_NIBBLES: kernels.c): 64 bytes hold a pair of groups of
+ * 16 words, AND, shift and subtract give each group's 64 codes, one vpdpbusd each */
+static inline VNNI __attribute__((always_inline)) void gemv_nibble_panels_vnni(const uint8_t *u, int64_t k,
+                                                                                const int8_t *wp, int64_t stride,
+                                                                                const int np, float ascale,
+                                                                                int32_t zp, const float *wscale,
+                                                                                const int32_t *wsum,
+                                                                                const float *bias, float *z) {
+    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    __m512i acc[4];
+    for (int j = 0; j < np; j++) acc[j] = _mm512_setzero_si512();
+    int64_t pairs = k / 8;
+    for (int64_t i = 0; i < pairs; i++) {
+        int32_t f0, f1;
+        memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+        __m512i a0 = _mm512_set1_epi32(f0), a1 = _mm512_set1_epi32(f1);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + i * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a1,
+                                         _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight));
+        }
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m512i a0 = _mm512_set1_epi32(f0);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + pairs * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+        }
+    }
+    for (int j = 0; j < np; j++)
+        epilogue_vnni(acc[j], ascale, zp, wscale + 16 * j, wsum + 16 * j, bias + 16 * j, z + 16 * j);
+}
+
+/* four panels at a time, as gemv_vnni, then one by one */
+static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 4 <= panels; p += 4)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 4, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+    for (; p < panels; p++)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+}
+
+/* rows (<= MR) x one panel of nibbles: each pair of groups unpacked once for every row */
+static inline VNNI __attribute__((always_inline)) void micro_nibbles_vnni(const uint8_t *u, int64_t k,
+                                                                           const int8_t *panel, const int rows,
+                                                                           const float *ascale, const int32_t *zp,
+                                                                           const float *wscale,
+                                                                           const int32_t *wsum, const float *bias,
+                                                                           float *z, int64_t ldz) {
+    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    __m512i acc[MR];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_si512();
+    int64_t pairs = k / 8;
+    for (int64_t i = 0; i < pairs; i++) {
+        __m512i v = _mm512_load_si512((const void *)(panel + i * 64));
+        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+        __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight);
+        for (int r = 0; r < rows; r++) {
+            int32_t f0, f1;
+            memcpy(&f0, u + r * k + i * 8, 4), memcpy(&f1, u + r * k + i * 8 + 4, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f1), hi);
+        }
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
+        __m512i v = _mm512_load_si512((const void *)(panel + pairs * 64));
+        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+        for (int r = 0; r < rows; r++) {
+            int32_t f0;
+            memcpy(&f0, u + r * k + pairs * 8, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
+        }
+    }
+    for (int r = 0; r < rows; r++) epilogue_vnni(acc[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
+}
+
+static VNNI void qgemm_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                    const float *ascale, const int32_t *zp, const float *wscale,
+                                    const int32_t *wsum, const float *bias, float *z, int64_t ldz) {
+    if (rows == 1) {
+        gemv_nibbles_vnni(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z, ldz);
+        return;
+    }
+    int64_t stride = wl_nibble_panel_bytes(k);
+    for (int64_t p = 0; p < panels; p++) {
+        const int8_t *panel = wp + p * stride;
+        int64_t n = p * NR;
+        switch (rows) { /* constant row counts: the accumulators live in registers */
+        case 5: micro_nibbles_vnni(u, k, panel, 5, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 4: micro_nibbles_vnni(u, k, panel, 4, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 3: micro_nibbles_vnni(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        default: micro_nibbles_vnni(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        }
+    }
+}
+
+/* quantization and the cell are AVX2's: neither is where the time goes. No GEMM of its own for int4
+ * codes: vpdpbusd adds four products into int32 in one instruction already; nibbles, read as they are */
+const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni,        lse_block_512,     cell_avx2,
+                                           NULL,               gemv_nibbles_vnni, qgemm_nibbles_vnni};
 
 int wl_x86_best_isa(void) {
+#ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */
+    return 2;
+#endif
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

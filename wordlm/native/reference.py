@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wordlm import cells
+
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x float32 [M, K] -> (7-bit codes uint8 [M, K], scales float32 [M], zero points int32 [M]), per row."""
@@ -40,27 +42,14 @@ def _gemm(u, s, zp, q, scales, bias) -> np.ndarray:
     return (acc.astype(np.float32) * scale + bias.astype(np.float32)).astype(np.float32)
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1)  # no overflow warning for large |x|
-
-
 def cell_step(
     cell: str, xp: np.ndarray, hp: np.ndarray, h: np.ndarray, c: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One step of `cell` (lstm, gru, rnn_tanh, rnn_relu) for a batch, in torch's gate orders and in
-    kernels.c's order of operations: the input projection xp and the recurrent GEMM hp [B, gates x H]
-    (each with its bias) and the previous h [B, H] (and c [B, H] for an LSTM) -> the new h (an LSTM's
-    before any projection) and c (None for the other cells). float32 in, float32 out."""
-    if cell == "lstm":
-        i, f, g, o = np.split(xp + hp, 4, axis=1)
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-        return sigmoid(o) * np.tanh(c), c
-    if cell == "gru":  # the reset gate scales the recurrent part with its bias: n = tanh(x_n + r * h_n)
-        (xr, xz, xn), (hr, hz, hn) = np.split(xp, 3, axis=1), np.split(hp, 3, axis=1)
-        r, z = sigmoid(xr + hr), sigmoid(xz + hz)
-        return (1 - z) * np.tanh(xn + r * hn) + z * h, None
-    a = xp + hp
-    return (np.tanh(a) if cell == "rnn_tanh" else np.maximum(a, np.float32(0))), None
+    """One step of `cell` (a wordlm.cells name) for a batch, in torch's gate orders and in kernels.c's
+    order of operations: the input projection xp and the recurrent GEMM hp [B, gates x H] (each with
+    its bias) and the previous h [B, H] (and c [B, H] where the cell has one) -> the new h (an LSTM's
+    before any projection) and c (None for cells without one). float32 in, float32 out."""
+    return cells.get(cell).step(xp, hp, h, c)
 
 
 Codes = tuple[np.ndarray, np.ndarray, np.ndarray]  # a matrix as codes int8 [N, K], scales [N], bias [N]
@@ -77,7 +66,7 @@ def reference_recurrent(
     for layer, (wih, whh, *whr) in enumerate(layers):
         xproj = reference_linear(x.reshape(steps * batch, -1), *wih, fine=fine).reshape(steps, batch, -1)
         h = state[0][layer].astype(np.float32)
-        c = state[1][layer].astype(np.float32) if cell == "lstm" else None
+        c = state[1][layer].astype(np.float32) if cells.get(cell).has_c else None
         ys = []
         for t in range(steps):
             h, c = cell_step(cell, xproj[t], reference_linear(h, *whh), h, c)

@@ -1,5 +1,5 @@
 """GPTQ for any model (`quantize_dynamic(..., method="gptq", calibration=...)`): each weight's input
-Hessian X^T X from the float model run on the calibration inputs, then wordlm.calibrate's rounder.
+Hessian X^T X from the float model run on the calibration inputs, then wordlm.quantize.calibrate's rounder.
 
 What each weight sees: a Linear its input rows; a cell's W_ih its input and W_hh the state it is given;
 a recurrent stack's W_ih of layer l that layer's input sequence and W_hh that layer direction's
@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence
 
-from wordlm.calibrate import Grams
-from wordlm.calibrate import gptq_rounder as _rounder_of
 from wordlm.quant import Rounder
+from wordlm.quantize.calibrate import Grams
+from wordlm.quantize.calibrate import gptq_rounder as _rounder_of
 
 Add = Callable[[str, torch.Tensor], None]
 

@@ -20,7 +20,7 @@ import itertools
 import numpy as np
 import torch
 
-from wordlm import native
+from wordlm import cells, native
 from wordlm.errors import WordLMError
 from wordlm.nn.base import Blocks, QuantizedModule, Quantizer, owned_copy, pad_blocks, padded
 
@@ -85,7 +85,7 @@ def pack_stack(
     gate to a multiple of 4 units, the first layer's inputs laid out as `in_cols` (its input's real and
     padded blocks), the upper ones' as the padded h below."""
     out, (hidden_pad, out_pad) = proj or hidden, padded_sizes(cell, hidden, proj)
-    rows, h_cols = (native.GATES[cell], hidden, hidden_pad), (1, out, out_pad)
+    rows, h_cols = (cells.CELLS[cell].gates, hidden, hidden_pad), (1, out, out_pad)
     pairs, hr = [], []
     for i, (ih, hh, b_ih, b_hh, w_hr) in enumerate(layers):
         pairs.append(

@@ -157,7 +157,7 @@ class Scheme:
 
     def quantize(self, tensors: dict[str, np.ndarray], rounder: Rounder = round_to_nearest) -> dict[str, np.ndarray]:
         """Float tensors -> stored ones: codes packed densely and fp16 scales for every quantized weight
-        (rounded by `rounder`: round to nearest, or wordlm.calibrate's error compensation)."""
+        (rounded by `rounder`: round to nearest, or wordlm.quantize.calibrate's error compensation)."""
         self.check_names(tensors)
         out = {}
         for name, w in tensors.items():
@@ -194,7 +194,7 @@ SCHEMES: dict[str, Scheme] = {
     # embedding and decoder 4-bit in groups of 256 inputs (chosen by measurement, benchmarks/quant.md),
     # LSTM int8, biases stored fp16: 15.99 MB for the tutorial model
     "int4": Scheme("int4", 2, encoder=QSpec(4, 256), rnn=QSpec(8), decoder=QSpec(4, 256), float_dtype="float16"),
-    # a plan per weight, as `wordlm quantize --budget` chooses it (wordlm.budget); int8 where it is silent
+    # a plan per weight, as `wordlm quantize --budget` chooses it (wordlm.quantize.budget); int8 where it is silent
     "mixed": Scheme("mixed", 2, encoder=QSpec(8), rnn=QSpec(8), decoder=QSpec(8)),
 }
 

@@ -4,7 +4,9 @@ Nothing under wordlm.runtime imports torch, onnx or onnxruntime (tests/test_runt
 process where they cannot be imported).
 """
 
-from wordlm.runtime.model import Runtime, State, check_threads
+from wordlm.runtime.engine import Engine, State
+from wordlm.runtime.model import Runtime, check_threads
 from wordlm.runtime.sampling import Sampling, new_rng, sample
+from wordlm.runtime.weights import FloatLinear, Recurrent  # the float forms: calibration runs the float model
 
-__all__ = ["Runtime", "Sampling", "State", "check_threads", "new_rng", "sample"]
+__all__ = ["Engine", "FloatLinear", "Recurrent", "Runtime", "Sampling", "State", "check_threads", "new_rng", "sample"]

@@ -15,29 +15,27 @@ import numpy as np
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError
+from wordlm.runtime.engine import Engine, State
 from wordlm.runtime.sampling import Sampling, sample
 from wordlm.runtime.weights import pack
-
-State = tuple[np.ndarray, ...]  # float32 (h, c) for an LSTM, (h,) otherwise: ModelConfig.state_shapes
-MAX_THREADS = 256
+from wordlm.settings import check_threads
 
 
-def check_threads(threads: int) -> int:
-    """Threads must be a sane positive count: the kernels start that many."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
-        raise WordLMError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
-    return threads
+class Runtime(Engine):
+    """A checkpoint on the native kernels: the `wordlm` engine itself (no adapter between them)."""
 
-
-class Runtime:
     def __init__(self, ckpt: Checkpoint, threads: int = 1) -> None:
         self.threads = check_threads(threads)
         self.config, self.vocab_size = ckpt.config, ckpt.config.vocab_size
         self.name = "wordlm" if ckpt.scheme is None else f"wordlm-{ckpt.scheme.name}"
-        self.size_bytes = ckpt.size_bytes
+        self._size_bytes = ckpt.size_bytes
         t = time.perf_counter()
         self.weights = pack(ckpt)
         self.pack_seconds = time.perf_counter() - t
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
 
     @property
     def kernels(self) -> str:
@@ -79,6 +77,9 @@ class Runtime:
         """Summed NLL (nats) of targets[seq, B]; summed in float64 (float32 would round over a long text)."""
         nll, state = self.token_nll(ids, targets, state)
         return float(nll.sum(dtype=np.float64)), state
+
+    def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        return self.logits(ids, state)
 
     def logits(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Logits float32 [seq, B, vocab] of every position."""

@@ -8,31 +8,25 @@ exp((z - max z) / T), whose largest term is exactly 1).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from wordlm.errors import WordLMError
+from wordlm.settings import integer, number, setting, validate
 
 GREEDY_BELOW = float(np.finfo(np.float32).tiny)  # 1.2e-38
 
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 1.0  # 0: greedy (the most likely word), as in OpenAI's API
-    top_k: int | None = None  # keep the k most likely words; None or 0: all
+    temperature: float = setting(1.0, help="0: greedy (the most likely word), as in OpenAI's API", check=number(0))
+    top_k: int | None = setting(None, help="keep the k most likely words (0: all)", check=integer(0))
     # keep the smallest set with probability >= p (Holtzman et al. 2019, https://arxiv.org/abs/1904.09751)
-    top_p: float | None = None  # None or 1.0: all
+    top_p: float | None = setting(None, help="nucleus sampling (1: all)", check=number(0, 1, lo_open=True))
 
     def check(self) -> None:
-        t, k, p = self.temperature, self.top_k, self.top_p
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
-            raise WordLMError(f"temperature must be a finite number >= 0, got {t!r}")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise WordLMError(f"top-k must be an integer >= 0, got {k!r}")
-        if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1):
-            raise WordLMError(f"top-p must be in (0, 1], got {p!r}")
+        validate(self)
 
     @property
     def greedy(self) -> bool:
