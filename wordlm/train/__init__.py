@@ -9,7 +9,7 @@ its torch-free `config`; names load on first use (PEP 562), so that importing `c
 
 from __future__ import annotations
 
-import importlib
+from wordlm.lazy import lazy_getattr
 
 _API = {
     "TrainConfig": "wordlm.train.config",
@@ -19,8 +19,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'wordlm.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)
+__getattr__ = lazy_getattr("wordlm.train", _API)
