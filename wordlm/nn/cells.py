@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from wordlm import native
+from wordlm import cells, native
 from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_inputs, owned_copy, padded
 from wordlm.nn.recurrent import layer_names, pack_stack, padded_sizes, store_layer
 
@@ -33,7 +33,7 @@ class _CellBase(QuantizedModule):
 
     def _pack(self) -> None:
         inputs = (1, self.input_size, padded(self.input_size))
-        names = [layer_names("", False, self.cell != "gru")]
+        names = [layer_names("", False, cells.CELLS[self.cell].merged_bias)]
         self._stack = pack_stack(self, self.cell, names, inputs, self.hidden_size, 0, self.fine)
         self._width = padded_sizes(self.cell, self.hidden_size, 0)[0]
         self._kernel = native.kernel_index()

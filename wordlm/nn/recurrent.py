@@ -57,7 +57,7 @@ def layer_names(layer: str, proj: bool, fold: bool) -> tuple[str, str, str, str 
 
 def store_layer(m: QuantizedModule, mod: torch.nn.Module, layer: str, proj: bool, q: Quantizer) -> None:
     """Quantize the weights of float module mod's layer `layer` (a suffix, as layer_names) into m."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = layer_names(layer, proj, m.cell != "gru")
+    w_ih, w_hh, b_ih, b_hh, w_hr = layer_names(layer, proj, cells.CELLS[m.cell].merged_bias)
     for name in (w_ih, w_hh, w_hr):
         if name:
             m.store(name, getattr(mod, name), q)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence
 
-from wordlm import native
+from wordlm import cells, native
 from wordlm.nn.base import QuantizedModule, Quantizer, as_rows, check_inputs, padded
 from wordlm.nn.recurrent import (
     Segments,
@@ -78,7 +78,7 @@ class _RecurrentBase(QuantizedModule):
     def _pack(self) -> None:
         """One stack of every layer (unidirectional: the kernels run it in one call), else one per
         layer and direction, whose upper layers read the two directions' padded outputs side by side."""
-        names = [layer_names(s, self.proj_size > 0, self.cell != "gru") for s in self._layers()]
+        names = [layer_names(s, self.proj_size > 0, cells.CELLS[self.cell].merged_bias) for s in self._layers()]
         inputs = (1, self.input_size, padded(self.input_size))
         self._widths = padded_sizes(self.cell, self.hidden_size, self.proj_size)  # (hidden, h) as run
         upper = (self.directions, self.out_size, self._widths[1])
@@ -95,7 +95,7 @@ class _RecurrentBase(QuantizedModule):
         sequences) and the initial state (Nones: zeros) -> (y float32 [..., D * out_size], with data's
         leading shape; the final state, float32)."""
         n, out, hidden = self.num_layers * self.directions, self.out_size, self.hidden_size
-        (hidden_pad, out_pad), lstm = self._widths, self.cell == "lstm"
+        (hidden_pad, out_pad), lstm = self._widths, cells.CELLS[self.cell].has_c
         h = state_buffer(hx[0], (n, batch, out), out_pad, "hidden[0]" if lstm else "hidden")
         c = state_buffer(hx[1], (n, batch, hidden), hidden_pad, "hidden[1]") if lstm else None
         x, kernel, threads = as_rows(data, padded(self.input_size)), self._kernel, self._kernel_threads()
@@ -123,7 +123,7 @@ class _RecurrentBase(QuantizedModule):
             y, state = self._forward_packed(input, state_in)
         else:
             y, state = self._forward_dense(input, state_in)
-        return y, (state if self.cell == "lstm" else state[0])
+        return y, (state if cells.CELLS[self.cell].has_c else state[0])
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.input_size:
