@@ -1,0 +1,268 @@
+"""libwordlm (wordlm/native/wordlm.h): the runtime as a C library, held to the Python runtime bit for bit.
+
+C programs with no Python in their process (tests/c/wl_check.c, examples/c/next_words) load checkpoint
+directories of every scheme the native path takes (int8, int4, a mixed per-weight plan, fine
+activations, GRU, a projected and tied LSTM, the shipped model) and their logits, state, log-probs, NLL,
+top-k and sampled words equal wordlm.runtime.Runtime's on every kernel this CPU runs (WORDLM_ISA for
+the C process, native._active for this one); a second round of every call allocates nothing (the test
+program counts malloc); a float checkpoint is refused with WL_ERR_UNSUPPORTED; every corrupt checkpoint
+of tests/test_checkpoint.py gives an error code and the Python loader's message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests import test_checkpoint
+from wordlm import native
+from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from wordlm.config import preset
+from wordlm.quant import QSpec, get_scheme
+from wordlm.quantize import quantize_checkpoint
+from wordlm.runtime import Runtime, Sampling
+from wordlm.train.model import RecurrentLM, checkpoint_tensors
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "wordlm" / "shipped" / "wikitext2-lstm-15mb"
+# wl_check.c's SETTINGS: (temperature, top_k, top_p); 0 and 1.0 are "none" there
+SETTINGS = [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.0, 0, 1.0), (1.0, 5, 1.0), (0.9, 0, 0.9), (1.3, 50, 0.8), (0.5, 1, 1.0)]
+CODES = {"ARGUMENT": 1, "NOT_FOUND": 2, "IO": 3, "CONFIG": 4, "WEIGHTS": 5, "VOCAB": 6, "UNSUPPORTED": 7}
+CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory) -> dict[str, Path]:
+    """`make -C examples/c` (libwordlm.so and next_words), and tests/c/wl_check.c linked to that library."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "examples" / "c")], check=True, capture_output=True)
+    lib = ROOT / "examples" / "c"
+    check = tmp_path_factory.mktemp("wl_check") / "wl_check"
+    flags = ["-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'wordlm' / 'native'}"]
+    link = [f"-L{lib}", "-lwordlm", f"-Wl,-rpath,{lib}"]
+    subprocess.run([CC, *flags, str(ROOT / "tests" / "c" / "wl_check.c"), *link, "-o", str(check)], check=True)
+    return {"check": check, "next_words": lib / "next_words"}
+
+
+def _model(corpus, root: Path, name: str, **sizes) -> Checkpoint:
+    torch.manual_seed(0)
+    model = RecurrentLM(preset("tiny", len(corpus.vocab), **sizes))
+    ck = Checkpoint(model.cfg, corpus.vocab, checkpoint_tensors(model))
+    save_checkpoint(ck, root / name)
+    return load_checkpoint(root / name)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, corpus) -> dict[str, Path]:
+    """Small checkpoints of each scheme and cell the native path takes, quantized from random models."""
+    root = tmp_path_factory.mktemp("libwordlm")
+    lstm = _model(corpus, root, "float")
+    plan = {
+        "encoder.weight": QSpec(3),
+        "rnn.weight_ih_l0": QSpec(6),
+        "rnn.weight_hh_l0": QSpec(5),
+        "rnn.weight_ih_l1": QSpec(2),
+        "decoder.weight": QSpec(6),
+    }
+    schemes = {
+        "int8": get_scheme("int8"),
+        "int4": get_scheme("int4", group_size=16),  # one scale per row at the tiny model's 16 inputs
+        "mixed": get_scheme("mixed", plan=plan, fine_activations="inputs"),
+        "int8-fine": get_scheme("int8", fine_activations="all"),
+    }
+    out = {"float": root / "float"}
+    for name, scheme in schemes.items():
+        save_checkpoint(quantize_checkpoint(lstm, scheme), root / name)
+        out[name] = root / name
+    gru = _model(corpus, root, "gru-float", cell="gru", hidden_dim=20)
+    save_checkpoint(quantize_checkpoint(gru, get_scheme("int8")), root / "gru")
+    proj = _model(corpus, root, "proj-float", hidden_dim=24, proj_size=16, tied=True)
+    save_checkpoint(quantize_checkpoint(proj, get_scheme("int4", group_size=16)), root / "proj-tied")
+    out.update({"gru": root / "gru", "proj-tied": root / "proj-tied"})
+    return out
+
+
+class _Uniform:
+    """An rng whose random() gives fixed numbers (those given to the C sampler)."""
+
+    def __init__(self, *u: float) -> None:
+        self.u = list(u)
+
+    def random(self) -> float:
+        return self.u.pop(0)
+
+
+def _run(programs, ckpt: Path, ids: np.ndarray, targets: np.ndarray, us: np.ndarray, isa: str, threads: int, tmp):
+    steps, batch = ids.shape
+    (tmp / "in.bin").write_bytes(
+        np.array([steps, batch, len(us)], np.int32).tobytes()
+        + ids.astype(np.int32).tobytes()
+        + targets.astype(np.int32).tobytes()
+        + us.astype(np.float64).tobytes()
+    )
+    env = {**os.environ, "WORDLM_ISA": isa}
+    cmd = [str(programs["check"]), "run", str(ckpt), str(tmp / "in.bin"), str(tmp / "out.bin"), str(threads)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    raw = (tmp / "out.bin").read_bytes()
+    S, V = np.frombuffer(raw[:16], np.int64)
+    pos = 16
+
+    def take(dtype, *shape):
+        nonlocal pos
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        a = np.frombuffer(raw[pos : pos + n], dtype).reshape(shape)
+        pos += n
+        return a
+
+    out = {"steps": take(np.float32, steps, batch, V), "logits": take(np.float32, batch, V)}
+    out["state"] = take(np.float32, batch, S)
+    out["logprobs"] = take(np.float32, batch, V)
+    out["nll"], out["total"] = take(np.float32, steps, batch), take(np.float64, 1)[0]
+    out["top_ids"], out["top_values"] = take(np.int32, 10), take(np.float32, 10)
+    out["samples"] = take(np.int32, len(SETTINGS), len(us))
+    out["allocations"] = take(np.int64, 1)[0]
+    assert pos == len(raw)
+    return out
+
+
+def _per_stream(state: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The runtime's state (h [L, B, P], c [L, B, H]) as libwordlm's [B][h of every layer, c of every layer]."""
+    return np.stack([np.concatenate([s[:, b].ravel() for s in state]) for b in range(state[0].shape[1])])
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _check_against_python(programs, ckpt, isa, threads, monkeypatch, tmp_path, steps=7, batch=3, n_u=16):
+    monkeypatch.setattr(native, "_active", isa)  # the kernel this process's calls run (WORDLM_ISA's effect)
+    ck = load_checkpoint(ckpt)
+    rt = Runtime(ck, threads=threads)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, rt.vocab_size, (steps, batch))
+    targets = rng.integers(0, rt.vocab_size, (steps, batch))
+    us = np.concatenate([[0.0, 0.5, 1 - 2**-53], rng.random(n_u - 3)])
+    got = _run(programs, ckpt, ids, targets, us, isa, threads, tmp_path)
+    state = rt.init_state(batch)
+    for t in range(steps):  # one token at a time, the state carried
+        z, state = rt.logits(ids[t : t + 1], state)
+        assert _same(got["steps"][t], z[0]), f"step {t}'s logits differ"
+    z, state = rt.logits(ids, rt.init_state(batch))
+    assert _same(got["logits"], z[-1]) and _same(got["state"], _per_stream(state))
+    lp, _ = rt.next_logprobs(ids, rt.init_state(batch))
+    assert _same(got["logprobs"], lp)
+    nll, _ = rt.token_nll(ids, targets, rt.init_state(batch))
+    total, _ = rt.nll(ids, targets, rt.init_state(batch))
+    assert _same(got["nll"], nll) and got["total"] == total
+    words, values, _ = rt.top_k(ids, rt.init_state(batch), 10)
+    k = min(10, rt.vocab_size)
+    assert list(got["top_ids"][:k]) == list(words[0]) and _same(got["top_values"][:k], values[0])
+    for (t, top_k, top_p), drawn in zip(SETTINGS, got["samples"], strict=True):
+        sampling = Sampling(temperature=t, top_k=top_k or None, top_p=top_p if top_p < 1 else None)
+        want = [int(rt.sample_next(ids, rt.init_state(batch), sampling, _Uniform(*[u] * batch))[0][0]) for u in us]
+        assert list(drawn) == want, f"sampling {sampling}"
+    assert got["allocations"] == 0, f"{got['allocations']} allocations in the second round of calls"
+
+
+@pytest.mark.parametrize("isa", native.available_isas())
+@pytest.mark.parametrize("name", ["int8", "int4", "mixed", "int8-fine", "gru", "proj-tied"])
+def test_every_scheme_equals_the_python_runtime(programs, ckpts, name, isa, monkeypatch, tmp_path):
+    _check_against_python(programs, ckpts[name], isa, 1, monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_the_same_bits_and_no_allocations(programs, ckpts, threads, monkeypatch, tmp_path):
+    _check_against_python(programs, ckpts["mixed"], native.best_isa(), threads, monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("isa", native.available_isas())
+def test_the_shipped_model_equals_the_python_runtime(programs, isa, monkeypatch, tmp_path):
+    _check_against_python(programs, SHIPPED, isa, 1, monkeypatch, tmp_path, steps=5, batch=2, n_u=6)
+
+
+def _load(programs, path: Path) -> tuple[int, str]:
+    done = subprocess.run([str(programs["check"]), "load", str(path)], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout.strip()
+
+
+def test_a_float_checkpoint_is_refused_clearly(programs, ckpts):
+    code, out = _load(programs, ckpts["float"])
+    assert code == CODES["UNSUPPORTED"] and "numpy float32" in out and "quantize" in out
+
+
+# every corrupt checkpoint of tests/test_checkpoint.py, made the same way (its parameters)
+CORRUPT = next(m for m in test_checkpoint.test_bad_checkpoints_give_clear_errors.pytestmark if m.name == "parametrize")
+EXPECTED_CODES = {
+    "not a wordlm checkpoint": "NOT_FOUND",
+    "corrupt or truncated": "WEIGHTS",
+    "not valid JSON": "CONFIG",
+    "format_version 99": "CONFIG",
+    "has shape": "WEIGHTS",
+    "emb_dim must be a positive integer": "CONFIG",
+    "dropout must be a number": "CONFIG",
+    "format_version '1'": "CONFIG",
+    "nested too deeply": "CONFIG",
+    "overlap|do not hold": "WEIGHTS",
+    "vocabulary mismatch": "VOCAB",
+    "sha256 differs": "VOCAB",
+}
+
+
+@pytest.mark.parametrize("base", ["float", "int8"])
+@pytest.mark.parametrize("corrupt, message", CORRUPT.args[1])
+def test_every_corrupt_checkpoint_gives_a_code_and_a_message(programs, ckpts, tmp_path, base, corrupt, message):
+    path = tmp_path / "bad"
+    shutil.copytree(ckpts[base], path)
+    corrupt(path)
+    code, out = _load(programs, path)
+    assert code == CODES[EXPECTED_CODES[message]], out
+    assert out.startswith(f"error {code} ") and re.search(message, out), out
+
+
+def test_a_missing_directory(programs, tmp_path):
+    assert _load(programs, tmp_path / "missing") == (CODES["NOT_FOUND"], f"error 2 {tmp_path / 'missing'}: no such checkpoint directory")
+
+
+def _splitmix(n: int) -> list[float]:
+    """examples/c/next_words.c's uniform numbers."""
+    out, s, m = [], 0, 2**64 - 1
+    for _ in range(n):
+        s = (s + 0x9E3779B97F4A7C15) & m
+        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        out.append(((z ^ (z >> 31)) >> 11) * 2.0**-53)
+    return out
+
+
+@pytest.mark.parametrize("which", ["shipped", "mixed"])
+def test_the_example_prints_the_python_runtimes_numbers(programs, ckpts, which):
+    """examples/c/next_words: its top words and their log-probs (printed as %a) are Runtime.top_k's, its
+    continuation Runtime.sample_next's for the same uniform numbers, and the restored state repeats it."""
+    ckpt = SHIPPED if which == "shipped" else ckpts[which]
+    ck = load_checkpoint(ckpt)
+    text = "the meaning of life is" if which == "shipped" else "the cat sat on"
+    done = subprocess.run([str(programs["next_words"]), str(ckpt), text], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rt = Runtime(ck)
+    ids = np.array(ck.vocab.encode(text.split()))[:, None]
+    words, values, _ = rt.top_k(ids, rt.init_state(1), 10)
+    printed = [line.split() for line in lines[2 : 2 + len(words[0])]]
+    assert [p[0] for p in printed] == [ck.vocab.itos[w] for w in words[0]]
+    assert [float.fromhex(p[2]) for p in printed] == [float(v) for v in values[0]]
+    rng, state, x, drawn = _Uniform(*_splitmix(12)), rt.init_state(1), ids, []
+    for _ in range(12):
+        w, state = rt.sample_next(x, state, Sampling(temperature=0.8), rng)
+        drawn.append(int(w[0]))
+        x = w[None, :]
+    assert next(line for line in lines if line.startswith("ids:")).split()[1:] == [str(w) for w in drawn]
+    assert lines[-1].endswith("same continuation: yes")
