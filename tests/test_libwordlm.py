@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from tests import test_checkpoint
+from tests.c import compare
 from wordlm import native
 from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.config import preset
@@ -32,8 +33,6 @@ from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "wordlm" / "shipped" / "wikitext2-lstm-15mb"
-# wl_check.c's SETTINGS: (temperature, top_k, top_p); 0 and 1.0 are "none" there
-SETTINGS = [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.0, 0, 1.0), (1.0, 5, 1.0), (0.9, 0, 0.9), (1.3, 50, 0.8), (0.5, 1, 1.0)]
 CODES = {"ARGUMENT": 1, "NOT_FOUND": 2, "IO": 3, "CONFIG": 4, "WEIGHTS": 5, "VOCAB": 6, "UNSUPPORTED": 7}
 CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
@@ -90,86 +89,16 @@ def ckpts(tmp_path_factory, corpus) -> dict[str, Path]:
     return out
 
 
-class _Uniform:
-    """An rng whose random() gives fixed numbers (those given to the C sampler)."""
-
-    def __init__(self, *u: float) -> None:
-        self.u = list(u)
-
-    def random(self) -> float:
-        return self.u.pop(0)
-
-
-def _run(programs, ckpt: Path, ids: np.ndarray, targets: np.ndarray, us: np.ndarray, isa: str, threads: int, tmp):
-    steps, batch = ids.shape
-    (tmp / "in.bin").write_bytes(
-        np.array([steps, batch, len(us)], np.int32).tobytes()
-        + ids.astype(np.int32).tobytes()
-        + targets.astype(np.int32).tobytes()
-        + us.astype(np.float64).tobytes()
-    )
-    env = {**os.environ, "WORDLM_ISA": isa}
-    cmd = [str(programs["check"]), "run", str(ckpt), str(tmp / "in.bin"), str(tmp / "out.bin"), str(threads)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    raw = (tmp / "out.bin").read_bytes()
-    S, V = np.frombuffer(raw[:16], np.int64)
-    pos = 16
-
-    def take(dtype, *shape):
-        nonlocal pos
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        a = np.frombuffer(raw[pos : pos + n], dtype).reshape(shape)
-        pos += n
-        return a
-
-    out = {"steps": take(np.float32, steps, batch, V), "logits": take(np.float32, batch, V)}
-    out["state"] = take(np.float32, batch, S)
-    out["logprobs"] = take(np.float32, batch, V)
-    out["nll"], out["total"] = take(np.float32, steps, batch), take(np.float64, 1)[0]
-    out["top_ids"], out["top_values"] = take(np.int32, 10), take(np.float32, 10)
-    out["samples"] = take(np.int32, len(SETTINGS), len(us))
-    out["allocations"] = take(np.int64, 1)[0]
-    assert pos == len(raw)
-    return out
-
-
-def _per_stream(state: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The runtime's state (h [L, B, P], c [L, B, H]) as libwordlm's [B][h of every layer, c of every layer]."""
-    return np.stack([np.concatenate([s[:, b].ravel() for s in state]) for b in range(state[0].shape[1])])
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
-
-
 def _check_against_python(programs, ckpt, isa, threads, monkeypatch, tmp_path, steps=7, batch=3, n_u=16):
     monkeypatch.setattr(native, "_active", isa)  # the kernel this process's calls run (WORDLM_ISA's effect)
-    ck = load_checkpoint(ckpt)
-    rt = Runtime(ck, threads=threads)
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, rt.vocab_size, (steps, batch))
-    targets = rng.integers(0, rt.vocab_size, (steps, batch))
-    us = np.concatenate([[0.0, 0.5, 1 - 2**-53], rng.random(n_u - 3)])
-    got = _run(programs, ckpt, ids, targets, us, isa, threads, tmp_path)
-    state = rt.init_state(batch)
-    for t in range(steps):  # one token at a time, the state carried
-        z, state = rt.logits(ids[t : t + 1], state)
-        assert _same(got["steps"][t], z[0]), f"step {t}'s logits differ"
-    z, state = rt.logits(ids, rt.init_state(batch))
-    assert _same(got["logits"], z[-1]) and _same(got["state"], _per_stream(state))
-    lp, _ = rt.next_logprobs(ids, rt.init_state(batch))
-    assert _same(got["logprobs"], lp)
-    nll, _ = rt.token_nll(ids, targets, rt.init_state(batch))
-    total, _ = rt.nll(ids, targets, rt.init_state(batch))
-    assert _same(got["nll"], nll) and got["total"] == total
-    words, values, _ = rt.top_k(ids, rt.init_state(batch), 10)
-    k = min(10, rt.vocab_size)
-    assert list(got["top_ids"][:k]) == list(words[0]) and _same(got["top_values"][:k], values[0])
-    for (t, top_k, top_p), drawn in zip(SETTINGS, got["samples"], strict=True):
-        sampling = Sampling(temperature=t, top_k=top_k or None, top_p=top_p if top_p < 1 else None)
-        want = [int(rt.sample_next(ids, rt.init_state(batch), sampling, _Uniform(*[u] * batch))[0][0]) for u in us]
-        assert list(drawn) == want, f"sampling {sampling}"
+    rt = Runtime(load_checkpoint(ckpt), threads=threads)
+    ids, targets, us = compare.make_input(rt.vocab_size, steps, batch, n_u)
+    compare.write_input(tmp_path / "in.bin", ids, targets, us)
+    cmd = [str(programs["check"]), "run", str(ckpt), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), str(threads)]
+    done = subprocess.run(cmd, env={**os.environ, "WORDLM_ISA": isa}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = compare.read_output(tmp_path / "out.bin", steps, batch, n_u)
+    assert compare.differences(rt, got, ids, targets, us) == []
     assert got["allocations"] == 0, f"{got['allocations']} allocations in the second round of calls"
 
 
@@ -229,7 +158,10 @@ def test_every_corrupt_checkpoint_gives_a_code_and_a_message(programs, ckpts, tm
 
 
 def test_a_missing_directory(programs, tmp_path):
-    assert _load(programs, tmp_path / "missing") == (CODES["NOT_FOUND"], f"error 2 {tmp_path / 'missing'}: no such checkpoint directory")
+    assert _load(programs, tmp_path / "missing") == (
+        CODES["NOT_FOUND"],
+        f"error 2 {tmp_path / 'missing'}: no such checkpoint directory",
+    )
 
 
 def _splitmix(n: int) -> list[float]:
@@ -259,7 +191,7 @@ def test_the_example_prints_the_python_runtimes_numbers(programs, ckpts, which):
     printed = [line.split() for line in lines[2 : 2 + len(words[0])]]
     assert [p[0] for p in printed] == [ck.vocab.itos[w] for w in words[0]]
     assert [float.fromhex(p[2]) for p in printed] == [float(v) for v in values[0]]
-    rng, state, x, drawn = _Uniform(*_splitmix(12)), rt.init_state(1), ids, []
+    rng, state, x, drawn = compare.Uniform(*_splitmix(12)), rt.init_state(1), ids, []
     for _ in range(12):
         w, state = rt.sample_next(x, state, Sampling(temperature=0.8), rng)
         drawn.append(int(w[0]))
