@@ -85,7 +85,21 @@ def ckpts(tmp_path_factory, corpus) -> dict[str, Path]:
     save_checkpoint(quantize_checkpoint(gru, get_scheme("int8")), root / "gru")
     proj = _model(corpus, root, "proj-float", hidden_dim=24, proj_size=16, tied=True)
     save_checkpoint(quantize_checkpoint(proj, get_scheme("int4", group_size=16)), root / "proj-tied")
-    out.update({"gru": root / "gru", "proj-tied": root / "proj-tied"})
+    # a float embedding beside native parts (a plan's null bits), and a group-wise one (2 scales per row)
+    save_checkpoint(
+        quantize_checkpoint(lstm, get_scheme("mixed", plan={"encoder.weight": QSpec(None)})), root / "float-emb"
+    )
+    wide = _model(corpus, root, "wide-float", emb_dim=32)
+    save_checkpoint(quantize_checkpoint(wide, get_scheme("int4", group_size=16)), root / "emb-groups")
+    # what the Python runtime runs in numpy float32: a float LSTM layer, a decoder of 2 scales per row
+    save_checkpoint(
+        quantize_checkpoint(lstm, get_scheme("mixed", plan={"rnn.weight_hh_l1": QSpec(None)})), root / "float-rnn"
+    )
+    deep = _model(corpus, root, "deep-float", hidden_dim=32)
+    save_checkpoint(quantize_checkpoint(deep, get_scheme("int4", group_size=16)), root / "dec-groups")
+    out.update(
+        {name: root / name for name in ("gru", "proj-tied", "float-emb", "emb-groups", "float-rnn", "dec-groups")}
+    )
     return out
 
 
@@ -103,7 +117,7 @@ def _check_against_python(programs, ckpt, isa, threads, monkeypatch, tmp_path, s
 
 
 @pytest.mark.parametrize("isa", native.available_isas())
-@pytest.mark.parametrize("name", ["int8", "int4", "mixed", "int8-fine", "gru", "proj-tied"])
+@pytest.mark.parametrize("name", ["int8", "int4", "mixed", "int8-fine", "gru", "proj-tied", "float-emb", "emb-groups"])
 def test_every_scheme_equals_the_python_runtime(programs, ckpts, name, isa, monkeypatch, tmp_path):
     _check_against_python(programs, ckpts[name], isa, 1, monkeypatch, tmp_path)
 
@@ -123,9 +137,13 @@ def _load(programs, path: Path) -> tuple[int, str]:
     return done.returncode, done.stdout.strip()
 
 
-def test_a_float_checkpoint_is_refused_clearly(programs, ckpts):
-    code, out = _load(programs, ckpts["float"])
-    assert code == CODES["UNSUPPORTED"] and "numpy float32" in out and "quantize" in out
+@pytest.mark.parametrize("name", ["float", "float-rnn", "dec-groups"])
+def test_what_python_runs_in_float32_is_refused_clearly(programs, ckpts, name):
+    """Float recurrent weights or a decoder of several scales per row: numpy float32 in the Python runtime
+    (Runtime.kernels says so), WL_ERR_UNSUPPORTED with the reason here."""
+    assert "numpy float32" in Runtime(load_checkpoint(ckpts[name])).kernels
+    code, out = _load(programs, ckpts[name])
+    assert code == CODES["UNSUPPORTED"] and "numpy float32" in out and ("quantize" in out or "decoder" in out)
 
 
 # every corrupt checkpoint of tests/test_checkpoint.py, made the same way (its parameters)
