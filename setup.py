@@ -23,7 +23,6 @@ setup(
                 "wordlm/native/json.c",
             ],
             depends=[
-                "wordlm/native/api.h",
                 "wordlm/native/wordlm.h",
                 "wordlm/native/checkpoint.h",
                 "wordlm/native/json.h",

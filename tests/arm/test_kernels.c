@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../../wordlm/native/api.h"
+#include "../../wordlm/native/wordlm.h"
 
 #define PANEL 16
 #define MAX_ISAS 8
@@ -84,7 +84,7 @@ static int8_t code(int bits) { /* uniform over [-128, 127] (bits 8, extremes inc
 
 typedef struct {
     int64_t n, k, n_pad;
-    int flags;           /* api.h's: WL_CODES4 where every code is within [-8, 7] (bits 4) */
+    int flags;           /* wordlm.h's: WL_CODES4 where every code is within [-8, 7] (bits 4) */
     int8_t *q;           /* [n, k] */
     float *scale, *bias; /* [n] */
     int8_t *panels;      /* [n_pad / 16][k / 4][16][4], 64-byte aligned */

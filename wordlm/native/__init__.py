@@ -199,7 +199,7 @@ class PackedLinear:
 
     @property
     def flags(self) -> int:
-        """The kernels' flags of this matrix (api.h): WL_FINE 1, WL_CODES4 2."""
+        """The kernels' flags of this matrix (wordlm.h): WL_FINE 1, WL_CODES4 2."""
         return int(self.fine) | int(self.codes4) << 1
 
 
@@ -313,7 +313,7 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
 
 
 class _Matrix(ctypes.Structure):
-    """api.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
+    """wordlm.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
 
     _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("flags", ctypes.c_int64)]
 

@@ -214,7 +214,10 @@ static int parse_model(const json_value *m, ck_checkpoint *ck, const char *where
     if (ck->cell < 0) {
         char r[64];
         json_repr(cell, r, sizeof r);
-        return ck_fail(err, WL_ERR_CONFIG, "%s: model config: cell must be one of the registry's, got %s", where, r);
+        char names[128] = "";
+        for (int c = 0; wl_cell_name(c); c++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", c ? ", " : "", wl_cell_name(c));
+        return ck_fail(err, WL_ERR_CONFIG, "%s: model config: cell must be one of %s, got %s", where, names, r);
     }
     int has_c, projection;
     wl_cell_info(ck->cell, &ck->gates, &has_c, &projection);

@@ -389,7 +389,6 @@ static int check_tokens(wl_context *ctx, const int32_t *tokens, int64_t n, const
 static int forward(wl_context *ctx, const int32_t *tokens, int steps, int batch, const float *state_in,
                    float *state_out, work_t *w) {
     const ck_checkpoint *ck = &ctx->ck;
-    if (!ctx) return WL_ERR_ARGUMENT;
     if (steps < 1 || batch < 1) return FAIL(ctx, WL_ERR_ARGUMENT, "steps and batch must be >= 1, got %d, %d", steps, batch);
     int64_t rows = (int64_t)steps * batch, L = ck->num_layers, P = ck->out_dim, H = ck->hidden_dim, B = batch;
     if (check_tokens(ctx, tokens, rows, "tokens") || workspace(ctx, steps, batch, w)) return ctx->last.code;
@@ -434,6 +433,7 @@ static int decode(wl_context *ctx, const float *x, int64_t m, const int64_t *tar
 int wl_eval_sequence(wl_context *ctx, const int32_t *tokens, int steps, int batch, const float *state_in,
                      float *state_out, float *logits_out) {
     work_t w;
+    if (!ctx) return WL_ERR_ARGUMENT;
     if (forward(ctx, tokens, steps, batch, state_in, state_out, &w)) return ctx->last.code;
     const float *last = w.y + (int64_t)(steps - 1) * batch * ctx->ck.out_dim;
     if (logits_out && decode(ctx, last, batch, NULL, NULL, logits_out, NULL, &w)) return ctx->last.code;
@@ -448,6 +448,7 @@ int wl_eval(wl_context *ctx, const int32_t *tokens, int batch, const float *stat
 int wl_next_logprobs(wl_context *ctx, const int32_t *tokens, int steps, int batch, const float *state_in,
                      float *state_out, float *logprobs_out) {
     work_t w;
+    if (!ctx) return WL_ERR_ARGUMENT;
     if (!logprobs_out) return FAIL(ctx, WL_ERR_ARGUMENT, "logprobs_out is NULL");
     if (forward(ctx, tokens, steps, batch, state_in, state_out, &w)) return ctx->last.code;
     const float *last = w.y + (int64_t)(steps - 1) * batch * ctx->ck.out_dim;
@@ -493,6 +494,7 @@ static double sum_f32(const float *f, int64_t n) {
 int wl_nll(wl_context *ctx, const int32_t *tokens, const int32_t *targets, int steps, int batch,
            const float *state_in, float *state_out, float *nll_out, double *total) {
     work_t w;
+    if (!ctx) return WL_ERR_ARGUMENT;
     if (!targets) return FAIL(ctx, WL_ERR_ARGUMENT, "targets is NULL");
     int64_t rows = (int64_t)steps * batch;
     if (steps >= 1 && batch >= 1 && check_tokens(ctx, targets, rows, "targets")) return ctx->last.code;

@@ -56,7 +56,7 @@ typedef struct {
     wl_qgemm_fn qgemm4;
 } wl_kernels;
 
-/* the GEMM of a table for a matrix of these flags (api.h) */
+/* the GEMM of a table for a matrix of these flags (wordlm.h) */
 static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {
     return (flags & WL_CODES4) && k->qgemm4 ? k->qgemm4 : k->qgemm;
 }
