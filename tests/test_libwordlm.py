@@ -182,6 +182,18 @@ def test_a_missing_directory(programs, tmp_path):
     )
 
 
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_vocab_newlines_are_pythons(programs, ckpts, tmp_path, newline):
+    """vocab.txt is read with universal newlines, as Python's read_text reads it: the same words and hash."""
+    path = tmp_path / "c"
+    shutil.copytree(ckpts["int8"], path)
+    words = (path / "vocab.txt").read_text().split("\n")
+    (path / "vocab.txt").write_bytes(newline.join(words).encode())
+    assert load_checkpoint(path).vocab.itos == words[:-1]
+    code, out = _load(programs, path)
+    assert code == 0, out
+
+
 def _splitmix(n: int) -> list[float]:
     """examples/c/next_words.c's uniform numbers."""
     out, s, m = [], 0, 2**64 - 1

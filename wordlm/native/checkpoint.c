@@ -375,6 +375,14 @@ static int read_vocab(const char *path, ck_checkpoint *ck, char sha[65], wl_erro
     if (!ck->vocab_text) return ck_fail(err, WL_ERR_IO, "%s: cannot be read", path);
     if (!utf8_valid((const unsigned char *)ck->vocab_text, len)) return ck_fail(err, WL_ERR_VOCAB, "%s: not UTF-8 text", path);
     if (memchr(ck->vocab_text, 0, len)) return ck_fail(err, WL_ERR_VOCAB, "%s: holds a NUL byte", path);
+    /* universal newlines, as Python's read_text: "\r\n" and a lone "\r" end a line too */
+    size_t w = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = ck->vocab_text[i];
+        if (c == '\r') c = '\n', i += i + 1 < len && ck->vocab_text[i + 1] == '\n';
+        ck->vocab_text[w++] = c;
+    }
+    ck->vocab_text[len = w] = 0;
     size_t lines = 1;
     for (size_t i = 0; i < len; i++) lines += ck->vocab_text[i] == '\n';
     if (len && ck->vocab_text[len - 1] == '\n') lines--; /* the last line's newline ends it */
