@@ -105,6 +105,7 @@ int main(int argc, char **argv) {
     int64_t counted = allocations - before;
     put(out, &counted, sizeof counted);
     fclose(out), fclose(in);
+    free(buf), free(tok), free(u);
     wl_free(ctx);
     return 0;
 }

@@ -661,9 +661,10 @@ static int validate_tensors(const ck_checkpoint *ck, const char *where, wl_error
             for (int d = 0; d < t->ndim; d++)
                 snprintf(got + strlen(got), sizeof got - strlen(got), "%lld%s", (long long)t->shape[d],
                          t->ndim == 1 ? "," : d + 1 < t->ndim ? ", " : "");
-            rc = ck_fail(err, WL_ERR_WEIGHTS, "%s: %s has shape %s), expected (%lld%s%s)", where, e[i].name, got,
-                         (long long)e[i].shape[0], e[i].ndim == 1 ? "," : ", ",
-                         e[i].ndim == 1 ? "" : (snprintf(got, sizeof got, "%lld", (long long)e[i].shape[1]), got));
+            char want[48];
+            if (e[i].ndim == 1) snprintf(want, sizeof want, "(%lld,)", (long long)e[i].shape[0]);
+            else snprintf(want, sizeof want, "(%lld, %lld)", (long long)e[i].shape[0], (long long)e[i].shape[1]);
+            rc = ck_fail(err, WL_ERR_WEIGHTS, "%s: %s has shape %s), expected %s", where, e[i].name, got, want);
         } else if (!(e[i].dtypes >> t->dtype & 1)) {
             rc = ck_fail(err, WL_ERR_WEIGHTS, "%s: %s has dtype %s, not the one expected", where, e[i].name,
                          DTYPES[t->dtype].name);
