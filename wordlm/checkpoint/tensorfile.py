@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from wordlm.errors import WordLMError
 
 DTYPES = {
