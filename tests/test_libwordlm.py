@@ -26,6 +26,7 @@ from tests.c import compare
 from wordlm import native
 from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.config import preset
+from wordlm.evaluate.generate import context_ids, encode_prompt
 from wordlm.quant import QSpec, get_scheme
 from wordlm.quantize import quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling
@@ -194,6 +195,14 @@ def test_vocab_newlines_are_pythons(programs, ckpts, tmp_path, newline):
     assert code == 0, out
 
 
+@pytest.mark.parametrize("text", ["the cat sat on", "the  cat\nsat\ton zzz-unknown\n", "\n\na", "   ", "a\x1fb"])
+def test_encode_reads_a_prompt_as_generate_does(programs, ckpts, text):
+    done = subprocess.run([str(programs["check"]), "encode", str(ckpts["int8"]), text], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == [
+        str(i) for i in encode_prompt(load_checkpoint(ckpts["int8"]).vocab, text)
+    ]
+
+
 def _splitmix(n: int) -> list[float]:
     """examples/c/next_words.c's uniform numbers."""
     out, s, m = [], 0, 2**64 - 1
@@ -216,7 +225,7 @@ def test_the_example_prints_the_python_runtimes_numbers(programs, ckpts, which):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     rt = Runtime(ck)
-    ids = np.array(ck.vocab.encode(text.split()))[:, None]
+    ids = np.array(context_ids(ck.vocab, text))[:, None]  # what `wordlm generate --prompt` reads
     words, values, _ = rt.top_k(ids, rt.init_state(1), 10)
     printed = [line.split() for line in lines[2 : 2 + len(words[0])]]
     assert [p[0] for p in printed] == [ck.vocab.itos[w] for w in words[0]]

@@ -32,7 +32,9 @@ int main(int argc, char **argv) {
     wl_context *ctx = wl_init_from_dir(argv[1], 1, &err);
     if (!ctx) return fprintf(stderr, "error %d: %s\n", err.code, err.message), 1;
     int32_t ids[256], top[10], words[WORDS], again[WORDS];
-    int n = wl_encode(ctx, argv[2], ids, 256);
+    int eos = wl_word_id(ctx, "<eos>"), first = eos >= 0; /* a text starts after a line break, as in generate */
+    ids[0] = eos;
+    int n = wl_encode(ctx, argv[2], ids + first, 256 - first) + first;
     if (n < 1 || n > 256) return fprintf(stderr, "error: no words, too many, or one unknown without <unk>\n"), 1;
     size_t S = wl_state_size(ctx), V = wl_logits_size(ctx);
     float *state = malloc(S * sizeof(float)), *saved = malloc(S * sizeof(float)), *lp = malloc(V * sizeof(float));

@@ -2,6 +2,7 @@
  * libwordlm and writes what it computes, for the test to hold to the Python runtime bit for bit.
  *   wl_check load CKPT                  -> "ok KERNELS", or "error CODE MESSAGE" (exit status CODE)
  *   wl_check run CKPT IN OUT THREADS    -> OUT: every number of the calls below on IN's tokens
+ *   wl_check encode CKPT TEXT           -> wl_encode's ids
  * IN: int32 steps, batch, n_u; int32 tokens [steps][batch], targets [steps][batch]; double u [n_u].
  * OUT: int64 S, V; logits of each step fed one at a time [steps][batch][V]; wl_eval_sequence's
  * logits [batch][V] and state [batch][S]; wl_next_logprobs [batch][V]; wl_nll [steps][batch] and its
@@ -82,6 +83,16 @@ int main(int argc, char **argv) {
         printf("ok %s\n", wl_isa(ctx));
         wl_free(ctx);
         return 0;
+    }
+    if (argc == 4 && !strcmp(argv[1], "encode")) { /* the ids of a text, one line */
+        wl_error err;
+        wl_context *ctx = wl_init_from_dir(argv[2], 1, &err);
+        int32_t ids[256];
+        int n = ctx ? wl_encode(ctx, argv[3], ids, 256) : -1;
+        for (int i = 0; i < n && i < 256; i++) printf("%s%d", i ? " " : "", ids[i]);
+        printf("\n");
+        wl_free(ctx);
+        return n < 0;
     }
     if (argc != 6 || strcmp(argv[1], "run")) return fprintf(stderr, "usage: see wl_check.c\n"), 2;
     wl_error err;

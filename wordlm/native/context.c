@@ -657,11 +657,18 @@ int wl_encode(const wl_context *ctx, const char *text, int32_t *ids_out, int max
     int32_t unk = ck_word_id(&ctx->ck, "<unk>", 5);
     int n = 0;
     for (const char *p = text; *p;) {
-        while (*p && is_space((unsigned char)*p)) p++;
-        if (!*p) break;
         const char *start = p;
-        while (*p && !is_space((unsigned char)*p)) p++;
-        int32_t id = ck_word_id(&ctx->ck, start, (size_t)(p - start));
+        size_t len = 5;
+        if (*p == '\n') { /* a line break is <eos>, as wordlm.evaluate.generate.encode_prompt reads a prompt */
+            start = "<eos>", p++;
+        } else if (is_space((unsigned char)*p)) {
+            p++;
+            continue;
+        } else {
+            while (*p && !is_space((unsigned char)*p)) p++;
+            len = (size_t)(p - start);
+        }
+        int32_t id = ck_word_id(&ctx->ck, start, len);
         if (id < 0) id = unk;
         if (id < 0) return -1; /* a word outside a vocabulary without <unk> */
         if (n < max_ids) ids_out[n] = id;

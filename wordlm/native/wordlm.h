@@ -134,9 +134,11 @@ typedef struct {
 WL_API int32_t wl_sample_next(wl_context *ctx, const float *logits, const wl_sampling *s, double u);
 
 /* [shared] The vocabulary: its size, the word of an id (NULL outside), the id of a word (-1 if absent),
- * and a text split at whitespace (ASCII's and \x1c-\x1f, as Python's str.split for ASCII text) into at
- * most max_ids ids, words outside the vocabulary as <unk> (an error where there is none). Returns the
- * number of words (which may exceed max_ids: ids_out then holds the first max_ids), or -1. */
+ * and a text as ids, read as `wordlm generate` reads a prompt (wordlm.evaluate.generate.encode_prompt):
+ * words split at whitespace (ASCII's and \x1c-\x1f, as Python's str.split for ASCII text), a line break
+ * as <eos>, words outside the vocabulary as <unk> (an error where there is none); at most max_ids ids
+ * are written. Returns the number of ids (which may exceed max_ids), or -1. generate also puts an <eos>
+ * first (a text starts as after a line break: context_ids); that one is the caller's. */
 WL_API int32_t wl_vocab_size(const wl_context *ctx);
 WL_API const char *wl_word(const wl_context *ctx, int32_t id);
 WL_API int32_t wl_word_id(const wl_context *ctx, const char *word);
