@@ -121,6 +121,28 @@ def differences(rt, got: dict, ids: np.ndarray, targets: np.ndarray, us: np.ndar
     return bad
 
 
+def float_errors(rt, got: dict, ids: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """The largest relative error of each float32 number of a model with float parts (numpy's BLAS GEMMs
+    against plain C: not the same order of additions), relative to the largest magnitude of its kind."""
+    batch = ids.shape[1]
+
+    def err(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+    out, state = {}, rt.init_state(batch)
+    steps = []
+    for t in range(ids.shape[0]):
+        z, state = rt.logits(ids[t : t + 1], state)
+        steps.append(err(got["steps"][t], z[0]))
+    out["steps"] = max(steps)
+    z, state = rt.logits(ids, rt.init_state(batch))
+    out["logits"], out["state"] = err(got["logits"], z[-1]), err(got["state"], per_stream(state))
+    out["logprobs"] = err(got["logprobs"], rt.next_logprobs(ids, rt.init_state(batch))[0])
+    out["nll"] = err(got["nll"], rt.token_nll(ids, targets, rt.init_state(batch))[0])
+    return out
+
+
 def main(argv: list[str]) -> int:
     from wordlm import native
     from wordlm.checkpoint import load_checkpoint

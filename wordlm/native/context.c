@@ -37,6 +37,11 @@ struct wl_context {
     int n_blocks;
     int64_t dec_n_pad;
     int fine_inputs;
+    /* the float forms (weights.py's FloatLinear, Recurrent), where the parts are not native: float32
+     * weights [n, k] (as stored, or dequantized) and biases, torch's row order */
+    int rnn_native, dec_native;
+    const float **fw, **fb; /* [layers][MATRICES] */
+    const float *dec_w, *dec_b;
     /* the workspace */
     char *ws;
     size_t ws_size;
@@ -84,6 +89,16 @@ static void unpack_row(const ck_tensor *q, int bits, int64_t r, int64_t k, int8_
         if (byte + 1 < q->shape[1]) v |= (unsigned)row[byte + 1] << 8;
         out[j] = (int8_t)((int)(v >> (bit & 7) & (unsigned)mask) - offset);
     }
+}
+
+/* code j of row r of a packed weight (unpack_row's, one at a time) */
+static int code_at(const ck_tensor *q, int bits, int64_t r, int64_t j) {
+    const uint8_t *row = q->data + (size_t)(r * q->shape[1]);
+    if (bits == 8) return (int8_t)row[j];
+    int64_t bit = j * bits, byte = bit >> 3;
+    unsigned v = row[byte];
+    if (byte + 1 < q->shape[1]) v |= (unsigned)row[byte + 1] << 8;
+    return (int)(v >> (bit & 7) & ((1u << bits) - 1)) - (1 << (bits - 1));
 }
 
 /* a weight the kernels take: codes of one scale per row, rows of a multiple of 4 inputs (weights.py's
@@ -150,34 +165,10 @@ static int64_t *unit_block_order(int64_t hidden, int64_t gates) {
     return order;
 }
 
-/* every part as weights.py's pack() computes it, or WL_ERR_UNSUPPORTED where it would run numpy float32 */
-static int pack_model(wl_context *ctx) {
+/* the recurrent stack for wl_rnn: W_ih and W_hh in blocks of units, W_hr as stored */
+static int pack_rnn(wl_context *ctx) {
     const ck_checkpoint *ck = &ctx->ck;
     char name[64], bias[64];
-    ctx->emb = ck_tensor_get(ck, "encoder.weight");
-    ctx->emb_bits = ck_spec_for(ck, "encoder.weight").bits;
-    if (ctx->emb_bits) {
-        ctx->emb = ck_tensor_get(ck, "encoder.weight.qweight");
-        ctx->emb_scales = ck_tensor_get(ck, "encoder.weight.scales");
-        ctx->emb_group = ck->emb_dim / ctx->emb_scales->shape[1];
-    }
-    int quantized = 1;
-    for (int64_t l = 0; l < ck->num_layers; l++) {
-        const char *kinds[3] = {"ih", "hh", "hr"};
-        for (int i = 0; i < (ck->proj_size ? 3 : 2); i++) {
-            snprintf(name, sizeof name, "rnn.weight_%s_l%lld", kinds[i], (long long)l);
-            quantized &= native_ok(ctx, name);
-        }
-    }
-    if (!quantized)
-        return FAIL(ctx, WL_ERR_UNSUPPORTED, "%s: the recurrent weights are not all codes with one scale per row: the "
-                    "Python runtime runs them in numpy float32, which libwordlm does not (quantize the checkpoint: "
-                    "wordlm quantize --scheme int8)", ck->scheme[0] ? ck->scheme : "float checkpoint");
-    const char *dec_name = ck->tied ? "encoder.weight" : "decoder.weight";
-    if (!native_ok(ctx, dec_name))
-        return FAIL(ctx, WL_ERR_UNSUPPORTED, "the decoder (%s) is not codes with one scale per row: the Python runtime "
-                    "runs it in numpy float32, which libwordlm does not", dec_name);
-    ctx->fine_inputs = ck->fine >= 1;
     ctx->w = own(ctx, sizeof *ctx->w * (size_t)(ck->num_layers * MATRICES));
     int64_t *order = unit_block_order(ck->hidden_dim, ck->gates);
     if (!ctx->w || !order) {
@@ -197,11 +188,95 @@ static int pack_model(wl_context *ctx) {
         if (!rc && ck->proj_size) rc = pack(ctx, name, NULL, NULL, 0, &w[W_HR], NULL); /* torch's W_hr: no bias */
     }
     free(order);
-    if (!rc) rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, &ctx->dec, &ctx->dec_n_pad);
+    return rc;
+}
+
+/* a weight as float32 [n, k]: as stored, or its codes times their group's scale (weights.py's weight():
+ * dequantize, one float32 multiply each) */
+static const float *float_weight(wl_context *ctx, const char *name) {
+    char key[96];
+    ck_qspec s = ck_spec_for(&ctx->ck, name);
+    if (!s.bits) {
+        const ck_tensor *t = ck_tensor_get(&ctx->ck, name);
+        size_t count = (size_t)(t->shape[0] * t->shape[1]);
+        float *w = own(ctx, sizeof(float) * count);
+        for (size_t i = 0; w && i < count; i++) w[i] = ck_float_at(t, i);
+        return w;
+    }
+    snprintf(key, sizeof key, "%s.qweight", name);
+    const ck_tensor *q = ck_tensor_get(&ctx->ck, key);
+    snprintf(key, sizeof key, "%s.scales", name);
+    const ck_tensor *sc = ck_tensor_get(&ctx->ck, key);
+    int64_t n = q->shape[0], k = q->shape[1] * 8 / s.bits, groups = sc->shape[1], per = k / groups;
+    float *w = own(ctx, sizeof(float) * (size_t)(n * k));
+    for (int64_t r = 0; w && r < n; r++)
+        for (int64_t j = 0; j < k; j++)
+            w[r * k + j] = (float)code_at(q, s.bits, r, j) * ck_float_at(sc, (size_t)(r * groups + j / per));
+    return w;
+}
+
+/* a bias as float32 [n] (NULL name: zeros, torch's W_hr has none) */
+static const float *float_bias(wl_context *ctx, const char *name, int64_t n) {
+    const ck_tensor *t = name ? ck_tensor_get(&ctx->ck, name) : NULL;
+    float *b = own(ctx, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; b && t && i < n; i++) b[i] = ck_float_at(t, (size_t)i);
+    return b;
+}
+
+/* the recurrent stack's float forms, torch's row order (weights.py's Recurrent) */
+static int float_rnn_weights(wl_context *ctx) {
+    const ck_checkpoint *ck = &ctx->ck;
+    char name[64], bias[64];
+    const char *kinds[3] = {"ih", "hh", "hr"};
+    ctx->fw = own(ctx, sizeof *ctx->fw * (size_t)(ck->num_layers * MATRICES));
+    ctx->fb = own(ctx, sizeof *ctx->fb * (size_t)(ck->num_layers * MATRICES));
+    if (!ctx->fw || !ctx->fb) return FAIL(ctx, WL_ERR_MEMORY, "out of memory");
+    for (int64_t l = 0; l < ck->num_layers; l++)
+        for (int i = 0; i < (ck->proj_size ? 3 : 2); i++) {
+            snprintf(name, sizeof name, "rnn.weight_%s_l%lld", kinds[i], (long long)l);
+            snprintf(bias, sizeof bias, "rnn.bias_%s_l%lld", kinds[i], (long long)l);
+            int64_t n = i == W_HR ? ck->proj_size : ck->gates * ck->hidden_dim;
+            ctx->fw[l * MATRICES + i] = float_weight(ctx, name);
+            ctx->fb[l * MATRICES + i] = float_bias(ctx, i == W_HR ? NULL : bias, n);
+            if (!ctx->fw[l * MATRICES + i] || !ctx->fb[l * MATRICES + i]) return FAIL(ctx, WL_ERR_MEMORY, "out of memory");
+        }
+    return WL_OK;
+}
+
+/* every part as weights.py's pack() computes it: native where it packs it, else the float form */
+static int pack_model(wl_context *ctx) {
+    const ck_checkpoint *ck = &ctx->ck;
+    char name[64];
+    ctx->emb = ck_tensor_get(ck, "encoder.weight");
+    ctx->emb_bits = ck_spec_for(ck, "encoder.weight").bits;
+    if (ctx->emb_bits) {
+        ctx->emb = ck_tensor_get(ck, "encoder.weight.qweight");
+        ctx->emb_scales = ck_tensor_get(ck, "encoder.weight.scales");
+        ctx->emb_group = ck->emb_dim / ctx->emb_scales->shape[1];
+    }
+    int quantized = 1;
+    for (int64_t l = 0; l < ck->num_layers; l++) {
+        const char *kinds[3] = {"ih", "hh", "hr"};
+        for (int i = 0; i < (ck->proj_size ? 3 : 2); i++) {
+            snprintf(name, sizeof name, "rnn.weight_%s_l%lld", kinds[i], (long long)l);
+            quantized &= native_ok(ctx, name);
+        }
+    }
+    const char *dec_name = ck->tied ? "encoder.weight" : "decoder.weight";
+    ctx->rnn_native = quantized, ctx->dec_native = native_ok(ctx, dec_name);
+    ctx->fine_inputs = ck->fine >= 1 && quantized;
+    int rc = quantized ? pack_rnn(ctx) : float_rnn_weights(ctx);
+    if (!rc && ctx->dec_native) rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, &ctx->dec, &ctx->dec_n_pad);
+    if (!rc && !ctx->dec_native) {
+        ctx->dec_w = float_weight(ctx, dec_name), ctx->dec_b = float_bias(ctx, "decoder.bias", ck->vocab_size);
+        if (!ctx->dec_w || !ctx->dec_b) rc = FAIL(ctx, WL_ERR_MEMORY, "out of memory");
+    }
     if (rc) return rc;
     const char *isa = wl_isa_name(ctx->isa), *cell = wl_cell_name(ck->cell);
-    snprintf(ctx->kernels, sizeof ctx->kernels, "%s native %s, decoder native %s%s%s%s", cell, isa, isa,
-             ck->fine ? ", fine activations (" : "", ck->fine == 2 ? "all" : ck->fine ? "inputs" : "", ck->fine ? ")" : "");
+    int fine = (ck->fine && quantized) || (ck->fine == 2 && ctx->dec_native);
+    snprintf(ctx->kernels, sizeof ctx->kernels, "%s %s%s, decoder %s%s%s%s%s", cell, quantized ? "native " : "float32",
+             quantized ? isa : "", ctx->dec_native ? "native " : "float32", ctx->dec_native ? isa : "",
+             fine ? ", fine activations (" : "", fine ? (ck->fine == 2 ? "all" : "inputs") : "", fine ? ")" : "");
     return WL_OK;
 }
 
@@ -293,6 +368,9 @@ int wl_set_threads(wl_context *ctx, int n_threads) {
 
 typedef struct {
     float *x, *h, *c, *y, *nll, *lse;
+    float *buf, *xproj, *hp, *m, *z; /* the float forms': a layer's output, input projection, recurrent GEMM,
+                                      * cell output (before a projection), a row of logits */
+    double *lse64;                   /* the float decoder's log-sum-exp per row (float64, as numpy's) */
     int64_t *targets;
     void *rnn, *dec;
     size_t rnn_bytes, dec_bytes;
@@ -316,10 +394,17 @@ static size_t layout(const wl_context *ctx, int64_t steps, int64_t batch, char *
     w->nll = carve(ws, &used, sizeof(float) * (size_t)rows);
     w->lse = carve(ws, &used, sizeof(float) * (size_t)batch);
     w->targets = carve(ws, &used, sizeof(int64_t) * (size_t)rows);
-    w->rnn_bytes = wl_rnn_scratch_size(ck->cell, steps, batch, ck->emb_dim, H, ck->proj_size, L, ctx->fine_inputs,
+    int64_t G = ck->gates * H, V = ck->vocab_size, floats = !ctx->rnn_native;
+    w->buf = carve(ws, &used, sizeof(float) * (size_t)(floats * rows * P));
+    w->xproj = carve(ws, &used, sizeof(float) * (size_t)(floats * rows * G));
+    w->hp = carve(ws, &used, sizeof(float) * (size_t)(floats * batch * G));
+    w->m = carve(ws, &used, sizeof(float) * (size_t)(floats * batch * H));
+    w->z = carve(ws, &used, sizeof(float) * (size_t)(!ctx->dec_native * V));
+    w->lse64 = carve(ws, &used, sizeof(double) * (size_t)batch);
+    w->rnn_bytes = !ctx->rnn_native ? 0 : wl_rnn_scratch_size(ck->cell, steps, batch, ck->emb_dim, H, ck->proj_size, L, ctx->fine_inputs,
                                        ctx->threads);
     w->rnn = carve(ws, &used, w->rnn_bytes);
-    w->dec_bytes = wl_decoder_scratch_size(rows, P, ctx->dec_n_pad, (int)ctx->dec.flags);
+    w->dec_bytes = !ctx->dec_native ? 0 : wl_decoder_scratch_size(rows, P, ctx->dec_n_pad, (int)ctx->dec.flags);
     w->dec = carve(ws, &used, w->dec_bytes);
     return used + 64;
 }
@@ -348,16 +433,6 @@ int wl_reserve(wl_context *ctx, int steps, int batch) {
 
 /* ---- the forward pass: embedding, the recurrent stack, the state in and out ---- */
 
-/* code j of row r of a packed weight (unpack_row's, one at a time) */
-static int code_at(const ck_tensor *q, int bits, int64_t r, int64_t j) {
-    const uint8_t *row = q->data + (size_t)(r * q->shape[1]);
-    if (bits == 8) return (int8_t)row[j];
-    int64_t bit = j * bits, byte = bit >> 3;
-    unsigned v = row[byte];
-    if (byte + 1 < q->shape[1]) v |= (unsigned)row[byte + 1] << 8;
-    return (int)(v >> (bit & 7) & ((1u << bits) - 1)) - (1 << (bits - 1));
-}
-
 /* embedding rows of tokens (weights.py's Embedding: floats, or each code times its group's scale, one
  * float32 multiply as numpy's) */
 static void embed(const wl_context *ctx, const int32_t *tokens, int64_t rows, float *x) {
@@ -374,6 +449,108 @@ static void embed(const wl_context *ctx, const int32_t *tokens, int64_t rows, fl
             out[j] = (float)code_at(ctx->emb, ctx->emb_bits, tokens[r], j) * s;
         }
     }
+}
+
+/* numpy's pairwise summation (its float64 add.reduce over a contiguous run: 8 accumulators up to 128
+ * values, halves above), so that a sum here is numpy's to the bit */
+static double pairwise(const double *a, const float *f, int64_t n) {
+#define AT(i) (a ? a[i] : (double)f[i])
+    if (n < 8) {
+        double r = 0.;
+        for (int64_t i = 0; i < n; i++) r += AT(i);
+        return r;
+    }
+    if (n <= 128) {
+        double r[8];
+        int64_t i;
+        for (int j = 0; j < 8; j++) r[j] = AT(j);
+        for (i = 8; i < n - n % 8; i += 8)
+            for (int j = 0; j < 8; j++) r[j] += AT(i + j);
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += AT(i);
+        return res;
+    }
+    int64_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise(a, f, n2) + pairwise(a ? a + n2 : NULL, f ? f + n2 : NULL, n - n2);
+#undef AT
+}
+
+/* numpy's sum(dtype=float64) of float32 values: cast in buffers of 8192, each summed pairwise */
+static double sum_f32(const float *f, int64_t n) {
+    double total = 0.;
+    for (int64_t i = 0; i < n; i += 8192) total += pairwise(NULL, f + i, n - i < 8192 ? n - i : 8192);
+    return total;
+}
+
+/* ---- the float forms: numpy float32's arithmetic in plain C (weights.py's FloatLinear and Recurrent;
+ * numpy's GEMMs are BLAS's, whose order of additions differs: ~1e-6 relative, not bits) ---- */
+
+/* y [m, n] = x [m, k] W^T + b, W [n, k] */
+static void float_linear(const float *x, int64_t m, int64_t k, const float *w, int64_t n, const float *b, float *y) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float acc = 0.f;
+            for (int64_t t = 0; t < k; t++) acc += x[i * k + t] * w[j * k + t];
+            y[i * n + j] = acc + b[j];
+        }
+}
+
+static float sigmoid(float x) { return 0.5f * (tanhf(0.5f * x) + 1.f); } /* cells.py's: no overflow */
+
+/* one step of the cell for a batch (cells.py's steps): xp, hp [B, G] -> m [B, H] (an LSTM's h before
+ * any projection), c [B, H] in place; hprev [B, H]: the h before (the GRU's) */
+static void float_cell(int cell, const float *xp, const float *hp, const float *hprev, int64_t B, int64_t H, float *m,
+                       float *c) {
+    const char *name = wl_cell_name(cell);
+    int64_t G = (!strcmp(name, "lstm") ? 4 : !strcmp(name, "gru") ? 3 : 1) * H;
+    for (int64_t b = 0; b < B; b++) {
+        const float *x = xp + b * G, *r = hp + b * G;
+        for (int64_t j = 0; j < H; j++) {
+            float *out = m + b * H + j;
+            if (!strcmp(name, "lstm")) {
+                float i = sigmoid(x[j] + r[j]), f = sigmoid(x[H + j] + r[H + j]), g = tanhf(x[2 * H + j] + r[2 * H + j]);
+                float *cc = c + b * H + j;
+                *cc = f * *cc + i * g;
+                *out = sigmoid(x[3 * H + j] + r[3 * H + j]) * tanhf(*cc);
+            } else if (!strcmp(name, "gru")) {
+                float rr = sigmoid(x[j] + r[j]), z = sigmoid(x[H + j] + r[H + j]);
+                *out = (1.f - z) * tanhf(x[2 * H + j] + rr * r[2 * H + j]) + z * hprev[b * H + j];
+            } else if (!strcmp(name, "rnn_tanh")) {
+                *out = tanhf(x[j] + r[j]);
+            } else {
+                float a = x[j] + r[j];
+                *out = a > 0.f ? a : 0.f;
+            }
+        }
+    }
+}
+
+/* the stack in float32 over w->x [steps, B, E]: w->y, and the state w->h, w->c updated (Recurrent) */
+static void float_rnn(const wl_context *ctx, int64_t steps, int64_t B, work_t *w) {
+    const ck_checkpoint *ck = &ctx->ck;
+    int64_t L = ck->num_layers, H = ck->hidden_dim, P = ck->out_dim, G = ck->gates * H, rows = steps * B;
+    const float *in = w->x;
+    for (int64_t l = 0; l < L; l++) {
+        const float **fw = ctx->fw + l * MATRICES, **fb = ctx->fb + l * MATRICES;
+        float *out = (L - 1 - l) % 2 == 0 ? w->y : w->buf, *h = w->h + l * B * P, *c = w->c + l * B * H;
+        float_linear(in, rows, l ? P : ck->emb_dim, fw[W_IH], G, fb[W_IH], w->xproj); /* every step at once */
+        for (int64_t t = 0; t < steps; t++) {
+            float_linear(h, B, P, fw[W_HH], G, fb[W_HH], w->hp);
+            float_cell(ck->cell, w->xproj + t * B * G, w->hp, h, B, H, ck->proj_size ? w->m : h, c);
+            if (ck->proj_size) float_linear(w->m, B, H, fw[W_HR], P, fb[W_HR], h);
+            memcpy(out + t * B * P, h, sizeof(float) * (size_t)(B * P));
+        }
+        in = out;
+    }
+}
+
+/* log sum exp of a row in float64 (weights.py's logsumexp: the max out first, numpy's pairwise sum) */
+static double float_lse(const float *z, int64_t n, double *tmp) {
+    double m = z[0];
+    for (int64_t i = 1; i < n; i++) m = z[i] > m ? z[i] : m;
+    for (int64_t i = 0; i < n; i++) tmp[i] = exp((double)z[i] - m);
+    return m + log(pairwise(tmp, NULL, n));
 }
 
 static int check_tokens(wl_context *ctx, const int32_t *tokens, int64_t n, const char *what) {
@@ -409,7 +586,8 @@ static int forward(wl_context *ctx, const int32_t *tokens, int steps, int batch,
             if (has_c) memcpy(c, state_in + b * S + L * P + l * H, sizeof(float) * (size_t)H);
         }
     embed(ctx, tokens, rows, w->x);
-    if (wl_rnn(ck->cell, w->x, steps, B, ck->emb_dim, H, ck->proj_size, L, ctx->w, w->h, has_c ? w->c : NULL, w->y,
+    if (!ctx->rnn_native) float_rnn(ctx, steps, B, w);
+    else if (wl_rnn(ck->cell, w->x, steps, B, ck->emb_dim, H, ck->proj_size, L, ctx->w, w->h, has_c ? w->c : NULL, w->y,
                ctx->isa, ctx->threads, w->rnn, w->rnn_bytes))
         return FAIL(ctx, WL_ERR_ARGUMENT, "the recurrent kernels refused their arguments");
     for (int64_t b = 0; state_out && b < B; b++)
@@ -420,12 +598,25 @@ static int forward(wl_context *ctx, const int32_t *tokens, int steps, int batch,
     return WL_OK;
 }
 
-/* the decoder over rows x [m][P] (native.decoder_nll) */
+/* the decoder over rows x [m][P]: native.decoder_nll, or the float form (weights.py's Decoder.dense:
+ * float32 logits, their log-sum-exp in float64 into w->lse64) */
 static int decode(wl_context *ctx, const float *x, int64_t m, const int64_t *targets, float *nll, float *logits,
                   float *lse, work_t *w) {
     const wl_packed *d = &ctx->dec;
-    if (wl_decoder_nll(x, m, ctx->ck.out_dim, d->panels, ctx->ck.vocab_size, ctx->dec_n_pad, d->scale, d->sum, d->bias,
-                       (int)d->flags, targets, nll, logits, lse, ctx->isa, ctx->threads, w->dec, w->dec_bytes))
+    int64_t V = ctx->ck.vocab_size, P = ctx->ck.out_dim;
+    if (!ctx->dec_native) {
+        for (int64_t r = 0; r < m; r++) {
+            float *z = logits ? logits + r * V : w->z;
+            float_linear(x + r * P, 1, P, ctx->dec_w, V, ctx->dec_b, z);
+            if (!lse && !targets) continue;
+            double l = float_lse(z, V, ctx->s_sorted);
+            if (lse) w->lse64[r] = l;
+            if (targets) nll[r] = (float)(l - (double)z[targets[r]]);
+        }
+        return WL_OK;
+    }
+    if (wl_decoder_nll(x, m, P, d->panels, V, ctx->dec_n_pad, d->scale, d->sum, d->bias, (int)d->flags, targets, nll,
+                       logits, lse, ctx->isa, ctx->threads, w->dec, w->dec_bytes))
         return FAIL(ctx, WL_ERR_ARGUMENT, "the decoder refused its arguments");
     return WL_OK;
 }
@@ -454,41 +645,12 @@ int wl_next_logprobs(wl_context *ctx, const int32_t *tokens, int steps, int batc
     const float *last = w.y + (int64_t)(steps - 1) * batch * ctx->ck.out_dim;
     if (decode(ctx, last, batch, NULL, NULL, logprobs_out, w.lse, &w)) return ctx->last.code;
     int64_t V = ctx->ck.vocab_size;
-    for (int64_t b = 0; b < batch; b++) /* logits - lse in float32, as Decoder.logprobs */
-        for (int64_t i = 0; i < V; i++) logprobs_out[b * V + i] -= w.lse[b];
+    for (int64_t b = 0; b < batch; b++) /* Decoder.logprobs: logits - lse in float32 (native), float64 (float) */
+        for (int64_t i = 0; i < V; i++) {
+            float *lp = &logprobs_out[b * V + i];
+            *lp = ctx->dec_native ? *lp - w.lse[b] : (float)((double)*lp - w.lse64[b]);
+        }
     return ok(ctx);
-}
-
-/* numpy's pairwise summation (its float64 add.reduce over a contiguous run: 8 accumulators up to 128
- * values, halves above), so that a sum here is numpy's to the bit */
-static double pairwise(const double *a, const float *f, int64_t n) {
-#define AT(i) (a ? a[i] : (double)f[i])
-    if (n < 8) {
-        double r = 0.;
-        for (int64_t i = 0; i < n; i++) r += AT(i);
-        return r;
-    }
-    if (n <= 128) {
-        double r[8];
-        int64_t i;
-        for (int j = 0; j < 8; j++) r[j] = AT(j);
-        for (i = 8; i < n - n % 8; i += 8)
-            for (int j = 0; j < 8; j++) r[j] += AT(i + j);
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++) res += AT(i);
-        return res;
-    }
-    int64_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise(a, f, n2) + pairwise(a ? a + n2 : NULL, f ? f + n2 : NULL, n - n2);
-#undef AT
-}
-
-/* numpy's sum(dtype=float64) of float32 values: cast in buffers of 8192, each summed pairwise */
-static double sum_f32(const float *f, int64_t n) {
-    double total = 0.;
-    for (int64_t i = 0; i < n; i += 8192) total += pairwise(NULL, f + i, n - i < 8192 ? n - i : 8192);
-    return total;
 }
 
 int wl_nll(wl_context *ctx, const int32_t *tokens, const int32_t *targets, int steps, int batch,

@@ -50,10 +50,8 @@ typedef enum {
     WL_ERR_CONFIG = 4,      /* config.json: not JSON, nested too deeply, a bad model or quantization config */
     WL_ERR_WEIGHTS = 5,     /* model.safetensors: corrupt or truncated, or tensors that do not fit the config */
     WL_ERR_VOCAB = 6,       /* vocab.txt: not UTF-8, or not the vocabulary config.json names */
-    WL_ERR_UNSUPPORTED = 7, /* a checkpoint the Python runtime runs in numpy float32 (float recurrent or
-                             * decoder weights, group-wise decoder scales): not in this library */
-    WL_ERR_MEMORY = 8,      /* out of memory */
-    WL_ERR_ISA = 9          /* WORDLM_ISA names no kernel, or one this CPU does not run */
+    WL_ERR_MEMORY = 7,      /* out of memory */
+    WL_ERR_ISA = 8          /* WORDLM_ISA names no kernel, or one this CPU does not run */
 } wl_status;
 
 #define WL_MESSAGE_SIZE 512
@@ -70,7 +68,10 @@ typedef struct wl_context wl_context;
 
 /* Load a checkpoint directory and pack its weights for the kernels (as wordlm.runtime.weights.pack),
  * validated as wordlm.checkpoint.load_checkpoint validates (the same corrupt files are refused, each
- * with a code and a message). n_threads >= 1: threads of each call (any count gives the same bits).
+ * with a code and a message). Every scheme the Python runtime runs: what it runs on the native kernels
+ * runs on the same ones here, bit for bit; what it runs in numpy float32 (float checkpoints, float
+ * recurrent weights, a decoder of several scales per row) runs in plain C float32 here, numpy's numbers
+ * to ~1e-6 relative (BLAS adds in another order), not to the bit; wl_isa says which part runs how. n_threads >= 1: threads of each call (any count gives the same bits).
  * The kernels: WORDLM_ISA's when set (portable, avx2, avx512-vnni; ARM64: portable, neon, dotprod,
  * i8mm), else the best this CPU runs. Returns NULL on failure, with *err (may be NULL) filled. */
 WL_API wl_context *wl_init_from_dir(const char *path, int n_threads, wl_error *err);
@@ -87,7 +88,7 @@ WL_API size_t wl_logits_size(const wl_context *ctx);
 /* threads of each call (>= 1, at most 256); WL_ERR_ARGUMENT otherwise. [shared] wl_get_threads */
 WL_API int wl_set_threads(wl_context *ctx, int n_threads);
 WL_API int wl_get_threads(const wl_context *ctx);
-/* [shared] the kernels every call runs ("avx512-vnni", "neon", ...), and what computes each part */
+/* [shared] what computes each part: "lstm native avx512-vnni, decoder native avx512-vnni", "lstm float32, ..." */
 WL_API const char *wl_isa(const wl_context *ctx);
 
 /* Grow the workspace for calls of up to `steps` tokens per stream and `batch` streams, so that those
