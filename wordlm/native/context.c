@@ -503,20 +503,22 @@ static float sigmoid(float x) { return 0.5f * (tanhf(0.5f * x) + 1.f); } /* cell
 static void float_cell(int cell, const float *xp, const float *hp, const float *hprev, int64_t B, int64_t H, float *m,
                        float *c) {
     const char *name = wl_cell_name(cell);
-    int64_t G = (!strcmp(name, "lstm") ? 4 : !strcmp(name, "gru") ? 3 : 1) * H;
+    enum { LSTM, GRU, TANH, RELU } kind = !strcmp(name, "lstm") ? LSTM : !strcmp(name, "gru") ? GRU
+                                         : !strcmp(name, "rnn_tanh") ? TANH : RELU;
+    int64_t G = (kind == LSTM ? 4 : kind == GRU ? 3 : 1) * H;
     for (int64_t b = 0; b < B; b++) {
         const float *x = xp + b * G, *r = hp + b * G;
         for (int64_t j = 0; j < H; j++) {
             float *out = m + b * H + j;
-            if (!strcmp(name, "lstm")) {
+            if (kind == LSTM) {
                 float i = sigmoid(x[j] + r[j]), f = sigmoid(x[H + j] + r[H + j]), g = tanhf(x[2 * H + j] + r[2 * H + j]);
                 float *cc = c + b * H + j;
                 *cc = f * *cc + i * g;
                 *out = sigmoid(x[3 * H + j] + r[3 * H + j]) * tanhf(*cc);
-            } else if (!strcmp(name, "gru")) {
+            } else if (kind == GRU) {
                 float rr = sigmoid(x[j] + r[j]), z = sigmoid(x[H + j] + r[H + j]);
                 *out = (1.f - z) * tanhf(x[2 * H + j] + rr * r[2 * H + j]) + z * hprev[b * H + j];
-            } else if (!strcmp(name, "rnn_tanh")) {
+            } else if (kind == TANH) {
                 *out = tanhf(x[j] + r[j]);
             } else {
                 float a = x[j] + r[j];
