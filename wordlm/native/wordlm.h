@@ -3,8 +3,9 @@
  * A checkpoint directory (config.json, model.safetensors, vocab.txt: what `wordlm quantize` writes)
  * becomes an opaque wl_context; the recurrent state is the caller's: a flat float buffer per stream
  * of wl_state_size floats, so keeping, forking, saving or restoring a stream is a memcpy. Numbers are
- * the Python runtime's (wordlm.runtime.Runtime) bit for bit: both call the entry points at the end of
- * this header, the same functions, on the same packed weights.
+ * the Python runtime's (wordlm.runtime.Runtime) bit for bit wherever it runs the native kernels: both
+ * call the entry points at the end of this header, the same functions, on the same packed weights
+ * (wl_init_from_dir says what runs in float32 instead).
  *
  * Two levels:
  *  - the context (wl_init_from_dir ... wl_free): load, eval, NLL, log-probs, top-k, sampling, the
@@ -71,7 +72,8 @@ typedef struct wl_context wl_context;
  * with a code and a message). Every scheme the Python runtime runs: what it runs on the native kernels
  * runs on the same ones here, bit for bit; what it runs in numpy float32 (float checkpoints, float
  * recurrent weights, a decoder of several scales per row) runs in plain C float32 here, numpy's numbers
- * to ~1e-6 relative (BLAS adds in another order), not to the bit; wl_isa says which part runs how. n_threads >= 1: threads of each call (any count gives the same bits).
+ * to ~1e-6 relative (BLAS adds in another order), not to the bit; wl_isa says which part runs how.
+ * n_threads >= 1: threads of each call (any count gives the same bits).
  * The kernels: WORDLM_ISA's when set (portable, avx2, avx512-vnni; ARM64: portable, neon, dotprod,
  * i8mm), else the best this CPU runs. Returns NULL on failure, with *err (may be NULL) filled. */
 WL_API wl_context *wl_init_from_dir(const char *path, int n_threads, wl_error *err);
