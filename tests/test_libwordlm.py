@@ -100,7 +100,14 @@ def ckpts(tmp_path_factory, corpus) -> dict[str, Path]:
     )
     deep = _model(corpus, root, "deep-float", hidden_dim=32)
     save_checkpoint(quantize_checkpoint(deep, get_scheme("int4", group_size=16)), root / "dec-groups")
+    # a float checkpoint stored as bfloat16 (as torch saves it): read as float32, exactly (tensorfile.py)
+    from safetensors.torch import save_file
+
+    shutil.copytree(root / "float", root / "float-bf16")
+    bf16 = {k: torch.from_numpy(np.array(v)).bfloat16() for k, v in lstm.tensors.items()}
+    save_file(bf16, root / "float-bf16" / "model.safetensors")
     names = ("gru", "proj-tied", "float-emb", "emb-groups", "float-rnn", "dec-groups", "gru-float", "proj-float")
+    names += ("float-bf16",)
     out.update({name: root / name for name in names})
     return out
 
@@ -139,7 +146,7 @@ def _load(programs, path: Path) -> tuple[int, str]:
     return done.returncode, done.stdout.strip()
 
 
-@pytest.mark.parametrize("name", ["float", "float-rnn", "dec-groups", "gru-float", "proj-float"])
+@pytest.mark.parametrize("name", ["float", "float-rnn", "dec-groups", "gru-float", "proj-float", "float-bf16"])
 def test_float_parts_are_numpys_within_float32_rounding(programs, ckpts, name, monkeypatch, tmp_path):
     """Parts the Python runtime runs in numpy float32 (float recurrent weights, a decoder of 2 scales per
     row, float checkpoints of every cell) are plain C float32 here: BLAS adds in another order, so the
