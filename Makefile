@@ -9,6 +9,7 @@
 # holds to the Python runtime (tests/test_libwordlm.py).
 # make test-simde: the AVX2 and AVX-512 VNNI kernels compiled against SIMDe (portable C), held to the
 # reference on any x86-64 (tests/native_simde.py); `make test` runs them too, with everything else.
+# make docs: the documentation site (mkdocs.yml, docs/) into site/, failing on any warning.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[torch,onnx,serve,dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-wheel test-arm simde test-simde lint format chromium lib example
+.PHONY: install demo test test-wheel test-arm simde test-simde lint format chromium docs lib example
 install: $(STAMP)
 
 # FULL=1: the whole test split (245,569 tokens), as in the tutorial; default: a 20,000-token prefix.
@@ -54,6 +55,9 @@ simde: $(STAMP)
 # the tests of every kernel and cell that run the emulated tables (~20 s)
 test-simde: simde
 	$(BIN)/python -m pytest -q -k simde tests/test_native.py tests/test_runtime.py
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # gcc-aarch64-linux-gnu and qemu-user from Debian's packages when missing; no venv needed
 test-arm:

@@ -27,9 +27,9 @@ from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
-from wordlm.evaluate import evaluate
 from wordlm.quant import FINE_ACTIVATIONS, get_scheme
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
+from wordlm.tasks import evaluate
 
 PLACES = ("all", "embedding", "upper inputs", "recurrent h", "decoder")
 

@@ -24,10 +24,10 @@ from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quantize import make_rounder, quantize_checkpoint
 from wordlm.quantize.budget import BudgetConfig, Candidate, choose, memoized, mixed_scheme
+from wordlm.tasks import evaluate
 
 
 def plot(rows: list[dict], fp32: float, path: Path) -> None:

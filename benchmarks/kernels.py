@@ -195,6 +195,11 @@ def native_variants(layers=5, E=512, H=256):
     scales = np.full(N, 0.002, np.float32)
     bias = np.zeros(N, np.float32)
     dec = native.pack_linear(q, scales, bias)
+    q4 = rng.integers(-8, 8, (N, K), dtype=np.int8)  # int4 codes: as int8 bytes, and two a byte
+    int4 = {
+        "int4 codes": native.pack_linear(q4, scales, bias),
+        "int4 nibbles": native.pack_linear(q4, scales, bias, nibbles=True),
+    }
 
     def lstm_layer(i):
         return native.pack_linear(
@@ -250,6 +255,17 @@ def native_variants(layers=5, E=512, H=256):
                 ),
             )
         )
+    for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
+        for name, d in int4.items():
+            rows.append(
+                (
+                    f"decoder + loss: wordlm native, fused, {isa}, {name}",
+                    *(
+                        clock(lambda m=m, isa=isa, d=d: native.decoder_nll(x[m], d, t[m], isa=isa), r)
+                        for m, r in ((25, 30), (1, 200))
+                    ),
+                )
+            )
     for isa in native.ISAS[1 : native.ISAS.index(native.best_isa()) + 1]:
         xs = {s: rng.standard_normal((s, 1, E)).astype(np.float32) for s in (25, 1)}
         rows.append(

@@ -24,10 +24,10 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import batchify, bptt_batches, load_split
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quantize import dequantize_checkpoint
 from wordlm.quantize.calibrate import calibration_ids, embedding_hessian, gptq_rounder, input_hessians
+from wordlm.tasks import evaluate
 from wordlm.train.model import build_model
 
 

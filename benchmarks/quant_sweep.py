@@ -19,9 +19,9 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
+from wordlm.tasks import evaluate
 from wordlm.train.model import build_model
 
 VARIANTS = [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128), ("int4", 256)]

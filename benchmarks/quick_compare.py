@@ -14,8 +14,8 @@ from pathlib import Path
 from wordlm.bench.run import cpu_flags, generation_latency, load_variant, make_artifact, percentile
 from wordlm.checkpoint import load_checkpoint
 from wordlm.data import load_split
-from wordlm.evaluate import evaluate
 from wordlm.models import DEFAULT_MODEL
+from wordlm.tasks import evaluate
 
 VARIANTS = ("torch-dynamic", "onnxruntime-int8", "wordlm-int8", "wordlm-int4")
 

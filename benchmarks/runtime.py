@@ -27,10 +27,10 @@ from wordlm.bench.run import cpu_flags
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import load_engine
-from wordlm.evaluate import evaluate
 from wordlm.models import DEFAULT_MODEL
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
 
 CONTEXTS, CONTEXT_WORDS = 150, 50
 

@@ -31,7 +31,7 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from wordlm.checkpoint.fileio import atomic_write  # noqa: E402
 from wordlm.data import load_corpus  # noqa: E402
 from wordlm.engines.torch_fp32 import TorchEngine  # noqa: E402
-from wordlm.evaluate import evaluate  # noqa: E402
+from wordlm.tasks import evaluate  # noqa: E402
 from wordlm.train.model import build_model  # noqa: E402
 
 TUTORIAL = {"loss": 5.167, "ppl": 175.4}  # the tutorial's pretrained model, test split

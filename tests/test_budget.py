@@ -15,10 +15,10 @@ from wordlm.config import expected_shapes
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import QSpec, get_scheme
 from wordlm.quantize import dequantize_checkpoint
 from wordlm.quantize.budget import BudgetConfig, Candidate, candidate_specs, choose, search, stored_bytes
+from wordlm.tasks import evaluate
 
 SMALL = BudgetConfig(budget=0.02, val_tokens=400, streams=2, widths=(2, 4, 8), embedding_groups=(None, 16))
 

@@ -20,10 +20,10 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.data import load_split
 from wordlm.engines import ENGINES, load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.models import DEFAULT_MODEL, SHIPPED_MODEL, default_checkpoint
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
 from wordlm.train.model import build_model
 
 TUTORIAL_TEST_LOSS = 5.167  # the tutorial's pretrained model, bptt 25, batch 1

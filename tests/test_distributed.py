@@ -22,7 +22,7 @@ from conftest import run_cli, wait_for_saved_batch
 from safetensors.torch import load_file
 
 from wordlm.cli import main
-from wordlm.cli.main import _without_nproc
+from wordlm.cli.commands import _without_nproc
 from wordlm.config import preset
 from wordlm.train import TrainConfig, train
 from wordlm.train.distributed import Group, average_touched_rows, data_parallel

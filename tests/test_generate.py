@@ -6,8 +6,8 @@ import pytest
 from wordlm.checkpoint import load_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate.generate import context_ids, detokenize, generate_ids, generate_text
 from wordlm.runtime import Sampling, new_rng, sample
+from wordlm.tasks.generate import context_ids, detokenize, generate_ids, generate_text
 
 
 @pytest.fixture(scope="module")

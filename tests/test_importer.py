@@ -15,9 +15,9 @@ from conftest import run_cli
 from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
 from wordlm.train.importer import import_state_dict
 
 

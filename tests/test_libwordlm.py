@@ -28,10 +28,10 @@ from tests.c import compare
 from wordlm import native
 from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.config import preset
-from wordlm.evaluate.generate import context_ids, encode_prompt
 from wordlm.quant import QSpec, get_scheme
 from wordlm.quantize import quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling
+from wordlm.tasks.generate import context_ids, encode_prompt
 from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
 ROOT = Path(__file__).resolve().parent.parent

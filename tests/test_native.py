@@ -473,12 +473,16 @@ def test_only_input_projections_take_fine_activations():
 
 
 @pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+@pytest.mark.parametrize("nibbles", [False, True])
 @pytest.mark.parametrize("fine", [False, True])
 @pytest.mark.parametrize(
     ("m", "n", "k"),
     [
         (1, 100, 36),  # one row: 3 pairs of panels, then one alone; 9 groups (less than a span of 16)
         (1, 4100, 260),  # 65 groups: 4 spans and 1
+        (1, 48, 8),  # one row, one pair of groups (nibbles: one byte holds both), 3 panels
+        (1, 64, 64),  # one row, 16 groups: one span, 4 panels
+        (1, 80, 132),  # one row, 33 groups: 2 spans and an odd last group, 5 panels
         (2, 70, 68),  # 17 groups
         (3, 33, 4),  # one group
         (4, 48, 128),  # 2 + 2 rows, 2 spans exactly
@@ -487,11 +491,14 @@ def test_only_input_projections_take_fine_activations():
         (11, 2049, 36),
     ],
 )
-def test_int4_weights_equal_the_reference_bit_for_bit(isa, fine, m, n, k):
+def test_int4_weights_equal_the_reference_bit_for_bit(isa, nibbles, fine, m, n, k):
+    """Codes within [-8, 7], as int8 codes or two a byte (nibbles: half the bytes; an odd number of
+    groups of 4 inputs leaves a last half byte empty)."""
     x, q, s, b, t = _case(m, n, k, seed=m * k + n, bits=4)
     q[0, :4] = [-8, 7, -8, 7]  # both ends of the range
-    dec = native.pack_linear(q, s, b, fine=fine)
-    assert dec.codes4 and dec.flags == 2 + fine
+    dec = native.pack_linear(q, s, b, fine=fine, nibbles=nibbles)
+    assert dec.codes4 and dec.flags == 2 + fine + 4 * nibbles
+    assert dec.panels.size == dec.n_pad * (-(-k // 8) * 4 if nibbles else k)  # half the bytes, rounded up
     want = native.reference_linear(x, q, s, b, fine=fine)
     for threads in (1, 2, 3):
         out = native.decoder_nll(x, dec, t, logits=True, isa=isa, threads=threads)
@@ -512,9 +519,10 @@ def test_extreme_int4_codes_equal_the_reference(isa, m):
     x[0] = 1.0  # zero point 0, every code 127
     if m > 1:
         x[1] = -1.0  # zero point 127, every code 0
-    dec = native.pack_linear(q, s, b)
     ref = native.reference_linear(x, q, s, b)
-    assert dec.codes4 and np.array_equal(native.decoder_nll(x, dec, logits=True, isa=isa).logits, ref)
+    for nibbles in (False, True):
+        dec = native.pack_linear(q, s, b, nibbles=nibbles)
+        assert dec.codes4 and np.array_equal(native.decoder_nll(x, dec, logits=True, isa=isa).logits, ref), nibbles
     assert np.abs(ref[0, :2] - np.array([-8, 7]) * k * 1e-3).max() < 1e-3  # the extremes were reached
 
 
@@ -525,6 +533,21 @@ def test_int4_codes_are_found_by_pack_linear():
         wide = q.copy()
         wide[7, 3] = outside
         assert not native.pack_linear(wide, s, b).codes4 and native.pack_linear(wide, s, b, fine=True).flags == 1
+        with pytest.raises(WordLMError, match="nibbles need int4 codes"):
+            native.pack_linear(wide, s, b, nibbles=True)
+
+
+def test_nibbles_are_the_decoders_only():
+    import dataclasses
+
+    x, weights, _, state = _rnn_case("gru", 2, 1, 8, 4, 1, bits=4)
+    ((wih, whh),) = weights
+    with pytest.raises(WordLMError, match="nibbles are the decoder's only"):
+        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, nibbles=True))], "gru")
+    _, q, s, b, t = _case(2, 40, 8, bits=4)
+    liar = dataclasses.replace(native.pack_linear(q, s, b, nibbles=True), codes4=False)  # nibbles without codes4
+    with pytest.raises(WordLMError, match="bad arguments"):
+        native.decoder_nll(x[0], liar, t[:1])
 
 
 @pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)

@@ -192,7 +192,7 @@ def test_a_mixed_plan_survives_save_and_load_and_the_engine_runs_it(trained_ckpt
 
 
 def test_gptq_lowers_the_loss_of_a_trained_model(trained_ckpt, corpus_dir, corpus):
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     ck = load_checkpoint(trained_ckpt)
     scheme = get_scheme("int8", plan={"decoder.weight": QSpec(2), "encoder.weight": QSpec(2, 16)})

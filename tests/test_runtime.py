@@ -19,11 +19,11 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
 from wordlm.quant import get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling, new_rng
+from wordlm.tasks import evaluate
 from wordlm.train.model import build_model
 
 # int8 and int4 with one scale per decoder row (groups of 32 = the trained model's hidden size) run
@@ -70,7 +70,8 @@ def test_parts_run_where_they_should(models):
     assert kernels["int8-fine"] == kernels["int8"] + ", fine activations (all)"
     for name, int4 in (("int8", False), ("int4-row", True)):  # int4 codes reach the kernels marked as such
         w = Runtime(m[name][0]).weights  # (the int4 scheme's recurrent weights are int8)
-        assert w.decoder.packed.codes4 == int4 and not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
+        assert w.decoder.packed.codes4 == w.decoder.packed.nibbles == int4  # a decoder's two a byte
+        assert not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
 
 
 @pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)
@@ -291,7 +292,7 @@ def test_eval_generate_and_next_words_run_without_torch(trained_ckpt, corpus, co
     assert r.returncode == 0 and r.stdout.startswith("the cat") and len(r.stdout.split()) >= 10, r.stderr
     code = f"""
 from wordlm.checkpoint import load_checkpoint
-from wordlm.evaluate.generate import context_ids
+from wordlm.tasks.generate import context_ids
 from wordlm.runtime import Runtime
 import numpy as np
 ck = load_checkpoint({str(out)!r})

@@ -25,11 +25,11 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from wordlm.config import preset
 from wordlm.data import load_corpus
 from wordlm.engines import load_engine
-from wordlm.evaluate import evaluate
-from wordlm.evaluate.generate import context_ids, encode_prompt, generate_text
 from wordlm.runtime import Sampling
 from wordlm.serve import create_app
 from wordlm.serve.schema import MAX_BODY_BYTES, MAX_K, MAX_N, MAX_TOKENS, MAX_WORDS, SEED_MAX
+from wordlm.tasks import evaluate
+from wordlm.tasks.generate import context_ids, encode_prompt, generate_text
 from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
 PROMPT = "the cat sat on"

@@ -2,7 +2,7 @@
 browser): suggestions follow the typing, a click or Tab takes one, Generate appends a continuation.
 
 The test saves a screenshot to its tmp folder; `WORDLM_SCREENSHOT=docs/serve-page.png` saves the
-README's one instead (`WORDLM_SCREENSHOT=docs/serve-page.png pytest tests/test_serve_page.py`).
+one docs/serving.md shows instead (`WORDLM_SCREENSHOT=docs/serve-page.png pytest tests/test_serve_page.py`).
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def test_every_cell_trains_resumes_exactly_and_evaluates(corpus, tmp_path, shape
     best checkpoint carries the cell and runs on the wordlm runtime."""
     from wordlm.checkpoint import load_checkpoint
     from wordlm.engines import load_engine
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     torch.set_num_threads(1)
     kw = dict(preset="tiny", batch_size=4, bptt=8, lr=5, seed=1, **shape)

@@ -123,7 +123,7 @@ def test_batched_eval_matches_tutorial(imported, tutorial_pth, corpus_dir):
     """Batch > 1 (what training validates with) is the tutorial's evaluate() with eval_batch_size > 1."""
     from wordlm.checkpoint import load_checkpoint
     from wordlm.engines import load_engine
-    from wordlm.evaluate import evaluate
+    from wordlm.tasks import evaluate
 
     model, _ = tutorial_pth
     test = load_corpus(corpus_dir).test

@@ -6,7 +6,7 @@ torch, and inference (wordlm.runtime) never loads it.
 
 from __future__ import annotations
 
-import importlib
+from wordlm.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -24,11 +24,12 @@ _API = {
     "Engine": "wordlm.runtime",
     "load_engine": "wordlm.engines",
     "WordLMError": "wordlm.errors",
-    "EvalResult": "wordlm.evaluate",
-    "evaluate": "wordlm.evaluate",
+    "EvalResult": "wordlm.tasks",
+    "evaluate": "wordlm.tasks",
     "import_state_dict": "wordlm.train.importer",
     "RecurrentLM": "wordlm.train.model",
     "build_model": "wordlm.train.model",
+    "quantize_dynamic": "wordlm.nn",
     "quantize_checkpoint": "wordlm.quantize",
     "dequantize_checkpoint": "wordlm.quantize",
     "Runtime": "wordlm.runtime",
@@ -37,8 +38,4 @@ _API = {
 
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'wordlm' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)
+__getattr__ = lazy_getattr("wordlm", _API)

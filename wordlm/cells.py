@@ -64,6 +64,8 @@ class Cell:
     onnx_gate_order: tuple[int, ...] = (0,)  # torch's gate index of each of ONNX's gates, in ONNX's order
     projection: bool = False  # takes torch's proj_size (h = W_hr (o * tanh(c)))
     torch_dynamic: bool = False  # torch.ao's quantize_dynamic quantizes it (it has no dynamic nn.RNN)
+    # b_ih + b_hh may be stored as one bias (not a GRU's: r scales W_hn h + b_hn, so its biases stay apart)
+    merged_bias: bool = True
 
     def state_shapes(self, layers: int, batch: int, hidden: int, out: int) -> tuple[tuple[int, int, int], ...]:
         """h [layers, batch, out] (out: the projection's size, else hidden), and c [layers, batch, hidden]."""
@@ -77,7 +79,21 @@ CELLS: dict[str, Cell] = {
         # ONNX's LSTM gates are i, o, f, c; torch's i, f, g, o
         Cell("lstm", 4, True, lstm_step, "lstm", "LSTM", {}, "LSTM", {}, (0, 3, 1, 2), True, True),
         # ONNX's z, r, h from torch's r, z, n; torch computes n with linear_before_reset
-        Cell("gru", 3, False, gru_step, "gru", "GRU", {}, "GRU", {"linear_before_reset": 1}, (1, 0, 2), False, True),
+        Cell(
+            "gru",
+            3,
+            False,
+            gru_step,
+            "gru",
+            "GRU",
+            {},
+            "GRU",
+            {"linear_before_reset": 1},
+            (1, 0, 2),
+            False,
+            True,
+            merged_bias=False,
+        ),  # fmt: skip
         Cell(
             "rnn_tanh",
             1,

@@ -6,7 +6,7 @@ https://arxiv.org/abs/1608.05859), and an LSTM projection (`proj_size`, torch's 
 W_hr (o * tanh(c)), Sak et al. 2014, https://arxiv.org/abs/1402.1128). Fields added after format 1
 are optional in config.json, with today's meaning as default: old checkpoints load unchanged.
 
-Torch-free on purpose (DESIGN.md, the torch boundary): the runtime reads the same config as the
+Torch-free on purpose (docs/design.md, "The torch boundary"): the runtime reads the same config as the
 torch model without importing torch.
 """
 

@@ -15,10 +15,10 @@ from wordlm.config import preset
 from wordlm.data import load_corpus, load_split, prefix
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError, require
-from wordlm.evaluate import evaluate
-from wordlm.evaluate.generate import generate_text
 from wordlm.quant import get_scheme
 from wordlm.quantize import quantize_checkpoint
+from wordlm.tasks import evaluate
+from wordlm.tasks.generate import generate_text
 
 torch = require("torch", "torch")  # the demo compares with the tutorial's torch paths
 

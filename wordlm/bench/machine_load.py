@@ -120,7 +120,7 @@ class MachineLoad:
 
         text = f"1-minute load average {fmt(self.before)} before, {fmt(self.after)} after"
         if self.seconds is not None:
-            text += f" ({self.seconds:.0f} s of timings; other processes' CPU meanwhile {fmt(self.others)} cores)"
+            text += f" ({self.seconds:.1f} s of timings; other processes' CPU meanwhile {fmt(self.others)} cores)"
         return text
 
     def header(self) -> str:

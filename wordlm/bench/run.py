@@ -23,17 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from wordlm.bench.machine_load import MachineLoad
 from wordlm.checkpoint import Checkpoint, load_checkpoint, read_vocab, save_checkpoint
 from wordlm.data import Vocab, load_split, prefix
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
+from wordlm.progress import progress
 from wordlm.quant import SCHEMES, get_scheme
 from wordlm.quantize import quantize_checkpoint
 from wordlm.runtime import Engine, Sampling, new_rng
+from wordlm.tasks import evaluate
 
 log = logging.getLogger(__name__)
 BASELINES = ("torch", "torch-dynamic", "onnxruntime", "onnxruntime-int8")
@@ -177,7 +177,7 @@ def measure_all(artifacts: dict[str, Path], ids: np.ndarray, cfg: BenchConfig, d
             continue
         evaluate(engines[variant], ids[:100])  # warm-up: first-use initialisation counts as loading
         rows[variant] = Row(variant, load_s=time.perf_counter() - t, size_bytes=engines[variant].size_bytes)
-    for _ in tqdm(range(cfg.reps), desc="eval passes", unit="pass", leave=False):
+    for _ in progress(range(cfg.reps), desc="eval passes", unit="pass"):
         for variant, engine in engines.items():
             res = evaluate(engine, ids)
             rows[variant].eval_tokens_per_s_runs.append(res.tokens_per_s)
@@ -188,7 +188,7 @@ def measure_all(artifacts: dict[str, Path], ids: np.ndarray, cfg: BenchConfig, d
         lat = generation_latency(engine, cfg.gen_tokens)
         row.gen_p50_ms, row.gen_p99_ms = percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3
     engines.clear()
-    for variant, artifact in tqdm(artifacts.items(), desc="all cores, RSS", unit="variant", leave=False):
+    for variant, artifact in progress(artifacts.items(), desc="all cores, RSS", unit="variant"):
         row = rows[variant]
         if row.status != "ok":
             continue
@@ -213,7 +213,8 @@ def _torch_threads(n: int) -> None:
 
 
 def cpu_flags() -> list[str]:
-    """The CPU features every figure depends on (DESIGN.md section 4: the machines differ)."""
+    """The CPU features every figure depends on: the machines differ (docs/design.md, "Machines and what was
+    measured on them")."""
     try:
         flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
     except (OSError, StopIteration):
@@ -293,7 +294,7 @@ def run_bench(ckpt_path: str | Path, cfg: BenchConfig, data_dir: str | None = No
     _torch_threads(1)
     skipped, artifacts = {}, {}
     with tempfile.TemporaryDirectory(prefix="wordlm-bench-") as tmp:
-        for variant in tqdm(cfg.variants, desc="prepare", unit="variant", leave=False):
+        for variant in progress(cfg.variants, desc="prepare", unit="variant"):
             if ckpt.scheme is not None and not variant.startswith("wordlm-"):
                 skipped[variant] = "needs a float checkpoint"
                 continue

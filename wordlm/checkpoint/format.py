@@ -1,4 +1,4 @@
-"""Checkpoint directories: config.json + model.safetensors + vocab.txt (see DESIGN.md).
+"""Checkpoint directories: config.json + model.safetensors + vocab.txt (docs/design.md, "The checkpoint format").
 
 Nothing is inferred from file names and nothing is pickled. Loading validates the format version,
 the config, every tensor's name, shape and dtype, and the vocabulary's size and hash, and says in one

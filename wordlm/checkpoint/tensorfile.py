@@ -1,10 +1,11 @@
 """safetensors files as numpy arrays, memory-mapped: the runtime's way in, with no torch.
 
 Reading maps the file and returns read-only views into it, so a 29 MB int8 model costs no copy until
-the kernels pack it (DESIGN.md: RAM is what a loaded model costs). The header is validated entry by
-entry (dtype, shape, byte range inside the file, no overlap), so a truncated or crafted file is a
-one-line error, not a crash. bfloat16, which numpy lacks, is widened to float32 exactly (its bits are
-the top half of a float32's). Writing uses the safetensors package's own serializer.
+the kernels pack it (docs/design.md, "How we measure": RAM is what a loaded model costs). The header
+is validated entry by entry (dtype, shape, byte range inside the file, no overlap), so a truncated or
+crafted file is a one-line error, not a crash. bfloat16, which numpy lacks, is widened to float32
+exactly (its bits are the top half of a float32's). Writing uses the safetensors package's own
+serializer.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""`wordlm`: the command line, a thin layer over the Python API (`main`: the parser and one function
-per command). Imports every workflow lazily, inside the command that needs it, so `wordlm --help`
-costs no numpy and no torch.
+"""`wordlm`: the command line, a thin layer over the Python API: `parser` (the flags, made from the
+settings' dataclasses), `commands` (one function per subcommand) and `main` (errors as one line).
+Every workflow is imported inside the command that needs it, so `wordlm --help` costs no torch.
 """
 
-from wordlm.cli.main import build_parser, main
+from wordlm.cli.main import main
+from wordlm.cli.parser import build_parser
 
 __all__ = ["build_parser", "main"]

@@ -2,7 +2,7 @@
 
 The legacy TorchScript exporter is used on purpose: it emits the LSTM's W, R and B as initializers,
 whereas the dynamo exporter may leave them as computed values, which ORT's LSTM quantizer then skips
-without a word (DESIGN.md section 5). Both properties are checked after export, so that a change in
+without a word (docs/design.md, "Known pitfalls"). Both properties are checked after export, so that a change in
 either exporter or quantizer fails here rather than yielding a silently unquantized model.
 
 The exported file is self-describing: its metadata holds the vocabulary and the sizes of the recurrent
@@ -100,7 +100,7 @@ def _quiet_quantizer(record: logging.LogRecord) -> bool:
 def _quantize_dynamic(model_bytes: bytes) -> bytes:
     """ONNX Runtime's `quantize_dynamic`, int8 per-tensor weights: what a user would run today.
 
-    per_channel stays off: it has had failures on the LSTM's 3-D weights (DESIGN.md section 5).
+    per_channel stays off: it has had failures on the LSTM's 3-D weights (docs/design.md, "Known pitfalls").
     The quantizer works on paths, so it runs in a private temp directory. It logs to the root logger:
     its INFO lines and its advice to run shape-inference pre-processing (meant for static
     quantization) are muted; its real warnings pass.

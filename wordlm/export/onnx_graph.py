@@ -9,7 +9,7 @@ the stored codes with ONNX Runtime's com.microsoft operators:
 - decoder: `DynamicQuantizeMatMul` with one scale per row, `MatMulNBits` for groups.
 
 ONNX Runtime's u8 x s8 kernels on AVX2 without VNNI add pairs of products in int16 and saturate with
-full-range weights (ORT documents it; DESIGN.md section 5). The graph therefore follows ORT's advice,
+full-range weights (ORT documents it; docs/design.md, "Known pitfalls"). The graph therefore follows ORT's advice,
 `reduce_range`: weights that feed those kernels are stored as 7-bit codes (q / 2, scale x 2), so that
 the file computes the same numbers on every CPU. That costs one bit of weight precision in the
 exported file only; wordlm's own runtime computes with the checkpoint's 8-bit codes.

@@ -54,7 +54,7 @@ ISAS: tuple[str, ...] = ISAS_BY_ARCH.get(architecture(), ("portable",))  # this 
 
 def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """The kernels' library with its functions' signatures: the one `pip install` built, or the one at
-    `path`, another build of the same sources (tests/simde/build.py's, whose AVX2 and AVX-512 VNNI
+    `path`, another build of the same sources (tests/native_simde.py's, whose AVX2 and AVX-512 VNNI
     kernels are SIMDe's portable C and run on any x86-64). `lib()` loads the one WORDLM_NATIVE_LIB
     names, when set."""
     if path is None:
@@ -179,9 +179,11 @@ class PackedLinear:
     `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
     twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
     decoder. `codes4`: every code is within [-8, 7] (int4 weights; `pack_linear` finds out), which a
-    kernel may use to add more products in int16 (the same sums: kernels_x86.c)."""
+    kernel may use to add more products in int16 (the same sums: kernels_x86.c). `nibbles` (a decoder's
+    int4 codes, asked for): the panels hold two codes a byte, half the memory that generation reads per
+    word (kernels.c says how)."""
 
-    panels: np.ndarray  # int8, flat, 64-byte aligned
+    panels: np.ndarray  # int8, flat, 64-byte aligned (nibbles: [N/16][ceil(K/8)][16][4] bytes)
     scales: np.ndarray  # float32 [n_pad]
     sums: np.ndarray  # int32 [n_pad]: sum_k q[n, k], for the activations' zero point
     bias: np.ndarray  # float32 [n_pad]
@@ -189,6 +191,7 @@ class PackedLinear:
     k: int
     fine: bool = False
     codes4: bool = False
+    nibbles: bool = False
 
     def __post_init__(self) -> None:  # the addresses every call passes, taken once (2.7 us each)
         self._args = tuple(a.ctypes.data for a in (self.panels, self.scales, self.sums, self.bias))
@@ -199,8 +202,8 @@ class PackedLinear:
 
     @property
     def flags(self) -> int:
-        """The kernels' flags of this matrix (wordlm.h): WL_FINE 1, WL_CODES4 2."""
-        return int(self.fine) | int(self.codes4) << 1
+        """The kernels' flags of this matrix (wordlm.h): WL_FINE 1, WL_CODES4 2, WL_NIBBLES 4."""
+        return int(self.fine) | int(self.codes4) << 1 | int(self.nibbles) << 2
 
 
 def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
@@ -209,11 +212,17 @@ def _aligned(nbytes: int, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes]
 
 
-def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False) -> PackedLinear:
-    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear."""
+def pack_linear(
+    q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False, nibbles: bool = False
+) -> PackedLinear:
+    """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear.
+    nibbles: int4 codes (within [-8, 7]) kept two a byte, for `decoder_nll` (not `recurrent`)."""
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
         raise WordLMError(f"native kernels: need int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
+    codes4 = n > 0 and int(q.min()) >= -8 and int(q.max()) <= 7  # int4 weights, as stored or quantized
+    if nibbles and not codes4:
+        raise WordLMError("native kernels: nibbles need int4 codes, within [-8, 7]")
     n_pad, full = -(-n // PANEL) * PANEL, n // PANEL
     panels = _aligned(n_pad * k).view(np.int8)
     # [N/16, 16, K/4, 4] -> [N/16, K/4, 16, 4]: each 64 bytes hold 4 inputs of 16 words. Written
@@ -225,6 +234,8 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         tail = np.zeros((PANEL, k), np.int8)
         tail[: n - full * PANEL] = q[full * PANEL :]
         out[full] = tail.reshape(PANEL, k // 4, 4).transpose(1, 0, 2)
+    if nibbles:
+        panels = _nibbles(out)
 
     def pad(v: np.ndarray, dtype) -> np.ndarray:
         out = np.zeros(n_pad, dtype)
@@ -239,8 +250,22 @@ def pack_linear(q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool 
         n=n,
         k=k,
         fine=fine,
-        codes4=n > 0 and int(q.min()) >= -8 and int(q.max()) <= 7,  # int4 weights, as stored or quantized
+        codes4=codes4,
+        nibbles=nibbles,
     )
+
+
+def _nibbles(panels: np.ndarray) -> np.ndarray:
+    """int8 panels [P, G, 16, 4] of int4 codes -> kernels.c's nibbles, flat: per pair of groups (2i, 2i + 1)
+    of a panel 64 bytes, group 2i's codes + 8 in the low nibbles, group 2i + 1's in the high (0 + 8 past
+    an odd last group)."""
+    p, groups = panels.shape[:2]
+    biased = panels.reshape(p, groups, 64).view(np.uint8) + np.uint8(8)  # codes -8..7 -> 0..15
+    if groups % 2:
+        biased = np.concatenate([biased, np.full((p, 1, 64), 8, np.uint8)], axis=1)
+    out = _aligned(p * (biased.shape[1] // 2) * 64).reshape(p, -1, 64)
+    np.bitwise_or(biased[:, 0::2], biased[:, 1::2] << 4, out=out)
+    return out.reshape(-1).view(np.int8)
 
 
 class DecoderOutput(NamedTuple):
@@ -350,6 +375,8 @@ class PackedRecurrent:
             raise WordLMError(f"native {self.cell}: W_hh and the upper layers' W_ih need {out} inputs (h's size)")
         if any(b.fine for _, b in self.layers) or any(p.fine for p in self.proj or []):
             raise WordLMError(f"native {self.cell}: only the input projections (W_ih) take fine activations")
+        if any(p.nibbles for pair in self.layers for p in pair) or any(p.nibbles for p in self.proj or []):
+            raise WordLMError(f"native {self.cell}: weights as nibbles are the decoder's only")
         order = _unit_block_order(hidden, gates)
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)
@@ -397,6 +424,41 @@ def recurrent(
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
     return (y, *state)
+
+
+def kernel_index(isa: str | None = None) -> int:
+    """The number of kernel `isa` (None: active_isa()) as the raw entry points below take it: resolved
+    once by a caller that calls often (wordlm.nn)."""
+    return _isa(isa)
+
+
+def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, threads: int) -> None:
+    """`decoder_nll`'s logits by address, for a caller that owns its buffers (wordlm.nn's modules): x
+    float32 [m, dec.k] and out float32 [m, dec.n], C-contiguous, m >= 1. No checks beyond the kernel's:
+    a one-token call's Python overhead is most of its time."""
+    panels, scales, sums, bias = dec._args
+    rc = lib().wl_decoder_nll(
+        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags, None, None, out, None, kernel, threads,
+        None, 0,
+    )
+    if rc != 0:
+        raise WordLMError("native linear: bad arguments")
+
+
+def recurrent_into(
+    x: int, steps: int, batch: int, packed: PackedRecurrent, h: int, c: int | None, y: int, kernel: int, threads: int
+) -> None:
+    """`recurrent` by address, the state updated in place: x float32 [steps, batch, in], h [L, batch, P]
+    (c [L, batch, H] for an LSTM), y [steps, batch, P], all C-contiguous and caller-owned (the lean
+    path of wordlm.nn, as linear_into)."""
+    raw = packed.__dict__.get("_raw")
+    if raw is None:  # what every call passes, taken once
+        sizes = (packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0, len(packed.layers))
+        raw = packed._raw = (lib().wl_rnn, lib().cell_ids[packed.cell], sizes, ctypes.addressof(packed._matrices))
+    wl_rnn, cell, sizes, weights = raw
+    rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads, None, 0)
+    if rc != 0:
+        raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
 
 
 def sample(z: np.ndarray, temperature: float, u: float) -> int:

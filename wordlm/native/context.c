@@ -114,10 +114,33 @@ static int native_ok(const wl_context *ctx, const char *name) {
     return scales->shape[1] == 1 && (q->shape[1] * 8 / s.bits) % 4 == 0;
 }
 
+/* int8 panels [P][K/4][16][4] of int4 codes -> kernels.c's nibbles (native._nibbles): per pair of groups
+ * of 4 inputs of a panel, 64 bytes, the first group's codes + 8 in the low nibbles, the second's in the
+ * high (code 0 past an odd last group); the int8 panels' block is given back */
+static int8_t *to_nibbles(wl_context *ctx, int8_t *panels, int64_t P, int64_t k) {
+    int64_t groups = k / 4, pairs = (groups + 1) / 2;
+    uint8_t *nib = own(ctx, (size_t)(P * wl_nibble_panel_bytes(k)));
+    if (!nib) return NULL;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t g = 0; g < groups; g += 2)
+            for (int i = 0; i < 64; i++) {
+                unsigned low = (unsigned)(panels[(p * groups + g) * 64 + i] + 8) & 15;
+                unsigned high = g + 1 < groups ? (unsigned)(panels[(p * groups + g + 1) * 64 + i] + 8) & 15 : 8;
+                nib[(p * pairs + g / 2) * 64 + i] = (uint8_t)(low | high << 4);
+            }
+    for (int b = ctx->n_blocks; b-- > 0;) /* the int8 panels, own()'s block: not needed any more */
+        if (ctx->blocks[b] == panels) {
+            free(panels);
+            ctx->blocks[b] = NULL;
+            break;
+        }
+    return (int8_t *)nib;
+}
+
 /* weight `name` packed into panels, its rows in `order` (NULL: as stored), with bias[n] read from the
  * tensor `bias` (NULL: zeros) in the same order (native.pack_linear and _rows_reordered) */
-static int pack(wl_context *ctx, const char *name, const char *bias, const int64_t *order, int fine, wl_packed *out,
-                int64_t *n_pad_out) {
+static int pack(wl_context *ctx, const char *name, const char *bias, const int64_t *order, int fine, int nibbles,
+                wl_packed *out, int64_t *n_pad_out) {
     char key[96];
     ck_qspec s = ck_spec_for(&ctx->ck, name);
     snprintf(key, sizeof key, "%s.qweight", name);
@@ -148,7 +171,10 @@ static int pack(wl_context *ctx, const char *name, const char *bias, const int64
     }
     free(row);
     int codes4 = n > 0 && lo >= -8 && hi <= 7; /* int4 weights, as stored or quantized (pack_linear) */
-    *out = (wl_packed){panels, scale, sum, bvec, (fine ? WL_FINE : 0) | (codes4 ? WL_CODES4 : 0)};
+    if (nibbles && codes4 && !(panels = to_nibbles(ctx, panels, n_pad / PANEL, k)))
+        return FAIL(ctx, WL_ERR_MEMORY, "out of memory packing %s", name);
+    int flags = (fine ? WL_FINE : 0) | (codes4 ? WL_CODES4 : 0) | (nibbles && codes4 ? WL_NIBBLES : 0);
+    *out = (wl_packed){panels, scale, sum, bvec, flags};
     if (n_pad_out) *n_pad_out = n_pad;
     return WL_OK;
 }
@@ -180,12 +206,12 @@ static int pack_rnn(wl_context *ctx) {
         wl_packed *w = ctx->w + l * MATRICES;
         snprintf(name, sizeof name, "rnn.weight_ih_l%lld", (long long)l);
         snprintf(bias, sizeof bias, "rnn.bias_ih_l%lld", (long long)l);
-        rc = pack(ctx, name, bias, order, ctx->fine_inputs, &w[W_IH], NULL);
+        rc = pack(ctx, name, bias, order, ctx->fine_inputs, 0, &w[W_IH], NULL);
         snprintf(name, sizeof name, "rnn.weight_hh_l%lld", (long long)l);
         snprintf(bias, sizeof bias, "rnn.bias_hh_l%lld", (long long)l);
-        if (!rc) rc = pack(ctx, name, bias, order, 0, &w[W_HH], NULL);
+        if (!rc) rc = pack(ctx, name, bias, order, 0, 0, &w[W_HH], NULL);
         snprintf(name, sizeof name, "rnn.weight_hr_l%lld", (long long)l);
-        if (!rc && ck->proj_size) rc = pack(ctx, name, NULL, NULL, 0, &w[W_HR], NULL); /* torch's W_hr: no bias */
+        if (!rc && ck->proj_size) rc = pack(ctx, name, NULL, NULL, 0, 0, &w[W_HR], NULL); /* torch's W_hr: no bias */
     }
     free(order);
     return rc;
@@ -266,7 +292,10 @@ static int pack_model(wl_context *ctx) {
     ctx->rnn_native = quantized, ctx->dec_native = native_ok(ctx, dec_name);
     ctx->fine_inputs = ck->fine >= 1 && quantized;
     int rc = quantized ? pack_rnn(ctx) : float_rnn_weights(ctx);
-    if (!rc && ctx->dec_native) rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, &ctx->dec, &ctx->dec_n_pad);
+    /* a decoder's int4 codes two a byte (weights.py): half the memory, which generation reads per word */
+    int nibbles = ctx->dec_native && ck_spec_for(ck, dec_name).bits <= 4;
+    if (!rc && ctx->dec_native)
+        rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, nibbles, &ctx->dec, &ctx->dec_n_pad);
     if (!rc && !ctx->dec_native) {
         ctx->dec_w = float_weight(ctx, dec_name), ctx->dec_b = float_bias(ctx, "decoder.bias", ck->vocab_size);
         if (!ctx->dec_w || !ctx->dec_b) rc = FAIL(ctx, WL_ERR_MEMORY, "out of memory");
@@ -823,7 +852,7 @@ int wl_encode(const wl_context *ctx, const char *text, int32_t *ids_out, int max
     for (const char *p = text; *p;) {
         const char *start = p;
         size_t len = 5;
-        if (*p == '\n') { /* a line break is <eos>, as wordlm.evaluate.generate.encode_prompt reads a prompt */
+        if (*p == '\n') { /* a line break is <eos>, as wordlm.tasks.generate.encode_prompt reads a prompt */
             start = "<eos>", p++;
         } else if (is_space((unsigned char)*p)) {
             p++;

@@ -47,6 +47,7 @@
  * take blocks of units, computing those units' gates and cell, with one barrier per step (two with an
  * LSTM's projection).
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,7 +102,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL, NULL};
 
 /* ---- fine activations ---- */
 
@@ -142,6 +143,50 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
         for (int64_t j = 0; j < width; j++) z[i * ldz + j] += tmp[i * width + j];
 }
 
+/* ---- int4 weights as nibbles (WL_NIBBLES) ----
+ * Generation reads the whole decoder for every word (8.5 MB of int8 codes for the tutorial's): memory,
+ * not arithmetic, sets its pace, so int4 codes are kept two a byte there. For each pair of groups of 4
+ * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
+ * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
+ * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. A table's qgemm_nibbles (any rows) or, for
+ * one row (generation), gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
+ * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
+ * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
+
+/* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
+#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
+#define UNPACK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define UNPACK_CLONES
+#endif
+
+/* panels [0, panels) of nibbles -> the int8 layout in out (panels * k * NR bytes) */
+static UNPACK_CLONES void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
+    int64_t groups = k / 4;
+    for (int64_t p = 0; p < panels; p++) {
+        const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
+        int8_t *o = out + p * k * NR;
+        for (int64_t g = 0; g < groups; g += 2, in += 64) {
+            for (int i = 0; i < 64; i++) o[g * 64 + i] = (int8_t)((in[i] & 15) - 8);
+            if (g + 1 < groups)
+                for (int i = 0; i < 64; i++) o[(g + 1) * 64 + i] = (int8_t)((in[i] >> 4) - 8);
+        }
+    }
+}
+
+/* this thread's buffer of at least `bytes` (64-byte aligned), kept for its next calls; NULL: no memory */
+static int8_t *thread_buffer(size_t bytes) {
+    static _Thread_local int8_t *buf;
+    static _Thread_local size_t size;
+    if (size < bytes) {
+        free(buf);
+        size = (bytes + 63) / 64 * 64;
+        buf = aligned_alloc(64, size);
+        if (!buf) size = 0;
+    }
+    return buf;
+}
+
 /* ---- the decoder ---- */
 
 typedef struct {
@@ -157,6 +202,8 @@ typedef struct {
     float *logits;          /* [m, n] or NULL */
     float *target_logit;    /* [m]: written by the chunk that holds the target */
     lse_t *part;            /* [chunks][m]: each chunk's log-sum-exp of each row */
+    int nibbles;            /* wp holds nibbles (WL_NIBBLES) */
+    atomic_int *failed;     /* set by a chunk that found no memory */
 } decoder_job;
 
 /* one chunk of the vocabulary for every row: blocks of NB words outside (a block of W, 64 KiB at
@@ -167,13 +214,28 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
+    wl_qgemm_fn qgemm = d->qgemm, direct = NULL;
+    if (d->nibbles) direct = d->kern->qgemm_nibbles ? d->kern->qgemm_nibbles : d->m == 1 ? d->kern->gemv_nibbles : NULL;
+    int8_t *unpacked = d->nibbles && !direct ? thread_buffer((size_t)(NB * d->k)) : NULL;
+    if (d->nibbles && !direct && !unpacked) {
+        atomic_store(d->failed, 1);
+        return;
+    }
     for (int64_t n0 = start; n0 < end; n0 += NB) {
         int64_t width = end - n0 < NB ? end - n0 : NB, panels = width / NR;
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
+        const int8_t *wp = d->wp + n0 * d->k;
+        if (direct) {
+            wp = d->wp + n0 / NR * wl_nibble_panel_bytes(d->k);
+            qgemm = direct;
+        } else if (d->nibbles) {
+            unpack_nibbles(d->wp + n0 / NR * wl_nibble_panel_bytes(d->k), panels, d->k, unpacked);
+            wp = unpacked;
+        }
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
-            qgemm_fine(d->qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, d->wp + n0 * d->k,
-                       panels, d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
+            qgemm_fine(qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, wp, panels,
+                       d->wscale + n0, d->wsum + n0, d->bias + n0, d->zeros ? d->zeros + n0 : NULL, z, width, tmp);
             for (int64_t r = r0; r < r0 + rows; r++) {
                 const float *zr = z + (r - r0) * width;
                 if (d->logits) memcpy(d->logits + r * d->n + n0, zr, sizeof(float) * (size_t)valid);
@@ -244,15 +306,17 @@ size_t wl_decoder_scratch_size(int64_t m, int64_t k, int64_t n_pad, int flags) {
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
  * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding;
- * flags: the matrix's (wordlm.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7].
- * scratch: wl_decoder_scratch_size bytes of the caller's (no allocation), or NULL (one malloc).
+ * flags: the matrix's (wordlm.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7];
+ * WL_NIBBLES (with WL_CODES4), wp holds them two a byte (above).
+ * scratch: wl_decoder_scratch_size bytes of the caller's (no allocation), or NULL (one malloc); a thread's
+ * first call on nibbles without a table's kernel for them allocates its buffer (kept for its next calls).
  * Returns 0, or -1 for a bad argument (a target outside [0, n), scratch too small) or no memory. */
 int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n,
                    int64_t n_pad, const float *wscale, const int32_t *wsum, const float *bias, int flags,
                    const int64_t *targets, float *nll, float *logits, float *lse, int threads, void *scratch,
                    size_t scratch_bytes) {
     if (!kern || threads < 1 || m < 1 || k < 4 || k % 4 || n < 1 || n_pad != (n + NR - 1) / NR * NR ||
-        ((uintptr_t)wp & 63) || (targets && !nll))
+        ((uintptr_t)wp & 63) || (targets && !nll) || ((flags & WL_NIBBLES) && !(flags & WL_CODES4)))
         return -1;
     for (int64_t r = 0; targets && r < m; r++)
         if (targets[r] < 0 || targets[r] >= n) return -1;
@@ -264,10 +328,12 @@ int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k,
     decoder_scratch s = decoder_layout(&ar, m, k, n_pad, fine);
     if (fine) memset(s.zeros, 0, sizeof(float) * (size_t)n_pad);
     quantize_fine(kern, x, m, k, s.a, s.r, s.res);
-    decoder_job job = {kern, wl_qgemm_for(kern, flags), s.a, s.r, m, k, n, n_pad, wp, wscale, wsum, bias,
-                       s.zeros, targets, logits, s.target_logit, s.part};
+    atomic_int failed = 0;
+    decoder_job job = {kern,     wl_qgemm_for(kern, flags), s.a, s.r, m, k, n, n_pad, wp, wscale, wsum, bias,
+                       s.zeros,  targets, logits, s.target_logit, s.part, (flags & WL_NIBBLES) != 0, &failed};
     wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
-    for (int64_t r = 0; r < m; r++) {
+    int ok = !atomic_load(&failed);
+    for (int64_t r = 0; ok && r < m; r++) {
         lse_t all = {-INFINITY, 0.0};
         for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &s.part[c * m + r]);
         double log_z = log(all.sum) + (double)all.max;
@@ -275,7 +341,7 @@ int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k,
         if (targets) nll[r] = (float)(log_z - s.target_logit[r]);
     }
     free(owned);
-    return 0;
+    return ok ? 0 : -1;
 }
 
 /* ---- the recurrent stack: LSTM (with or without a projection), GRU, RNN ---- */
@@ -400,9 +466,9 @@ static void qgemm_rows(const wl_kernels *kern, codes_t a, codes_t r, int64_t row
     float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        qgemm_fine(wl_qgemm_for(kern, w->flags), codes_from(a, r0, k), codes_from(r, r0, k), nr, k, w->panels + row * k,
-                   panels,
-                   w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL, out + r0 * ldo, ldo, tmp);
+        qgemm_fine(wl_qgemm_for(kern, w->flags), codes_from(a, r0, k), codes_from(r, r0, k), nr, k,
+                   w->panels + row * k, panels, w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL,
+                   out + r0 * ldo, ldo, tmp);
     }
 }
 
@@ -579,6 +645,8 @@ int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, 
         for (int i = 0; i < MATRICES; i++)
             if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
         if ((w[l * MATRICES + W_HH].flags & WL_FINE) || (proj && (w[l * MATRICES + W_HR].flags & WL_FINE))) return -1;
+        for (int i = 0; i < MATRICES; i++) /* nibbles are the decoder's only */
+            if (w[l * MATRICES + i].flags & WL_NIBBLES) return -1;
         fine |= (w[l * MATRICES + W_IH].flags & WL_FINE) != 0;
     }
     size_t need = wl_rnn_scratch_size(cell, steps, batch, in_dim, hidden, proj, layers, fine, threads);

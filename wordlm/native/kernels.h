@@ -47,14 +47,24 @@ typedef void (*wl_qgemm_fn)(const uint8_t *u, int64_t rows, int64_t k, const int
  *  lse_block: fold the logits z[0..len) (any len >= 1) into l;
  *  cell:     the LSTM cell of one batch row: gates g[4H] (i, f, g, o) -> h, c [H] in place;
  *  qgemm4:   qgemm for weights whose codes are all within [-8, 7] (WL_CODES4), or NULL where qgemm is
- *            as fast for them (the same integers either way). */
+ *            as fast for them (the same integers either way);
+ *  gemv_nibbles: qgemm of one row (rows = 1) against panels of nibbles (WL_NIBBLES: kernels.c), read as
+ *            they are, or NULL;
+ *  qgemm_nibbles: the same for any rows (<= MR), or NULL: the decoder then unpacks the nibbles, block by
+ *            block, for qgemm4 (or qgemm) unless one row goes to gemv_nibbles. */
 typedef struct {
     void (*quantize)(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp);
     wl_qgemm_fn qgemm;
     void (*lse_block)(lse_t *l, const float *z, int64_t len);
     void (*cell)(const float *g, int64_t hidden, float *h, float *c);
     wl_qgemm_fn qgemm4;
+    wl_qgemm_fn gemv_nibbles;
+    wl_qgemm_fn qgemm_nibbles;
 } wl_kernels;
+
+/* the bytes of one panel of nibbles (kernels.c): 64 per pair of groups of 4 inputs, an odd last one
+ * padded */
+static inline int64_t wl_nibble_panel_bytes(int64_t k) { return 64 * ((k / 4 + 1) / 2); }
 
 /* the GEMM of a table for a matrix of these flags (wordlm.h) */
 static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {

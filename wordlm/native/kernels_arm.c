@@ -212,7 +212,7 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL};
+const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL, NULL, NULL};
 
 /* ---- dot product (ARMv8.2 SDOT) ---- */
 
@@ -341,8 +341,79 @@ static DOTPROD void qgemm_dot(const uint8_t *u, int64_t rows, int64_t k, const i
     }
 }
 
+/* ---- one row against int4 codes two a byte (WL_NIBBLES: kernels.c), SDOT ----
+ * Generation's decoder, half the bytes from memory: 64 bytes of a panel's nibbles hold a pair of groups
+ * of 4 inputs for its 16 words, the first group's codes + 8 in the low nibbles, the second's in the high;
+ * AND or a shift and a subtract give each group's codes, one SDOT per 16 bytes and group. Two panels at
+ * a time (8 accumulators; the unpacking needs registers that 4 panels' 16 would leave short). */
+
+/* pair `i` of groups of the np panels at wg (stride apart), the row's codes of its groups in lanes
+ * lane0 and lane1 of a */
+#define NIBBLE_PAIR(lane0, lane1, i)                                                                                \
+    do {                                                                                                            \
+        UNROLL for (int j = 0; j < 2; j++) if (j < np) {                                                             \
+            uint8x16x4_t v = vld1q_u8_x4((const uint8_t *)wg + j * stride + (i) * 64);                              \
+            UNROLL for (int q = 0; q < 4; q++) {                                                                    \
+                int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v.val[q], mask)), eight);                      \
+                int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v.val[q], 4)), eight);                       \
+                SDOT_LANE(acc[j][q], lo, a, lane0);                                                                 \
+                SDOT_LANE(acc[j][q], hi, a, lane1);                                                                 \
+            }                                                                                                       \
+        }                                                                                                           \
+        STEP_BARRIER();                                                                                             \
+    } while (0)
+
+/* one row x np (1 or 2) panels of nibbles from wg -> z[0, np * 16) */
+INLINE DOTPROD void gemv_nibble_panels_dot(const uint8_t *u, int64_t k, const int8_t *wg, int64_t stride, const int np,
+                                           float ascale, int32_t zp, const float *wscale, const int32_t *wsum,
+                                           const float *bias, float *z) {
+    const uint8x16_t mask = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    int32x4_t acc[2][4];
+    UNROLL for (int j = 0; j < 2; j++) if (j < np)
+        UNROLL for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_s32(0);
+    int64_t pairs = k / 8, i = 0;
+    for (; i + 2 <= pairs; i += 2) { /* 16 bytes of the row: two pairs of groups */
+        int8x16_t a = vreinterpretq_s8_u8(vld1q_u8(u + i * 8));
+        NIBBLE_PAIR(0, 1, i);
+        NIBBLE_PAIR(2, 3, i + 1);
+    }
+    if (i < pairs) { /* one pair left: its 8 bytes in lanes 0 and 1 */
+        int64_t eight_bytes;
+        memcpy(&eight_bytes, u + i * 8, 8);
+        int8x16_t a = vreinterpretq_s8_s64(vdupq_n_s64(eight_bytes));
+        NIBBLE_PAIR(0, 1, i);
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair (the high ones are padding) */
+        int8x16_t a = broadcast4(u + pairs * 8);
+        UNROLL for (int j = 0; j < 2; j++) if (j < np) {
+            uint8x16x4_t v = vld1q_u8_x4((const uint8_t *)wg + j * stride + pairs * 64);
+            UNROLL for (int q = 0; q < 4; q++)
+                SDOT_LANE(acc[j][q], vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v.val[q], mask)), eight), a, 0);
+        }
+    }
+    UNROLL for (int j = 0; j < 2; j++) if (j < np)
+        UNROLL for (int q = 0; q < 4; q++)
+            epilogue4(acc[j][q], ascale, zp, wscale + 16 * j + 4 * q, wsum + 16 * j + 4 * q, bias + 16 * j + 4 * q,
+                      z + 16 * j + 4 * q);
+}
+
+static DOTPROD void gemv_nibbles_dot(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                     const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                     const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 2 <= panels; p += 2)
+        gemv_nibble_panels_dot(u, k, wp + p * stride, stride, 2, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                               bias + p * NR, z + p * NR);
+    if (p < panels)
+        gemv_nibble_panels_dot(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                               bias + p * NR, z + p * NR);
+}
+
 /* quantization, the log-sum-exp and the cell are NEON's: SDOT changes only the GEMM */
-const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL};
+const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot,
+                                       NULL};
 
 /* ---- I8MM (SMMLA) ---- */
 
@@ -439,7 +510,9 @@ static I8MM void qgemm_mmla(const uint8_t *u, int64_t rows, int64_t k, const int
     }
 }
 
-const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL};
+/* one row of nibbles: SDOT's (every I8MM CPU has it) */
+const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot,
+                                    NULL};
 
 /* ---- which of them this CPU runs ---- */
 

@@ -282,34 +282,34 @@ static inline AVX2 __attribute__((always_inline)) void micro4(const uint8_t *u, 
                           z + r * ldz + 8 * h);
 }
 
-/* one row: two panels at a time (4 int32 and 4 int16 sums, sharing each broadcast), then the last
- * panel alone; four at a time, as gemv_avx2, would need 16 registers of sums */
+/* one row: four panels at a time (8 int16 sums in registers, sharing each broadcast; the int32 sums,
+ * touched once a span, may live in memory), then panel by panel */
 static AVX2 void gemv4_avx2(const uint8_t *u, int64_t k, const int8_t *wp, int64_t panels, float ascale,
                             int32_t zp, const float *wscale, const int32_t *wsum, const float *bias, float *z) {
     int64_t p = 0, stride = k * NR, groups = k / 4;
-    for (; p + 2 <= panels; p += 2) {
+    for (; p + 4 <= panels; p += 4) {
         const int8_t *w = wp + p * stride;
-        __m256i acc[4], s[4];
-        for (int j = 0; j < 4; j++) acc[j] = _mm256_setzero_si256();
+        __m256i acc[8], s[8];
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_si256();
         for (int64_t g0 = 0; g0 < groups; g0 += SPAN4) {
             int64_t g1 = g0 + SPAN4 < groups ? g0 + SPAN4 : groups;
-            for (int j = 0; j < 4; j++) s[j] = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_si256();
             for (int64_t g = g0; g < g1; g++) {
                 int32_t four;
                 memcpy(&four, u + g * 4, 4);
                 __m256i a = _mm256_set1_epi32(four);
-                for (int j = 0; j < 4; j++) {
+                for (int j = 0; j < 8; j++) {
                     const int8_t *wj = w + (j / 2) * stride + g * 64 + (j % 2) * 32;
                     s[j] = _mm256_add_epi16(s[j], _mm256_maddubs_epi16(a, _mm256_load_si256((const __m256i *)wj)));
                 }
             }
-            for (int j = 0; j < 4; j++) acc[j] = widen_avx2(acc[j], s[j]);
+            for (int j = 0; j < 8; j++) acc[j] = widen_avx2(acc[j], s[j]);
         }
         int64_t n = p * NR;
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 8; j++)
             epilogue_avx2(acc[j], ascale, zp, wscale + n + 8 * j, wsum + n + 8 * j, bias + n + 8 * j, z + n + 8 * j);
     }
-    if (p < panels) {
+    for (; p < panels; p++) {
         int64_t n = p * NR;
         micro4(u, k, wp + p * stride, 1, &ascale, &zp, wscale + n, wsum + n, bias + n, z + n, 0, 0);
     }
@@ -342,7 +342,75 @@ static AVX2 void qgemm4_avx2(const uint8_t *u, int64_t rows, int64_t k, const in
     }
 }
 
-const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_avx2, cell_avx2, qgemm4_avx2};
+/* ---- AVX2, one row against int4 codes two a byte (WL_NIBBLES: kernels.c) ----
+ * Generation's decoder: half the bytes from memory. 32 bytes of nibbles hold a pair of groups of 4
+ * inputs for 8 words: the low nibbles (code + 8) are the first group's int8 layout, the high ones the
+ * second's; AND, shift and subtract give the codes, which go on as in qgemm4_avx2 (int16 spans of 16
+ * groups, widened once). */
+
+/* the codes of a pair of groups: lo the first's, hi the second's */
+static inline AVX2 __attribute__((always_inline)) void unnibble_avx2(__m256i v, __m256i *lo, __m256i *hi) {
+    const __m256i mask = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    *lo = _mm256_sub_epi8(_mm256_and_si256(v, mask), eight);
+    *hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight);
+}
+
+/* one row x np (1 or 2) panels of nibbles from wp (stride bytes apart) -> z[0, np * 16) */
+static inline AVX2 __attribute__((always_inline)) void gemv_nibble_panels(const uint8_t *u, int64_t k,
+                                                                           const int8_t *wp, int64_t stride,
+                                                                           const int np, float ascale, int32_t zp,
+                                                                           const float *wscale, const int32_t *wsum,
+                                                                           const float *bias, float *z) {
+    __m256i acc[4], s[4], lo, hi;
+    for (int j = 0; j < 2 * np; j++) acc[j] = _mm256_setzero_si256();
+    int64_t pairs = k / 8;
+    for (int64_t i0 = 0; i0 < pairs; i0 += SPAN4 / 2) { /* a pair a step: SPAN4 groups per int16 span */
+        int64_t i1 = i0 + SPAN4 / 2 < pairs ? i0 + SPAN4 / 2 : pairs;
+        for (int j = 0; j < 2 * np; j++) s[j] = _mm256_setzero_si256();
+        for (int64_t i = i0; i < i1; i++) {
+            int32_t f0, f1;
+            memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+            __m256i a0 = _mm256_set1_epi32(f0), a1 = _mm256_set1_epi32(f1);
+            for (int j = 0; j < 2 * np; j++) {
+                unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + i * 64 + (j % 2) * 32)), &lo,
+                              &hi);
+                s[j] = _mm256_add_epi16(s[j], _mm256_add_epi16(_mm256_maddubs_epi16(a0, lo), _mm256_maddubs_epi16(a1, hi)));
+            }
+        }
+        for (int j = 0; j < 2 * np; j++) acc[j] = widen_avx2(acc[j], s[j]);
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair (the high ones are padding) */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m256i a0 = _mm256_set1_epi32(f0);
+        for (int j = 0; j < 2 * np; j++) {
+            unnibble_avx2(_mm256_load_si256((const __m256i *)(wp + (j / 2) * stride + pairs * 64 + (j % 2) * 32)), &lo,
+                          &hi);
+            acc[j] = widen_avx2(acc[j], _mm256_maddubs_epi16(a0, lo));
+        }
+    }
+    for (int j = 0; j < 2 * np; j++)
+        epilogue_avx2(acc[j], ascale, zp, wscale + 8 * j, wsum + 8 * j, bias + 8 * j, z + 8 * j);
+}
+
+static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 2 <= panels; p += 2)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 2, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+    if (p < panels)
+        gemv_nibble_panels(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                           bias + p * NR, z + p * NR);
+}
+
+/* no qgemm_nibbles: unpacking in registers two rows a pass (16 registers) took longer than unpacking each
+ * block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20 interleaved on a
+ * busy machine, load 5.5: a direction, not a figure) */
+const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2,    cell_avx2,
+                                    qgemm4_avx2,        gemv_nibbles_avx2, NULL};
 
 /* ---- AVX-512 VNNI ---- */
 
@@ -464,9 +532,114 @@ static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     l->sum += sum;
 }
 
+/* one row x np (1 to 4) panels of nibbles (WL_NIBBLES: kernels.c): 64 bytes hold a pair of groups of
+ * 16 words, AND, shift and subtract give each group's 64 codes, one vpdpbusd each */
+static inline VNNI __attribute__((always_inline)) void gemv_nibble_panels_vnni(const uint8_t *u, int64_t k,
+                                                                                const int8_t *wp, int64_t stride,
+                                                                                const int np, float ascale,
+                                                                                int32_t zp, const float *wscale,
+                                                                                const int32_t *wsum,
+                                                                                const float *bias, float *z) {
+    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    __m512i acc[4];
+    for (int j = 0; j < np; j++) acc[j] = _mm512_setzero_si512();
+    int64_t pairs = k / 8;
+    for (int64_t i = 0; i < pairs; i++) {
+        int32_t f0, f1;
+        memcpy(&f0, u + i * 8, 4), memcpy(&f1, u + i * 8 + 4, 4);
+        __m512i a0 = _mm512_set1_epi32(f0), a1 = _mm512_set1_epi32(f1);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + i * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a1,
+                                         _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight));
+        }
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
+        int32_t f0;
+        memcpy(&f0, u + pairs * 8, 4);
+        __m512i a0 = _mm512_set1_epi32(f0);
+        for (int j = 0; j < np; j++) {
+            __m512i v = _mm512_load_si512((const void *)(wp + j * stride + pairs * 64));
+            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+        }
+    }
+    for (int j = 0; j < np; j++)
+        epilogue_vnni(acc[j], ascale, zp, wscale + 16 * j, wsum + 16 * j, bias + 16 * j, z + 16 * j);
+}
+
+/* four panels at a time, as gemv_vnni, then one by one */
+static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                   const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                                   const float *bias, float *z, int64_t ldz) {
+    (void)rows, (void)ldz; /* one row */
+    int64_t stride = wl_nibble_panel_bytes(k), p = 0;
+    for (; p + 4 <= panels; p += 4)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 4, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+    for (; p < panels; p++)
+        gemv_nibble_panels_vnni(u, k, wp + p * stride, stride, 1, *ascale, *zp, wscale + p * NR, wsum + p * NR,
+                                bias + p * NR, z + p * NR);
+}
+
+/* rows (<= MR) x one panel of nibbles: each pair of groups unpacked once for every row */
+static inline VNNI __attribute__((always_inline)) void micro_nibbles_vnni(const uint8_t *u, int64_t k,
+                                                                           const int8_t *panel, const int rows,
+                                                                           const float *ascale, const int32_t *zp,
+                                                                           const float *wscale,
+                                                                           const int32_t *wsum, const float *bias,
+                                                                           float *z, int64_t ldz) {
+    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    __m512i acc[MR];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_si512();
+    int64_t pairs = k / 8;
+    for (int64_t i = 0; i < pairs; i++) {
+        __m512i v = _mm512_load_si512((const void *)(panel + i * 64));
+        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+        __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight);
+        for (int r = 0; r < rows; r++) {
+            int32_t f0, f1;
+            memcpy(&f0, u + r * k + i * 8, 4), memcpy(&f1, u + r * k + i * 8 + 4, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f1), hi);
+        }
+    }
+    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
+        __m512i v = _mm512_load_si512((const void *)(panel + pairs * 64));
+        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+        for (int r = 0; r < rows; r++) {
+            int32_t f0;
+            memcpy(&f0, u + r * k + pairs * 8, 4);
+            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
+        }
+    }
+    for (int r = 0; r < rows; r++) epilogue_vnni(acc[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
+}
+
+static VNNI void qgemm_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                                    const float *ascale, const int32_t *zp, const float *wscale,
+                                    const int32_t *wsum, const float *bias, float *z, int64_t ldz) {
+    if (rows == 1) {
+        gemv_nibbles_vnni(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z, ldz);
+        return;
+    }
+    int64_t stride = wl_nibble_panel_bytes(k);
+    for (int64_t p = 0; p < panels; p++) {
+        const int8_t *panel = wp + p * stride;
+        int64_t n = p * NR;
+        switch (rows) { /* constant row counts: the accumulators live in registers */
+        case 5: micro_nibbles_vnni(u, k, panel, 5, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 4: micro_nibbles_vnni(u, k, panel, 4, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 3: micro_nibbles_vnni(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        default: micro_nibbles_vnni(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        }
+    }
+}
+
 /* quantization and the cell are AVX2's: neither is where the time goes. No GEMM of its own for int4
- * codes: vpdpbusd adds four products into int32 in one instruction already */
-const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2, NULL};
+ * codes: vpdpbusd adds four products into int32 in one instruction already; nibbles, read as they are */
+const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni,        lse_block_512,     cell_avx2,
+                                           NULL,               gemv_nibbles_vnni, qgemm_nibbles_vnni};
 
 int wl_x86_best_isa(void) {
 #ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */

@@ -137,7 +137,7 @@ typedef struct {
 WL_API int32_t wl_sample_next(wl_context *ctx, const float *logits, const wl_sampling *s, double u);
 
 /* [shared] The vocabulary: its size, the word of an id (NULL outside), the id of a word (-1 if absent),
- * and a text as ids, read as `wordlm generate` reads a prompt (wordlm.evaluate.generate.encode_prompt):
+ * and a text as ids, read as `wordlm generate` reads a prompt (wordlm.tasks.generate.encode_prompt):
  * words split at whitespace (ASCII's and \x1c-\x1f, as Python's str.split for ASCII text), a line break
  * as <eos>, words outside the vocabulary as <unk> (an error where there is none); at most max_ids ids
  * are written. Returns the number of ids (which may exceed max_ids), or -1. generate also puts an <eos>
@@ -151,9 +151,11 @@ WL_API int wl_encode(const wl_context *ctx, const char *text, int32_t *ids_out, 
 
 /* a matrix's flags (wl_packed.flags, wl_decoder_nll's flags): WL_FINE, its inputs as two 7-bit codes,
  * the code and its residual's (kernels.c); WL_CODES4, every code within [-8, 7] (int4 weights), which
- * lets a kernel add more products in int16 before widening (kernels_x86.c) with the same sums */
+ * lets a kernel add more products in int16 before widening (kernels_x86.c) with the same sums;
+ * WL_NIBBLES (with WL_CODES4; the decoder's only): the panels hold two codes a byte (kernels.c) */
 #define WL_FINE 1
 #define WL_CODES4 2
+#define WL_NIBBLES 4
 
 /* one packed matrix as the kernels take it: codes in panels of 16 rows, [n_pad/16][k/4][16][4] bytes
  * (64-byte aligned), and per row [n_pad] the scale, code sum and bias, and its flags

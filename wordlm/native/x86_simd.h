@@ -3,7 +3,7 @@
  * Normally <immintrin.h>, each kernel compiled for its instruction set with a target attribute
  * (WL_TARGET), so the library runs on any x86-64 and picks its kernels at run time.
  *
- * With WL_SIMDE defined (tests/simde/build.py: a second library, for the tests only), the same
+ * With WL_SIMDE defined (tests/native_simde.py: a second library, for the tests only), the same
  * intrinsics come from SIMDe (header-only, portable C for AVX2, FMA, AVX-512F/BW/VL and VNNI) under
  * their native names, and the target attributes are empty: the AVX2 and AVX-512 VNNI kernels then run
  * on any x86-64, whatever its CPU, and are held to the reference bit for bit there. Baseline x86-64

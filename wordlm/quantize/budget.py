@@ -24,16 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.config import expected_shapes
 from wordlm.data import load_split
 from wordlm.engines import load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
+from wordlm.progress import progress
 from wordlm.quant import QSpec, Rounder, Scheme, get_scheme, round_to_nearest
 from wordlm.quant.primitives import WIDTHS, dequantize, packed_width, row_unit
+from wordlm.tasks import evaluate
 
 log = logging.getLogger(__name__)
 COST_UNITS = 2000  # the knapsack's resolution: the budget in this many steps
@@ -199,7 +199,7 @@ def search(ckpt: Checkpoint, cfg: BudgetConfig, rounder: Rounder = round_to_near
     tied = ckpt.config.tied
     jobs = [(n, spec) for n, shape in shapes.items() for spec in candidate_specs(n, shape, tied, cfg)]
     candidates = [Candidate(n, None, None, stored_bytes(shape, QSpec(None)), 0.0) for n, shape in shapes.items()]
-    for name, spec in tqdm(jobs, desc="costs", unit="candidate", leave=False):
+    for name, spec in progress(jobs, desc="costs", unit="candidate"):
         q, s = rounder(name, floats[name], spec)
         one = Checkpoint(ckpt.config, ckpt.vocab, {**floats, name: dequantize(q, s)})
         candidates.append(

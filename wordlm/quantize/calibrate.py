@@ -12,11 +12,11 @@ import logging
 import math
 
 import numpy as np
-from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint
 from wordlm.data import batchify, bptt_batches, load_split
 from wordlm.errors import WordLMError
+from wordlm.progress import progress
 from wordlm.quant import QSpec, Rounder, round_to_nearest
 from wordlm.quant.gptq import gptq
 from wordlm.runtime import FloatLinear, Recurrent
@@ -82,7 +82,7 @@ def input_hessians(ckpt: Checkpoint, ids: np.ndarray) -> dict[str, np.ndarray]:
     source = batchify(ids, CALIB_STREAMS)
     state = tuple(np.zeros(s, np.float32) for s in cfg.state_shapes(CALIB_STREAMS))
     chunks = math.ceil((len(source) - 1) / CALIB_BPTT)
-    for chunk, _ in tqdm(bptt_batches(source, CALIB_BPTT), total=chunks, desc="calibrate", unit="chunk", leave=False):
+    for chunk, _ in progress(bptt_batches(source, CALIB_BPTT), total=chunks, desc="calibrate", unit="chunk"):
         y, *state = recurrent(embedding[chunk], *state, threads=1)
         grams.add(decoder, y)
     log.info("calibrated on %d tokens (%d streams)", source.size, CALIB_STREAMS)

@@ -128,56 +128,74 @@ class Weights:
     kernels: str  # what computes the LSTM and the decoder, for people: "native avx2", "numpy float32", ...
 
 
+class _Parts:
+    """A checkpoint's stored weights, as each part of the model asks for them: its spec, whether the
+    kernels take it, its float form, and a linear layer in the fastest exact form."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.cfg, self.t, self.scheme = ckpt.config, ckpt.tensors, ckpt.scheme
+        self.fine = FINE_ACTIVATIONS[self.scheme.fine_activations if self.scheme else "none"]  # name prefixes
+
+    def spec(self, name: str):
+        return self.scheme.spec_for(name) if self.scheme else None
+
+    def native_ok(self, name: str) -> bool:
+        """Codes of any width with one scale per row, rows of a multiple of 4 inputs: the kernels' form."""
+        if self.spec(name) is None or self.t[f"{name}.scales"].shape[1] != 1:
+            return False
+        return code_count(self.t[f"{name}.qweight"].shape[1], self.spec(name).bits) % 4 == 0
+
+    def weight(self, name: str) -> np.ndarray:
+        """float32, dequantized where stored as codes."""
+        s = self.spec(name)
+        return _f32(self.t[name]) if s is None else dequantize(codes(self.t, name, s), self.t[f"{name}.scales"])
+
+    def linear(
+        self, name: str, bias: np.ndarray, fast: bool, part: str = "", nibbles: bool = False
+    ) -> native.PackedLinear | FloatLinear:
+        """`part`: what the weight computes where its name does not say (a tied matrix as the decoder);
+        `nibbles`: int4 codes kept two a byte."""
+        if not fast:
+            return FloatLinear(self.weight(name), bias)
+        fine = any((part or name).startswith(prefix) for prefix in self.fine)  # its inputs as two 7-bit codes
+        scales = _f32(self.t[f"{name}.scales"][:, 0])
+        return native.pack_linear(codes(self.t, name, self.spec(name)), scales, bias, fine, nibbles)
+
+    def embedding(self) -> Embedding:
+        enc, t = self.spec("encoder.weight"), self.t
+        if enc is None:
+            return Embedding(_f32(t["encoder.weight"]))
+        return Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
+
+    def recurrent(self) -> tuple[NativeRecurrent | Recurrent, str]:
+        """The stack: all of it in C when the kernels take every matrix, else numpy float32; and which."""
+        cfg, t = self.cfg, self.t
+        names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
+        proj = [f"rnn.weight_hr_l{i}" for i in range(cfg.num_layers)] if cfg.proj_size else []
+        fast = all(self.native_ok(w) for w, _ in names) and all(self.native_ok(w) for w in proj)
+        parts = [self.linear(w, _f32(t[b]), fast) for w, b in names]
+        pairs = list(zip(parts[0::2], parts[1::2], strict=True))
+        hr = [self.linear(w, np.zeros(cfg.proj_size, np.float32), fast) for w in proj]  # torch's W_hr: no bias
+        if fast:  # every cell's whole stack in C
+            return NativeRecurrent(native.PackedRecurrent(pairs, cfg.cell, hr or None)), f"native {native.active_isa()}"
+        layers = [(a, b, p) for (a, b), p in zip(pairs, hr or [None] * cfg.num_layers, strict=True)]
+        return Recurrent(cfg, layers), "numpy float32"
+
+    def decoder(self) -> tuple[Decoder, str]:
+        name = "encoder.weight" if self.cfg.tied else "decoder.weight"  # a tied matrix serves both
+        fast = self.native_ok(name)
+        # int4 codes two a byte: half the memory, which generation reads once per word
+        nibbles = fast and self.spec(name).bits <= 4
+        dec = self.linear(name, _f32(self.t["decoder.bias"]), fast, part="decoder", nibbles=nibbles)
+        return (Decoder(packed=dec), f"native {native.active_isa()}") if fast else (Decoder(dense=dec), "numpy float32")
+
+
 def pack(ckpt: Checkpoint) -> Weights:
     """Every part of `ckpt` in the fastest form that computes it exactly (see the module's doc)."""
-    cfg, t, scheme = ckpt.config, ckpt.tensors, ckpt.scheme
-
-    def spec(name: str):
-        return scheme.spec_for(name) if scheme else None
-
-    def native_ok(name: str) -> bool:  # codes of any width with one scale per row, rows of 4k inputs
-        return spec(name) is not None and t[f"{name}.scales"].shape[1] == 1 and ckpt_shape(name)[1] % 4 == 0
-
-    def ckpt_shape(name: str) -> tuple[int, int]:
-        n, width = t[f"{name}.qweight"].shape
-        return n, code_count(width, spec(name).bits)
-
-    def weight(name: str) -> np.ndarray:  # float32, dequantized where stored as codes
-        s = spec(name)
-        return _f32(t[name]) if s is None else dequantize(codes(t, name, s), t[f"{name}.scales"])
-
-    def linear(name: str, bias: str | np.ndarray, fast: bool, fine: bool = False):
-        b = _f32(t[bias]) if isinstance(bias, str) else bias
-        if fast:
-            return native.pack_linear(codes(t, name, spec(name)), _f32(t[f"{name}.scales"][:, 0]), b, fine)
-        return FloatLinear(weight(name), b)
-
-    fine = FINE_ACTIVATIONS[scheme.fine_activations if scheme else "none"]  # where inputs are two codes
-
-    enc = spec("encoder.weight")
-    if enc is None:
-        embedding = Embedding(_f32(t["encoder.weight"]))
-    else:
-        embedding = Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
-
-    names = [(f"rnn.weight_{k}_l{i}", f"rnn.bias_{k}_l{i}") for i in range(cfg.num_layers) for k in ("ih", "hh")]
-    proj = [f"rnn.weight_hr_l{i}" for i in range(cfg.num_layers)] if cfg.proj_size else []
-    quantized = all(native_ok(w) for w, _ in names) and all(native_ok(w) for w in proj)
-    parts = [linear(w, b, quantized, "rnn.weight_ih" in fine and "_ih_" in w) for w, b in names]
-    pairs = list(zip(parts[0::2], parts[1::2], strict=True))
-    hr = [linear(w, np.zeros(cfg.proj_size, np.float32), quantized) for w in proj]  # torch's W_hr has no bias
-    if quantized:  # every cell's whole stack in C (native_ok's multiples of 4 are the kernels' sizes)
-        recurrent: NativeRecurrent | Recurrent = NativeRecurrent(native.PackedRecurrent(pairs, cfg.cell, hr or None))
-        where = f"native {native.active_isa()}"
-    else:
-        layers = [(a, b, p) for (a, b), p in zip(pairs, hr or [None] * cfg.num_layers, strict=True)]
-        recurrent, where = Recurrent(cfg, layers), "numpy float32"
-
-    dec_name = "encoder.weight" if cfg.tied else "decoder.weight"  # a tied matrix serves both
-    fast_dec = native_ok(dec_name)
-    dec = linear(dec_name, "decoder.bias", fast_dec, "decoder" in fine)
-    decoder = Decoder(packed=dec) if fast_dec else Decoder(dense=dec)
-    kernels = f"{cfg.cell} {where}, decoder {f'native {native.active_isa()}' if fast_dec else 'numpy float32'}"
-    if fine and (quantized or fast_dec):
-        kernels += f", fine activations ({scheme.fine_activations})"
-    return Weights(embedding, recurrent, decoder, kernels)
+    parts = _Parts(ckpt)
+    recurrent, where = parts.recurrent()
+    decoder, dec_where = parts.decoder()
+    kernels = f"{ckpt.config.cell} {where}, decoder {dec_where}"
+    if parts.fine and "native" in (where + dec_where):
+        kernels += f", fine activations ({ckpt.scheme.fine_activations})"
+    return Weights(parts.embedding(), recurrent, decoder, kernels)

@@ -1,7 +1,7 @@
 """`wordlm serve`: the HTTP server (`app`: routes, admission, streaming) and its request and response
 schema (`schema`, pydantic), with the typing page in static/.
 
-May import: wordlm.engines, wordlm.evaluate.generate, wordlm.runtime, wordlm.checkpoint, wordlm.data,
+May import: wordlm.engines, wordlm.tasks.generate, wordlm.runtime, wordlm.checkpoint, wordlm.data,
 fastapi, uvicorn, pydantic. Torch only through an engine that needs it.
 """
 

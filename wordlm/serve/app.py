@@ -37,7 +37,6 @@ from wordlm.checkpoint import Checkpoint, load_checkpoint
 from wordlm.data import EOS, Vocab
 from wordlm.engines import default_engine, load_engine
 from wordlm.errors import WordLMError
-from wordlm.evaluate.generate import context_ids, detokenize, encode_prompt, generate_ids
 from wordlm.runtime import Engine, Sampling, new_rng
 from wordlm.serve.schema import (
     ERRORS,
@@ -61,6 +60,7 @@ from wordlm.serve.schema import (
     WordLogprob,
     WordProb,
 )
+from wordlm.tasks.generate import context_ids, detokenize, encode_prompt, generate_ids
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"

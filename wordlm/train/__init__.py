@@ -3,13 +3,13 @@ training beyond one process (`distributed`) and the import of pytorch/examples' 
 state_dicts (`importer`).
 
 May import: torch, wordlm.checkpoint, wordlm.config, wordlm.data, wordlm.runtime (the Engine contract,
-to validate through wordlm.evaluate), wordlm.evaluate. Nothing torch-free imports this package but
+to validate through wordlm.tasks), wordlm.tasks. Nothing torch-free imports this package but
 its torch-free `config`; names load on first use (PEP 562), so that importing `config` costs no torch.
 """
 
 from __future__ import annotations
 
-import importlib
+from wordlm.lazy import lazy_getattr
 
 _API = {
     "TrainConfig": "wordlm.train.config",
@@ -19,8 +19,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module 'wordlm.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), name)
+__getattr__ = lazy_getattr("wordlm.train", _API)

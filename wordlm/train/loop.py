@@ -23,16 +23,17 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
-from tqdm import tqdm
 
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.evaluate import evaluate
+from wordlm.progress import progress as progress_bar
+from wordlm.tasks import evaluate
 from wordlm.train.config import TrainConfig
 from wordlm.train.distributed import (
     Group,
@@ -169,7 +170,7 @@ def reuse_freed_memory() -> bool:
 
 def cpu_bf16() -> bool:
     """Whether this CPU runs oneDNN's bfloat16 primitives (the LSTM's among them): AVX-512 (BW, VL, DQ)
-    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (DESIGN.md section 5)."""
+    or better; an AVX2-only CPU has none and autocast dies inside oneDNN (docs/design.md, "Known pitfalls")."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -218,6 +219,35 @@ def _validate(model: RecurrentLM, corpus: Corpus, cfg: TrainConfig, device: str,
     return group.from_main([nll / count])[0]
 
 
+@dataclass
+class _Run:
+    """One process's part of a run: what every step and epoch of `train` reads and updates."""
+
+    cfg: TrainConfig
+    corpus: Corpus
+    run_dir: Path
+    device: str
+    command: str | None
+    group: Group
+    model: RecurrentLM
+    net: nn.Module  # the model, or DDP around it
+    opt: torch.optim.Optimizer
+    st: RunState
+    hidden: Hidden
+    train_data: torch.Tensor  # [n, this rank's streams]
+    row_sparse: bool  # the untied embedding's gradient is averaged by touched rows, not by DDP
+    deadline: float
+    autocast: dict  # torch.autocast's arguments: bf16 where asked for and the device has it
+    started: float = field(default_factory=time.monotonic)
+    elapsed0: float = 0.0  # the run's time before this process started
+
+    def save_state(self) -> None:
+        self.st.elapsed_s = self.elapsed0 + time.monotonic() - self.started
+        _save_state(
+            self.run_dir, self.cfg, self.st, self.model, self.hidden, self.opt, self.corpus.vocab.sha256, self.group
+        )
+
+
 def train(
     cfg: TrainConfig,
     corpus: Corpus,
@@ -234,20 +264,40 @@ def train(
     process group of several ranks (torchrun, `wordlm.train.distributed.setup`), every rank calls this with
     the same arguments and `device` its own: DDP over the ranks' shares of the batch's streams.
     """
-    run_dir = Path(run_dir)
+    run = _start(cfg, corpus, Path(run_dir), resume, max_minutes, device, command)
+    while run.st.epoch <= cfg.epochs:
+        speed = _epoch(run)
+        if speed is None:  # out of time: the state is saved
+            return run.st
+        _end_epoch(run, speed)
+    return run.st
+
+
+def _check_device(device: str) -> None:
     if device != "cpu" and not device.startswith("cuda"):
         raise WordLMError(f"--device must be cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WordLMError("--device cuda: no CUDA device is available on this machine")
     if device == "cpu" and not reuse_freed_memory():
         log.debug("this C library's malloc cannot be told to keep freed memory; steps page-fault more")
+
+
+def _start(
+    cfg: TrainConfig,
+    corpus: Corpus,
+    run_dir: Path,
+    resume: bool,
+    max_minutes: float | None,
+    device: str,
+    command: str | None,
+) -> _Run:
+    """The model, optimizer, state (fresh or resumed) and this rank's data of a run."""
+    _check_device(device)
     group = Group.current(device)
     saved = group.share(lambda: _prepare(cfg, corpus, run_dir, resume, max_minutes, group.world_size))
-
     B, per_rank = cfg.batch_size, cfg.batch_size // group.world_size  # global and per-rank streams
     torch.manual_seed(cfg.seed)
-    model_cfg = cfg.model_config(len(corpus.vocab))
-    model = RecurrentLM(model_cfg)
+    model = RecurrentLM(cfg.model_config(len(corpus.vocab)))
     model.init_weights(cfg.init)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
@@ -264,116 +314,122 @@ def train(
             torch.manual_seed(rank_seed(cfg.seed, group.rank))
     st.commands.append({"epoch": st.epoch, "batch": st.batch, "command": command, "world_size": group.world_size})
     net: nn.Module = model
-    row_sparse = group.distributed and not model_cfg.tied  # a tied matrix's gradient is dense (the decoder's)
+    row_sparse = group.distributed and not model.cfg.tied  # a tied matrix's gradient is dense (the decoder's)
     if group.distributed:
         net = data_parallel(model, device, ["encoder.weight"] if row_sparse else [])
         log.info("DDP on %d ranks (%s), %d of the %d streams each", group.world_size, group.backend, per_rank, B)
-
     lo, hi = group.streams(B)
-    train_data = torch.from_numpy(batchify(stream_slice(corpus.train, B, lo, hi), per_rank)).to(device)  # [n, per_rank]
-    n_batches = math.ceil((train_data.size(0) - 1) / cfg.bptt)
-    criterion = nn.CrossEntropyLoss()
+    train_data = torch.from_numpy(batchify(stream_slice(corpus.train, B, lo, hi), per_rank)).to(device)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     bf16 = effective_precision(cfg.precision, device) == "bf16"
     autocast = dict(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
-    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
-    t_start, elapsed0 = time.monotonic(), st.elapsed_s
+    return _Run(
+        cfg, corpus, run_dir, device, command, group, model, net, opt, st, hidden, train_data, row_sparse, deadline,
+        autocast, elapsed0=st.elapsed_s,
+    )  # fmt: skip
 
-    def checkpoint_state() -> None:
-        st.elapsed_s = elapsed0 + time.monotonic() - t_start
-        _save_state(run_dir, cfg, st, model, hidden, opt, corpus.vocab.sha256, group)
 
-    def throughput() -> str:  # of this epoch's training so far (the tokens of all ranks)
-        tps = tokens / max(time.monotonic() - t_epoch, 1e-9)
-        return f"{tps:,.0f} tokens/s on {group.world_size} rank{'s' if group.distributed else ''}"
-
-    while st.epoch <= cfg.epochs:
-        for g in opt.param_groups:
-            g["lr"] = st.lr
-        model.train()
-        progress = dict(desc=f"epoch {st.epoch}", unit="batch", leave=False, disable=not group.main)
-        bar = tqdm(total=n_batches, initial=st.batch, **progress)
-        t_epoch, tokens, loss_sum, loss_n = time.monotonic(), 0, 0.0, 0
-        for i, (ids, targets) in enumerate(bptt_batches(train_data, cfg.bptt)):
-            if i < st.batch:
-                continue
-            hidden = repackage_hidden(hidden)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(**autocast):
-                logits, hidden = net(ids, hidden)
-                loss = criterion(logits.view(-1, model_cfg.vocab_size).float(), targets.reshape(-1))
-            hidden = tuple(h.float() for h in hidden)  # the carried state stays fp32 (and so does its save)
-            # one collective a batch: the mean loss over the ranks, and whether any rank ran out of time
-            loss_total, late = group.sum([loss.item(), float(time.monotonic() > deadline)])
-            loss_value = loss_total / group.world_size
-            if not math.isfinite(loss_value):  # the last saved state stays as it was
-                raise group.error(
-                    f"training diverged at epoch {st.epoch}, batch {st.batch + 1} (loss {loss_value}); "
-                    "lower --lr or --clip"
-                )
-            loss.backward()  # DDP averages the ranks' gradients here, so clipping sees the global gradient
-            if row_sparse:
-                average_touched_rows(group, model.encoder.weight.grad, ids)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            st.batch += 1
-            tokens += ids.numel() * group.world_size
-            loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-            if st.batch % 10 == 0 or st.batch == n_batches:
-                mean = loss_sum / loss_n
-                tps = tokens / max(time.monotonic() - t_epoch, 1e-9)
-                bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.0f}", tok_s=f"{tps:.0f}")
-                loss_sum, loss_n = 0.0, 0
-            bar.update(1)
-            if st.batch % cfg.save_every == 0:
-                checkpoint_state()
-            if late:
-                bar.close()
-                speed = throughput()  # of the training, not of the save
-                checkpoint_state()
-                log.info("time limit reached at epoch %d, batch %d; state saved (%s)", st.epoch, st.batch, speed)
-                return st
-        bar.close()
-        speed = throughput()
-        val_loss = _validate(model, corpus, cfg, device, group)
-        model.train()
-        gain = st.best_val - val_loss  # inf on the first epoch
-        improved = gain > 0
-        st.history.append(
-            {
-                "epoch": st.epoch,
-                "lr": st.lr,
-                "val_loss": val_loss,
-                "val_ppl": math.exp(val_loss),
-                "elapsed_s": elapsed0 + time.monotonic() - t_start,
-            }
+def _step(run: _Run, ids: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+    """One batch: forward, backward, the gradients averaged over the ranks, clipped, applied. Returns
+    the loss averaged over the ranks and whether any rank ran out of time."""
+    run.hidden = repackage_hidden(run.hidden)
+    run.opt.zero_grad(set_to_none=True)
+    with torch.autocast(**run.autocast):
+        logits, hidden = run.net(ids, run.hidden)
+        loss = F.cross_entropy(logits.view(-1, run.model.cfg.vocab_size).float(), targets.reshape(-1))
+    run.hidden = tuple(h.float() for h in hidden)  # the carried state stays fp32 (and so does its save)
+    # one collective a batch: the mean loss over the ranks, and whether any rank ran out of time
+    loss_total, late = run.group.sum([loss.item(), float(time.monotonic() > run.deadline)])
+    loss_value = loss_total / run.group.world_size
+    if not math.isfinite(loss_value):  # the last saved state stays as it was
+        raise run.group.error(
+            f"training diverged at epoch {run.st.epoch}, batch {run.st.batch + 1} (loss {loss_value}); "
+            "lower --lr or --clip"
         )
-        log.info(
-            "epoch %d: val loss %.4f (ppl %.1f), lr %g%s; %s",
-            st.epoch,
-            val_loss,
-            math.exp(val_loss),
-            st.lr,
-            " (best)" if improved else "",
-            speed,
-        )
-        if improved:
-            st.best_val = val_loss
-        if improved and group.main:
-            meta = {
-                "command": command,
-                "commands": st.commands,
-                "train_config": asdict(cfg),
-                "epochs": st.epoch,
-                "val_loss": val_loss,
-                "history": st.history,
-                "hardware": " ".join(filter(None, (platform.machine(), platform.processor(), f"({device})"))),
-                "world_size": group.world_size,
-                "torch": torch.__version__,
-            }
-            save_checkpoint(Checkpoint(model_cfg, corpus.vocab, checkpoint_tensors(model), meta=meta), run_dir / "best")
-        if gain <= cfg.min_improvement:
-            st.lr /= cfg.lr_decay
-        st.epoch, st.batch = st.epoch + 1, 0
-        hidden = model.init_hidden(per_rank)
-        checkpoint_state()
-    return st
+    loss.backward()  # DDP averages the ranks' gradients here, so clipping sees the global gradient
+    if run.row_sparse:
+        average_touched_rows(run.group, run.model.encoder.weight.grad, ids)
+    nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)
+    run.opt.step()
+    return loss_value, bool(late)
+
+
+def _epoch(run: _Run) -> str | None:
+    """Train the rest of the current epoch; its speed, or None if the time ran out (the state saved at
+    that batch)."""
+    cfg, st, group = run.cfg, run.st, run.group
+    for g in run.opt.param_groups:
+        g["lr"] = st.lr
+    run.model.train()
+    n_batches = math.ceil((run.train_data.size(0) - 1) / cfg.bptt)
+    bar = progress_bar(
+        total=n_batches, initial=st.batch, desc=f"epoch {st.epoch}", unit="batch", disable=not group.main
+    )
+    t_epoch, tokens, losses = time.monotonic(), 0, []
+    for i, (ids, targets) in enumerate(bptt_batches(run.train_data, cfg.bptt)):
+        if i < st.batch:
+            continue
+        loss, late = _step(run, ids, targets)
+        st.batch += 1
+        tokens += ids.numel() * group.world_size
+        losses.append(loss)
+        if st.batch % 10 == 0 or st.batch == n_batches:
+            mean, tps = sum(losses) / len(losses), tokens / max(time.monotonic() - t_epoch, 1e-9)
+            bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.0f}", tok_s=f"{tps:.0f}")
+            losses = []
+        bar.update(1)
+        if st.batch % cfg.save_every == 0 or late:
+            run.save_state()
+        if late:
+            bar.close()
+            log.info("time limit reached at epoch %d, batch %d; state saved (%s)", st.epoch, st.batch,
+                     _throughput(tokens, t_epoch, group))  # fmt: skip
+            return None
+    bar.close()
+    return _throughput(tokens, t_epoch, group)
+
+
+def _throughput(tokens: int, since: float, group: Group) -> str:
+    """Of this epoch's training so far (the tokens of all ranks)."""
+    tps = tokens / max(time.monotonic() - since, 1e-9)
+    return f"{tps:,.0f} tokens/s on {group.world_size} rank{'s' if group.distributed else ''}"
+
+
+def _end_epoch(run: _Run, speed: str) -> None:
+    """Validate, keep the best checkpoint, decay the learning rate on a plateau, save the state."""
+    cfg, st, group = run.cfg, run.st, run.group
+    val_loss = _validate(run.model, run.corpus, cfg, run.device, group)
+    run.model.train()
+    gain = st.best_val - val_loss  # inf on the first epoch
+    elapsed = run.elapsed0 + time.monotonic() - run.started
+    st.history.append(
+        {"epoch": st.epoch, "lr": st.lr, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed_s": elapsed}
+    )
+    log.info("epoch %d: val loss %.4f (ppl %.1f), lr %g%s; %s", st.epoch, val_loss, math.exp(val_loss), st.lr,
+             " (best)" if gain > 0 else "", speed)  # fmt: skip
+    if gain > 0:
+        st.best_val = val_loss
+        if group.main:
+            _save_best(run, val_loss)
+    if gain <= cfg.min_improvement:
+        st.lr /= cfg.lr_decay
+    st.epoch, st.batch = st.epoch + 1, 0
+    run.hidden = run.model.init_hidden(cfg.batch_size // group.world_size)
+    run.save_state()
+
+
+def _save_best(run: _Run, val_loss: float) -> None:
+    st = run.st
+    meta = {
+        "command": run.command,
+        "commands": st.commands,
+        "train_config": asdict(run.cfg),
+        "epochs": st.epoch,
+        "val_loss": val_loss,
+        "history": st.history,
+        "hardware": " ".join(filter(None, (platform.machine(), platform.processor(), f"({run.device})"))),
+        "world_size": run.group.world_size,
+        "torch": torch.__version__,
+    }
+    ckpt = Checkpoint(run.model.cfg, run.corpus.vocab, checkpoint_tensors(run.model), meta=meta)
+    save_checkpoint(ckpt, run.run_dir / "best")

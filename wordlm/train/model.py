@@ -52,7 +52,7 @@ class RecurrentLM(nn.Module):
         (Jozefowicz et al. 2015, https://proceedings.mlr.press/v37/jozefowicz15.html): the signal keeps
         its scale through the stack. Measured on WikiText-2 (tutorial preset, SGD lr 20, one seed):
         loss 6.78 after 1,075 batches, against 7.15 for "scaled" with the tutorial's U(-0.1, 0.1)
-        embedding and a plateau near 7.0 for ~4,700 batches with "tutorial" (DESIGN.md). A tied
+        embedding and a plateau near 7.0 for ~4,700 batches with "tutorial" (docs/design.md, "Known pitfalls"). A tied
         matrix takes the embedding's initialisation.
         """
         if scheme not in ("tutorial", "scaled"):

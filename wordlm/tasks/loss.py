@@ -7,10 +7,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from wordlm.data import batchify, bptt_batches
 from wordlm.errors import WordLMError
+from wordlm.progress import progress as progress_bar
 from wordlm.runtime import Engine
 
 
@@ -52,13 +52,12 @@ def evaluate(
     total, count = 0.0, 0
     n_chunks = math.ceil((len(source) - 1) / bptt)
     start = time.perf_counter()
-    for chunk, targets in tqdm(
+    for chunk, targets in progress_bar(
         bptt_batches(source, bptt),
         total=n_chunks,
         disable=not progress,
         desc=f"eval {engine.name}",
         unit="chunk",
-        leave=False,
     ):
         nll, state = engine.nll(chunk, targets, state)
         total += nll
