@@ -438,8 +438,24 @@ def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, thread
     a one-token call's Python overhead is most of its time."""
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
-        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags, None, None, out, None, kernel, threads,
-        None, 0,
+        x,
+        m,
+        dec.k,
+        panels,
+        dec.n,
+        dec.n_pad,
+        scales,
+        sums,
+        bias,
+        dec.flags,
+        None,
+        None,
+        out,
+        None,
+        kernel,
+        threads,
+        None,
+        0,
     )
     if rc != 0:
         raise WordLMError("native linear: bad arguments")
