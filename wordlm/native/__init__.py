@@ -437,26 +437,8 @@ def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, thread
     float32 [m, dec.k] and out float32 [m, dec.n], C-contiguous, m >= 1. No checks beyond the kernel's:
     a one-token call's Python overhead is most of its time."""
     panels, scales, sums, bias = dec._args
-    rc = lib().wl_decoder_nll(
-        x,
-        m,
-        dec.k,
-        panels,
-        dec.n,
-        dec.n_pad,
-        scales,
-        sums,
-        bias,
-        dec.flags,
-        None,
-        None,
-        out,
-        None,
-        kernel,
-        threads,
-        None,
-        0,
-    )
+    args = (x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags)
+    rc = lib().wl_decoder_nll(*args, None, None, out, None, kernel, threads, None, 0)  # no scratch: one allocation
     if rc != 0:
         raise WordLMError("native linear: bad arguments")
 
