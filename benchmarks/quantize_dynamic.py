@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from wordlm import native
-from wordlm.bench import cpu_flags
+from wordlm.bench.run import cpu_flags
 from wordlm.nn import quantize_dynamic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ with others, padded sizes give the unpadded arithmetic)."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from wordlm import native
 from wordlm.nn import quantize_dynamic
+from wordlm.quant import SCHEMES, QSpec
 
 FAMILIES = {
     "lstm": (nn.LSTM, {}),
@@ -377,3 +379,19 @@ def test_threads_change_the_speed_never_the_bits():
         for a, b in zip(flat(one(x)), flat(two(x)), strict=True):
             assert torch.equal(a, b)
     assert two.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "m", "bits", "fine"), [(36, 70, 5, 4, True), (52, 33, 1, 3, False), (20, 17, 3, 2, False)]
+)
+def test_narrow_linears_read_nibbles_with_the_int8_layouts_bits(k, n, m, bits, fine):
+    """Codes of 4 bits or fewer go to the kernels two a byte (half the memory a GEMV reads): the same bits."""
+    scheme = replace(SCHEMES["int8"], decoder=QSpec(bits), fine_activations="all" if fine else "none")
+    q = quantize_dynamic(nn.Linear(k, n), scheme=scheme)
+    x = torch.randn(m, k)
+    with torch.no_grad():
+        y = q(x)
+    codes, pad = q.codes("weight"), -k % 4
+    int8_layout = native.pack_linear(np.pad(codes, ((0, 0), (0, pad))), q.scales("weight")[:, 0], q.bias.numpy(), fine)
+    ref = native.decoder_nll(np.pad(x.numpy(), ((0, 0), (0, pad))), int8_layout, logits=True).logits
+    assert q._packed.nibbles and np.array_equal(y.numpy(), ref)

@@ -41,7 +41,9 @@ class Linear(QuantizedModule):
             self._dense_bias = torch.from_numpy(self.bias_array("bias", self.out_features))
             return
         codes = pad_blocks(self.codes("weight"), (1, self.out_features, self.out_features), (1, k, k_pad))
-        self._packed = native.pack_linear(codes, scales[:, 0], self.bias_array("bias", self.out_features), self.fine)
+        bias = self.bias_array("bias", self.out_features)
+        nibbles = self._specs["weight"][0].bits <= 4  # int4 codes two a byte: half the weights' memory traffic
+        self._packed = native.pack_linear(codes, scales[:, 0], bias, self.fine, nibbles=nibbles)
         self._kernel = native.kernel_index()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
