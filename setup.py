@@ -6,18 +6,26 @@ setup(
     ext_modules=[
         Extension(
             "wordlm.native._kernels",
-            # kernels.c: contract, portable C, entry points; threads.c: the thread pool; kernels_x86.c:
-            # AVX2, AVX-512 VNNI; kernels_arm.c: ARM64 NEON, dot product, I8MM (each compiled per function
-            # with target attributes, and empty off its architecture); sample.c: the sampler
+            # entry.c: the ISA dispatch and entry points (wordlm.h); kernels.c: contract, portable C, the
+            # drivers; threads.c: the thread pool; kernels_x86.c: AVX2, AVX-512 VNNI; kernels_arm.c: ARM64
+            # NEON, dot product, I8MM (each compiled per function with target attributes, and empty off its
+            # architecture); sample.c: the sampler; context.c, checkpoint.c, json.c: libwordlm's context
+            # (the same library is libwordlm.so: `make lib`)
             sources=[
+                "wordlm/native/entry.c",
                 "wordlm/native/kernels.c",
                 "wordlm/native/threads.c",
                 "wordlm/native/kernels_x86.c",
                 "wordlm/native/kernels_arm.c",
                 "wordlm/native/sample.c",
+                "wordlm/native/context.c",
+                "wordlm/native/checkpoint.c",
+                "wordlm/native/json.c",
             ],
             depends=[
-                "wordlm/native/api.h",
+                "wordlm/native/wordlm.h",
+                "wordlm/native/checkpoint.h",
+                "wordlm/native/json.h",
                 "wordlm/native/kernels.h",
                 "wordlm/native/threads.h",
                 "wordlm/native/x86_simd.h",

@@ -14,7 +14,12 @@
 #  - with clang too, where clang is installed (skipped otherwise): the test program built with -Werror
 #    and run under QEMU's `max` CPU (clang's build blocks some kernels differently);
 #  - the Python package: Debian's arm64 Python and numpy under QEMU run tests/test_native.py and
-#    tests/test_native_arm.py against the library cross-compiled for aarch64 (ARM_PYTHON, below).
+#    tests/test_native_arm.py against the library cross-compiled for aarch64 (ARM_PYTHON, below);
+#  - libwordlm: examples/c/next_words built statically for aarch64 (make -C examples/c STATIC=1) runs on
+#    the shipped model under each CPU, and with WORDLM_ISA=portable prints what the host's build prints,
+#    to the bit; tests/c/wl_check.c's every number (logits, state, log-probs, NLL, top-k, sampled words)
+#    on the shipped model equals the arm64 Python runtime's under QEMU for each kernel of `max`
+#    (tests/c/compare.py; with the Python package, ARM_PYTHON not 0).
 # Prints a pytest-style closing line; exits non-zero on any failure. Timings under QEMU mean nothing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -97,9 +102,24 @@ build test_kernels_aarch64 aarch64-linux-gnu-gcc -static
 # cross toolchain's libc, run under QEMU like GCC's
 clang=$(command -v clang || ls /usr/bin/clang-[0-9]* 2>/dev/null | sort -V | tail -1)
 [ -n "$clang" ] && build test_kernels_clang "$clang" --target=aarch64-linux-gnu -static -Werror
+# libwordlm: the example for aarch64 (static) and for the host, and the test program without its malloc
+# counter (a static glibc keeps its own malloc)
+lib_build() { # name, command... (in the background, as build)
+    local name=$1
+    shift
+    ("$@" >"$out/$name.log" 2>&1; echo $? >"$out/$name.rc") &
+}
+mkdir -p "$out/example" "$out/example-host"
+lib_build example_aarch64 make -s -C examples/c CC=aarch64-linux-gnu-gcc STATIC=1 OUT="$PWD/$out/example"
+lib_build example_host make -s -C examples/c OUT="$PWD/$out/example-host"
+lib_build wl_check_aarch64 aarch64-linux-gnu-gcc "${flags[@]}" -DWL_NO_COUNT -static -Iwordlm/native tests/c/wl_check.c \
+    wordlm/native/*.c -lm -o "$out/wl_check_aarch64"
 for job in $(jobs -p); do [ "$job" = "$python_pid" ] || wait "$job"; done
 build_tally test_kernels_host
 build_tally test_kernels_aarch64
+build_tally example_aarch64
+build_tally example_host
+build_tally wl_check_aarch64
 if [ -n "$clang" ]; then
     build_tally test_kernels_clang
 else
@@ -176,6 +196,30 @@ if [ -x "$out/test_kernels_aarch64" ] && [ -x "$out/test_kernels_host" ]; then
     tally forced-avx2 2 "is not a kernel"
     [ -n "$clang" ] && [ -x "$out/test_kernels_clang" ] && tally clang-max 0
 fi
+# libwordlm's example under each CPU (its best kernel), and with the portable kernels against the host's
+shipped=wordlm/shipped/wikitext2-lstm-15mb
+sentence="the meaning of life is"
+if [ -x "$out/example/next_words" ] && [ -x "$out/example-host/next_words" ]; then
+    for cpu in max neoverse-n1 cortex-a53; do
+        run "example-$cpu" 0 qemu-aarch64 -cpu "$cpu" "$out/example/next_words" "$shipped" "$sentence"
+        if [ "$(cat "$out/run_example-$cpu.rc")" = 0 ] && grep -q "same continuation: yes" "$out/run_example-$cpu.txt"; then
+            pass
+            echo "example-$cpu: $(head -1 "$out/run_example-$cpu.txt")"
+        else
+            fail "[example-$cpu]:"
+            tail -5 "$out/run_example-$cpu.txt"
+        fi
+    done
+    run example-portable 0 env WORDLM_ISA=portable qemu-aarch64 -cpu max "$out/example/next_words" "$shipped" "$sentence"
+    run example-host 0 env WORDLM_ISA=portable "$out/example-host/next_words" "$shipped" "$sentence"
+    if [ "$(cat "$out/run_example-portable.rc")" = 0 ] && cmp -s "$out/run_example-portable.txt" "$out/run_example-host.txt"; then
+        pass
+        echo "example-portable: the aarch64 build prints the host's numbers, to the bit"
+    else
+        fail "[example-portable] differs from the host's:"
+        diff "$out/run_example-portable.txt" "$out/run_example-host.txt" | head -5
+    fi
+fi
 if [ -n "$python_pid" ]; then
     wait "$python_pid"
     if [ "$(cat "$out/run_python-prepare.rc")" != 0 ]; then
@@ -184,6 +228,20 @@ if [ -n "$python_pid" ]; then
     else
         tally_pytest python-max
         [ -f "$out/run_python-cortex-a53.rc" ] && [ "$arm_python" = full ] && tally_pytest python-cortex-a53
+        # libwordlm against the arm64 Python runtime, kernel by kernel (tests/c/compare.py)
+        if [ -x "$out/wl_check_aarch64" ]; then
+            py="env WL_QEMU_CPU=max WL_ARM_ROOT=$PWD/$out/root QEMU_LD_PREFIX=$PWD/$out/root"
+            py="$py PYTHONHOME=$PWD/$out/root/usr PYTHONPATH=$PWD/$out/py $out/bin/python3"
+            $py tests/c/compare.py input "$shipped" "$out/lib_in.bin"
+            for isa in i8mm dotprod neon portable; do
+                WORDLM_ISA=$isa qemu-aarch64 -cpu max "$out/wl_check_aarch64" run "$shipped" "$out/lib_in.bin" \
+                    "$out/lib_out_$isa.bin" 1 >"$out/run_libwordlm-$isa.txt" 2>&1 &&
+                    $py tests/c/compare.py compare "$shipped" "$out/lib_in.bin" "$out/lib_out_$isa.bin" "$isa" \
+                        >>"$out/run_libwordlm-$isa.txt" 2>&1
+                if [ $? = 0 ]; then pass; else fail "[libwordlm-$isa]:"; fi
+                echo "libwordlm-$isa: $(tail -1 "$out/run_libwordlm-$isa.txt")"
+            done
+        fi
     fi
 fi
 

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../../wordlm/native/api.h"
+#include "../../wordlm/native/wordlm.h"
 
 #define PANEL 16
 #define MAX_ISAS 8
@@ -84,7 +84,7 @@ static int8_t code(int bits) { /* uniform over [-128, 127] (bits 8, extremes inc
 
 typedef struct {
     int64_t n, k, n_pad;
-    int flags;           /* api.h's: WL_CODES4 where every code is within [-8, 7] (bits 4) */
+    int flags;           /* wordlm.h's: WL_CODES4 where every code is within [-8, 7] (bits 4) */
     int8_t *q;           /* [n, k] */
     float *scale, *bias; /* [n] */
     int8_t *panels;      /* [n_pad / 16][k / 4][16][4], 64-byte aligned */
@@ -194,7 +194,7 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
     for (int threads = 1; threads <= 3; threads++) {
         memset(logits, 0xff, sizeof(float) * (size_t)(m * n)); /* NaNs where nothing was written */
         int rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, l->flags, targets, nll,
-                                logits, lse, isa, threads);
+                                logits, lse, isa, threads, NULL, 0);
         CHECK(rc == 0, "wl_decoder_nll returned %d (threads %d)", rc, threads);
         if (rc) break;
         if (threads == 1) {
@@ -212,7 +212,7 @@ static void check_decoder(const float *x, int64_t m, const linear_t *l, const in
             memcpy(nll1, nll, sizeof(float) * (size_t)m), memcpy(lse1, lse, sizeof(float) * (size_t)m);
             /* the NLL alone (no logits, no lse): the same bits */
             rc = wl_decoder_nll(x, m, k, l->panels, n, l->n_pad, l->pscale, l->psum, l->pbias, l->flags, targets, nll_only,
-                                NULL, NULL, isa, 1);
+                                NULL, NULL, isa, 1, NULL, 0);
             CHECK(rc == 0 && !memcmp(nll_only, nll1, sizeof(float) * (size_t)m), "the NLL alone differs");
         } else {
             CHECK(first_difference(logits, first, m * n) < 0 && !memcmp(nll, nll1, sizeof(float) * (size_t)m) &&
@@ -479,7 +479,7 @@ static void check_stepwise(const rnn_case *rc, const float *x, linear_t (*w)[3],
                 ref_quantize(m + b * H, H, u, &slack[b], &zp);
             }
             const float *sl = rc->proj ? slack : NULL;
-            int rcode = wl_rnn(rc->cell, in + t * B * k, 1, B, k, H, rc->proj, 1, mats + 3 * l, kh, kc, ky, isa, 1);
+            int rcode = wl_rnn(rc->cell, in + t * B * k, 1, B, k, H, rc->proj, 1, mats + 3 * l, kh, kc, ky, isa, 1, NULL, 0);
             CHECK(rcode == 0 && allclose(ky, ry, B * P, P, sl, wmax) && allclose(kh, rh, B * P, P, sl, wmax) &&
                       allclose(kc, rcs, B * H, H, NULL, NULL),
                   "layer %d, step %d: max |error| y %.3g, c %.3g", (int)l, (int)t, max_error(ky, ry, B * P, NULL),
@@ -536,7 +536,7 @@ static void test_rnn_case(const rnn_case *rc, int isa) {
     for (int threads = 1; threads <= 3; threads++) {
         memcpy(h, h0, sizeof(float) * (size_t)hstate), memcpy(c, c0, sizeof(float) * (size_t)cstate);
         int rcode = wl_rnn(rc->cell, x, S, B, rc->in_dim, H, rc->proj, L, mats, h, rc->cell == 0 ? c : NULL, y, isa,
-                           threads);
+                           threads, NULL, 0);
         CHECK(rcode == 0, "wl_rnn returned %d (threads %d)", rcode, threads);
         if (rcode) break;
         if (threads == 1) {
@@ -577,16 +577,16 @@ static void test_refusal(int count, int best) {
     int64_t target = 0;
     begin();
     for (int isa = best + 1; isa <= count; isa++)
-        CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, isa, 1) ==
+        CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, isa, 1, NULL, 0) ==
                   -1,
               "kernel %d was not refused", isa);
-    CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, -1, 1) == -1,
+    CHECK(wl_decoder_nll(x, 1, 4, l.panels, 16, 16, l.pscale, l.psum, l.pbias, 0, &target, nll, NULL, NULL, -1, 1, NULL, 0) == -1,
           "kernel -1 was not refused");
     wl_packed mats[3] = {{l.panels, l.pscale, l.psum, l.pbias, 0}, {l.panels, l.pscale, l.psum, l.pbias, 0}, {0}};
-    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best + 1, 1) == -1, "the LSTM ran kernel %d", best + 1);
-    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == 0, "the LSTM refused the best");
-    CHECK(wl_rnn(4, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1) == -1, "cell 4 was not refused");
-    CHECK(wl_rnn(1, x, 1, 1, 4, 4, 4, 1, mats, h, c, y, best, 1) == -1, "a GRU with a projection was not refused");
+    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best + 1, 1, NULL, 0) == -1, "the LSTM ran kernel %d", best + 1);
+    CHECK(wl_rnn(0, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1, NULL, 0) == 0, "the LSTM refused the best");
+    CHECK(wl_rnn(4, x, 1, 1, 4, 4, 0, 1, mats, h, c, y, best, 1, NULL, 0) == -1, "cell 4 was not refused");
+    CHECK(wl_rnn(1, x, 1, 1, 4, 4, 4, 1, mats, h, c, y, best, 1, NULL, 0) == -1, "a GRU with a projection was not refused");
     end("unavailable_kernels_are_refused");
     free_linear(&l);
 }

@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save
 
 from wordlm.errors import WordLMError
 
@@ -83,4 +82,6 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
 
 def tensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     """The safetensors serialization of numpy arrays."""
+    from safetensors.numpy import save  # here: reading needs no safetensors (the ARM64 run under QEMU has none)
+
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)

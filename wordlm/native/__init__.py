@@ -1,4 +1,6 @@
-"""wordlm's native kernels, built by `pip install` from kernels*.c and called through ctypes.
+"""wordlm's native kernels, built by `pip install` from wordlm/native/*.c and called through ctypes: the
+entry points that libwordlm's public header (wordlm/native/wordlm.h) declares and its C context is built
+on, so that Python and C programs run the same functions.
 
 Two operations (kernels.c says how and why): the int8 decoder GEMM with the loss fused (`decoder_nll`:
 NLL of targets, logits, log-sum-exp), and an int8 recurrent stack (`recurrent`: LSTM with or without a
@@ -71,9 +73,12 @@ def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     lib.wl_best_isa.restype = c_int
     lib.wl_unit_block.restype = c_int
     lib.wl_decoder_nll.restype = c_int
+    # the scratch (the last two: NULL, 0): each call allocates its buffers once; libwordlm's context passes its own
+    size = ctypes.c_size_t
     lib.wl_decoder_nll.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, c_int, ptr, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_decoder_nll.argtypes += [ptr, size]
     lib.wl_rnn.restype = c_int
-    lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int]
+    lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int, ptr, size]
     lib.wl_sample.restype = i64
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
@@ -197,7 +202,7 @@ class PackedLinear:
 
     @property
     def flags(self) -> int:
-        """The kernels' flags of this matrix (api.h): WL_FINE 1, WL_CODES4 2, WL_NIBBLES 4."""
+        """The kernels' flags of this matrix (wordlm.h): WL_FINE 1, WL_CODES4 2, WL_NIBBLES 4."""
         return int(self.fine) | int(self.codes4) << 1 | int(self.nibbles) << 2
 
 
@@ -304,7 +309,7 @@ def decoder_nll(
     panels, scales, sums, bias = dec._args
     rc = lib().wl_decoder_nll(
         _addr(x), m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags,
-        *map(_addr, (tgt, *out)), kernel, n_threads,
+        *map(_addr, (tgt, *out)), kernel, n_threads, None, 0,
     )  # fmt: skip
     if rc != 0:
         raise WordLMError("native decoder: bad arguments (a target outside the vocabulary?)")
@@ -333,7 +338,7 @@ def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
 
 
 class _Matrix(ctypes.Structure):
-    """api.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
+    """wordlm.h's wl_packed: a PackedLinear's addresses and its flags (all NULL: no matrix)."""
 
     _fields_ = [*((name, ctypes.c_void_p) for name in ("panels", "scales", "sums", "bias")), ("flags", ctypes.c_int64)]
 
@@ -415,7 +420,7 @@ def recurrent(
     h, c = _addr(state[0]), _addr(state[1]) if has_c else None
     sizes = (steps, batch, in_dim, hidden, out if packed.proj else 0, n_layers)
     cell, weights = lib().cell_ids[packed.cell], ctypes.addressof(packed._matrices)
-    rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads)
+    rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads, None, 0)
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
     return (y, *state)
@@ -432,9 +437,8 @@ def linear_into(x: int, m: int, dec: PackedLinear, out: int, kernel: int, thread
     float32 [m, dec.k] and out float32 [m, dec.n], C-contiguous, m >= 1. No checks beyond the kernel's:
     a one-token call's Python overhead is most of its time."""
     panels, scales, sums, bias = dec._args
-    rc = lib().wl_decoder_nll(
-        x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags, None, None, out, None, kernel, threads
-    )
+    args = (x, m, dec.k, panels, dec.n, dec.n_pad, scales, sums, bias, dec.flags)
+    rc = lib().wl_decoder_nll(*args, None, None, out, None, kernel, threads, None, 0)  # no scratch: one allocation
     if rc != 0:
         raise WordLMError("native linear: bad arguments")
 
@@ -450,7 +454,7 @@ def recurrent_into(
         sizes = (packed.layers[0][0].k, packed.hidden, packed.out_dim if packed.proj else 0, len(packed.layers))
         raw = packed._raw = (lib().wl_rnn, lib().cell_ids[packed.cell], sizes, ctypes.addressof(packed._matrices))
     wl_rnn, cell, sizes, weights = raw
-    rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads)
+    rc = wl_rnn(cell, x, steps, batch, *sizes, weights, h, c, y, kernel, threads, None, 0)
     if rc != 0:
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
 

@@ -1,8 +1,10 @@
 /* wordlm native kernels: int8 GEMMs for the recurrent layers (LSTM, GRU, RNN) and the decoder of
  * evaluation, with the loss fused.
- * This file: the arithmetic contract, the portable kernels, the choice of kernels and the entry points
- * called through ctypes; kernels_x86.c: the AVX2 and AVX-512 VNNI kernels; kernels_arm.c: the ARM64
- * ones (NEON, dot product, I8MM); threads.c: the thread pool.
+ * This file: the arithmetic contract, the portable kernels, and the decoder's and recurrent stack's
+ * drivers over any table of kernels (wl_decoder_run, wl_rnn_run); entry.c: the choice of kernels (ISA
+ * dispatch) and the public entry points of wordlm.h; kernels_x86.c: the AVX2 and AVX-512 VNNI kernels;
+ * kernels_arm.c: the ARM64 ones (NEON, dot product, I8MM); threads.c: the thread pool. The include
+ * graph is a tree: entry.c knows every table, the tables know kernels.h, kernels.c knows no table.
  *
  * The decoder: logits[m, n] = x[m, :] . W[n, :] + b[n] for M rows of LSTM output x and N = 33,278
  * words, then the negative log-likelihood of one target per row (and/or the log-sum-exp of the row,
@@ -23,7 +25,7 @@
  *   also int8, which ARM's signed SDOT and SMMLA take as they are;
  * - acc = sum_k u * q - zp * sum_k q (exact, int32); y = (float)acc * (s * w_scale) + b, with no
  *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit;
- * - int4 weights (codes within [-8, 7], a matrix's WL_CODES4 flag: api.h) are the same arithmetic; a
+ * - int4 weights (codes within [-8, 7], a matrix's WL_CODES4 flag: wordlm.h) are the same arithmetic; a
  *   table may give them a GEMM of its own (qgemm4) that adds more products in int16 before widening
  *   (AVX2: 16 vpmaddubsw results per vpmaddwd, kernels_x86.c), which gives the same integer sums;
  * - fine activations (a matrix's WL_FINE flag: the input projections and the decoder of a scheme that asks):
@@ -45,16 +47,11 @@
  * take blocks of units, computing those units' gates and cell, with one barrier per step (two with an
  * LSTM's projection).
  */
-#ifndef WL_NO_PYTHON /* a C program may link this file without Python (tests/arm) */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#endif
-
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "wordlm.h"
 #include "kernels.h"
 #include "threads.h"
 
@@ -144,38 +141,6 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
     qgemm(r.u, rows, k, wp, panels, r.s, r.zp, wscale, wsum, zeros, tmp, width);
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < width; j++) z[i * ldz + j] += tmp[i * width + j];
-}
-
-/* ---- the kernels by number: x86 0 portable C, 1 AVX2, 2 AVX-512 VNNI; ARM64 0 portable C, 1 NEON,
- * 2 dot product, 3 I8MM (wordlm.native's ISAS names them alike, and checks) ---- */
-
-#if defined(WL_X86)
-static const wl_kernels *const isa_tables[] = {&wl_kernels_portable, &wl_kernels_avx2, &wl_kernels_avx512_vnni};
-static const char *const isa_names[] = {"portable", "avx2", "avx512-vnni"};
-#elif defined(WL_ARM64)
-static const wl_kernels *const isa_tables[] = {&wl_kernels_portable, &wl_kernels_neon, &wl_kernels_dotprod,
-                                               &wl_kernels_i8mm};
-static const char *const isa_names[] = {"portable", "neon", "dotprod", "i8mm"};
-#else
-static const wl_kernels *const isa_tables[] = {&wl_kernels_portable};
-static const char *const isa_names[] = {"portable"};
-#endif
-#define ISA_COUNT ((int)(sizeof(isa_names) / sizeof(isa_names[0])))
-
-static int best_isa(void) {
-#if defined(WL_X86)
-    return wl_x86_best_isa();
-#elif defined(WL_ARM64)
-    return wl_arm_best_isa();
-#else
-    return 0;
-#endif
-}
-
-/* the table of kernel `isa`, or NULL when this CPU cannot run it: never a silent substitute */
-static const wl_kernels *kernels_for(int isa) {
-    if (isa < 0 || isa >= ISA_COUNT || isa > best_isa()) return NULL;
-    return isa_tables[isa];
 }
 
 /* ---- int4 weights as nibbles (WL_NIBBLES) ----
@@ -288,17 +253,68 @@ static void lse_merge(lse_t *into, const lse_t *part) {
     into->sum += part->sum * exp((double)part->max - (double)into->max);
 }
 
+/* ---- scratch: every buffer of a call carved from one block (the caller's, or one malloc) ---- */
+
+/* a bump allocator over [base, base + cap): base NULL measures (take returns NULL, used grows) */
+typedef struct {
+    char *base;
+    size_t used;
+} arena_t;
+
+static void *take(arena_t *a, size_t bytes) {
+    size_t at = (a->used + 63) & ~(size_t)63; /* 64-byte aligned: the GEMMs' rows start on a cache line */
+    a->used = at + bytes;
+    return a->base ? a->base + at : NULL;
+}
+
+/* the call's scratch: the caller's when given (NULL if smaller than `need`), else a fresh block that
+ * *owned receives (freed by the caller) */
+static void *scratch_for(void *scratch, size_t bytes, size_t need, void **owned) {
+    *owned = NULL;
+    if (scratch) return bytes >= need ? scratch : NULL;
+    return *owned = malloc(need ? need : 1);
+}
+
+/* The decoder's buffers: the rows' codes (and their residual's, fine), the target logits, each chunk's
+ * log-sum-exp of each row */
+typedef struct {
+    codes_t a, r;
+    float *res, *zeros, *target_logit;
+    lse_t *part;
+} decoder_scratch;
+
+static decoder_scratch decoder_layout(arena_t *ar, int64_t m, int64_t k, int64_t n_pad, int fine) {
+    size_t M = (size_t)m, K = (size_t)k;
+    int64_t chunks = (n_pad + CHUNK_WORDS - 1) / CHUNK_WORDS;
+    decoder_scratch d = {.a = {take(ar, M * K), take(ar, sizeof(float) * M), take(ar, sizeof(int32_t) * M)}};
+    if (fine) {
+        d.r = (codes_t){take(ar, M * K), take(ar, sizeof(float) * M), take(ar, sizeof(int32_t) * M)};
+        d.res = take(ar, sizeof(float) * M * K);
+        d.zeros = take(ar, sizeof(float) * (size_t)n_pad);
+    }
+    d.target_logit = take(ar, sizeof(float) * M);
+    d.part = take(ar, sizeof(lse_t) * (size_t)chunks * M);
+    return d;
+}
+
+size_t wl_decoder_scratch_size(int64_t m, int64_t k, int64_t n_pad, int flags) {
+    arena_t ar = {NULL, 0};
+    decoder_layout(&ar, m, k, n_pad, flags & WL_FINE);
+    return ar.used + 64;
+}
+
 /* The decoder over m rows: any of the NLL of targets[m] (targets and nll given), the logits [m, n]
  * (logits given) and the log-sum-exp of each row's logits lse[m] (lse given). wp: packed weights
  * (n_pad = n rounded up to 16 rows, 64-byte aligned); wscale, wsum, bias: [n_pad] with zero padding;
- * flags: the matrix's (api.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7];
+ * flags: the matrix's (wordlm.h): WL_FINE, the rows as two codes (above); WL_CODES4, its codes within [-8, 7];
  * WL_NIBBLES (with WL_CODES4), wp holds them two a byte (above).
- * isa: the kernel (0 portable, then this architecture's: see wl_isa_name, wl_best_isa); threads >= 1.
- * Returns 0, or -1 for a bad argument (a target outside [0, n), a kernel this CPU lacks) or no memory. */
-int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n, int64_t n_pad,
-                   const float *wscale, const int32_t *wsum, const float *bias, int flags, const int64_t *targets,
-                   float *nll, float *logits, float *lse, int isa, int threads) {
-    const wl_kernels *kern = kernels_for(isa);
+ * scratch: wl_decoder_scratch_size bytes of the caller's (no allocation), or NULL (one malloc); a thread's
+ * first call on nibbles without a table's kernel for them allocates its buffer (kept for its next calls).
+ * Returns 0, or -1 for a bad argument (a target outside [0, n), scratch too small) or no memory. */
+int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k, const int8_t *wp, int64_t n,
+                   int64_t n_pad, const float *wscale, const int32_t *wsum, const float *bias, int flags,
+                   const int64_t *targets, float *nll, float *logits, float *lse, int threads, void *scratch,
+                   size_t scratch_bytes) {
     if (!kern || threads < 1 || m < 1 || k < 4 || k % 4 || n < 1 || n_pad != (n + NR - 1) / NR * NR ||
         ((uintptr_t)wp & 63) || (targets && !nll) || ((flags & WL_NIBBLES) && !(flags & WL_CODES4)))
         return -1;
@@ -306,35 +322,25 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
         if (targets[r] < 0 || targets[r] >= n) return -1;
     int64_t chunks = (n_pad + CHUNK_WORDS - 1) / CHUNK_WORDS;
     int fine = flags & WL_FINE, passes = fine ? 2 : 1;
-    codes_t a = {malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
-    codes_t r = {0};
-    float *res = NULL, *zeros = NULL, *target_logit = malloc(sizeof(float) * (size_t)m);
-    if (fine) {
-        r = (codes_t){malloc((size_t)(m * k)), malloc(sizeof(float) * (size_t)m), malloc(sizeof(int32_t) * (size_t)m)};
-        res = malloc(sizeof(float) * (size_t)(m * k));
-        zeros = calloc((size_t)n_pad, sizeof(float));
+    void *owned, *block = scratch_for(scratch, scratch_bytes, wl_decoder_scratch_size(m, k, n_pad, flags), &owned);
+    if (!block) return -1;
+    arena_t ar = {(char *)(((uintptr_t)block + 63) & ~(uintptr_t)63), 0};
+    decoder_scratch s = decoder_layout(&ar, m, k, n_pad, fine);
+    if (fine) memset(s.zeros, 0, sizeof(float) * (size_t)n_pad);
+    quantize_fine(kern, x, m, k, s.a, s.r, s.res);
+    atomic_int failed = 0;
+    decoder_job job = {kern,     wl_qgemm_for(kern, flags), s.a, s.r, m, k, n, n_pad, wp, wscale, wsum, bias,
+                       s.zeros,  targets, logits, s.target_logit, s.part, (flags & WL_NIBBLES) != 0, &failed};
+    wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
+    int ok = !atomic_load(&failed);
+    for (int64_t r = 0; ok && r < m; r++) {
+        lse_t all = {-INFINITY, 0.0};
+        for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &s.part[c * m + r]);
+        double log_z = log(all.sum) + (double)all.max;
+        if (lse) lse[r] = (float)log_z;
+        if (targets) nll[r] = (float)(log_z - s.target_logit[r]);
     }
-    lse_t *part = malloc(sizeof(lse_t) * (size_t)(chunks * m));
-    int ok = a.u && a.s && a.zp && target_logit && part && (!fine || (r.u && r.s && r.zp && res && zeros));
-    if (ok) {
-        quantize_fine(kern, x, m, k, a, r, res);
-        atomic_int failed = 0;
-        decoder_job job = {kern,  wl_qgemm_for(kern, flags), a, r, m, k, n, n_pad, wp, wscale, wsum, bias,
-                           zeros, targets, logits, target_logit, part, (flags & WL_NIBBLES) != 0, &failed};
-        wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
-        ok = !atomic_load(&failed);
-    }
-    if (ok) {
-        for (int64_t r = 0; r < m; r++) {
-            lse_t all = {-INFINITY, 0.0};
-            for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &part[c * m + r]);
-            double log_z = log(all.sum) + (double)all.max;
-            if (lse) lse[r] = (float)log_z;
-            if (targets) nll[r] = (float)(log_z - target_logit[r]);
-        }
-    }
-    free(a.u), free(a.s), free(a.zp), free(r.u), free(r.s), free(r.zp), free(res), free(zeros);
-    free(target_logit), free(part);
+    free(owned);
     return ok ? 0 : -1;
 }
 
@@ -351,7 +357,7 @@ int wl_decoder_nll(const float *x, int64_t m, int64_t k, const int8_t *wp, int64
  * one-thread LSTM at 16 (tutorial sizes), and 8 blocks still balance 2 to 4 threads. An LSTM's
  * projection (h = W_hr m, m = o * tanh(c)) is one more phase per step, in blocks of UNIT_BLOCK rows
  * of W_hr: it needs every unit's m. */
-#define UNIT_BLOCK 32
+/* UNIT_BLOCK: kernels.h */
 #define QUANT_ROWS 8 /* rows of a layer's input per item of quantization */
 
 /* The cell of one batch row's block of `width` units: xp and g are the block's gate rows of the input
@@ -562,7 +568,62 @@ static void rnn_region(void *arg, team_t *team) {
     }
 }
 
-/* A stack of recurrent layers of cell `cell` (a row of `cells`: wl_cell_name; torch's gate orders) over x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
+/* the recurrent stack's buffers in `ar` (job's sizes and n threads set; base NULL: measure) */
+static void rnn_layout(arena_t *ar, rnn_job *job, int64_t n, int fine) {
+    size_t rows = (size_t)(job->steps * job->batch), B = (size_t)job->batch, P = (size_t)job->out_dim;
+    size_t H = (size_t)job->hidden, L = (size_t)job->layers, N = (size_t)n, ldg = (size_t)job->ldg;
+    size_t widest = (size_t)(job->in_dim > job->out_dim ? job->in_dim : job->out_dim);
+    job->buf = L > 1 ? take(ar, sizeof(float) * rows * P) : NULL;
+    job->h0 = take(ar, sizeof(float) * L * B * P);
+    job->xa = (codes_t){take(ar, rows * widest), take(ar, sizeof(float) * rows), take(ar, sizeof(int32_t) * rows)};
+    job->xr = (codes_t){0};
+    job->xres = job->zeros = NULL;
+    if (fine) {
+        job->xr = (codes_t){take(ar, rows * widest), take(ar, sizeof(float) * rows), take(ar, sizeof(int32_t) * rows)};
+        job->xres = take(ar, sizeof(float) * rows * widest);
+        job->zeros = take(ar, sizeof(float) * ldg);
+    }
+    job->xproj = take(ar, sizeof(float) * rows * ldg);
+    job->grec = take(ar, sizeof(float) * B * ldg);
+    job->uh = take(ar, N * B * P);
+    job->hs = take(ar, sizeof(float) * N * B);
+    job->hz = take(ar, sizeof(int32_t) * N * B);
+    job->m = job->pout = job->ms = NULL, job->um = NULL, job->mz = NULL;
+    if (job->proj) {
+        job->m = take(ar, sizeof(float) * B * H);
+        job->pout = take(ar, sizeof(float) * B * (size_t)job->ldp);
+        job->um = take(ar, N * B * H);
+        job->ms = take(ar, sizeof(float) * N * B);
+        job->mz = take(ar, sizeof(int32_t) * N * B);
+    }
+}
+
+/* the threads of a region over `hidden` units: one per block of units at most */
+static int64_t rnn_threads(int threads, int64_t hidden) {
+    int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
+    return n > POOL_MAX ? POOL_MAX : n;
+}
+
+/* a job's sizes (no pointers) */
+static rnn_job rnn_sizes(int cell, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
+                         int64_t layers) {
+    int64_t gates = cells[cell].gates;
+    return (rnn_job){.cell = cells[cell].fn, .gates = gates, .steps = steps, .batch = batch, .in_dim = in_dim,
+                     .hidden = hidden, .proj = proj, .layers = layers, .out_dim = proj ? proj : hidden,
+                     .ldg = (gates * hidden + NR - 1) / NR * NR, .ldp = (proj + NR - 1) / NR * NR};
+}
+
+size_t wl_rnn_scratch_size(int cell, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
+                           int64_t layers, int fine, int threads) {
+    if (cell < 0 || cell >= CELL_COUNT || threads < 1) return 0;
+    rnn_job job = rnn_sizes(cell, steps, batch, in_dim, hidden, proj, layers);
+    arena_t ar = {NULL, 0};
+    rnn_layout(&ar, &job, rnn_threads(threads, hidden), fine);
+    return ar.used + 64;
+}
+
+/* A stack of recurrent layers of cell `cell` (a row of `cells`: wl_cell_name; torch's gate orders) over
+ * x[steps, batch, in_dim]: y[steps, batch, P] of the top layer, and the state h [layers,
  * batch, P] and, for a cell with c (the LSTM), c [layers, batch, hidden] (read, then updated in place;
  * c NULL otherwise), where P = proj for a cell with a projection (proj > 0: h = W_hr (o * tanh(c))), else
  * hidden. w[layers][3]: W_ih [G, in] (in = in_dim for the first layer, P above) and W_hh [G, P], G =
@@ -570,11 +631,11 @@ static void rnn_region(void *arg, team_t *team) {
  * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
  * in_dim, hidden and proj multiples of 4. A W_ih may be fine (the input projection's rows as two codes);
  * W_hh and W_hr not (their inputs carry ~1% of the 7-bit activations' cost: benchmarks/activations.md).
- * isa, threads: as for wl_decoder_nll (the threads: up to one per block of units). Returns 0, or -1 for
- * a bad argument or no memory. */
-int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
-           int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads) {
-    const wl_kernels *kern = kernels_for(isa);
+ * threads: up to one per block of units; scratch: wl_rnn_scratch_size bytes of the caller's (no
+ * allocation) or NULL (one malloc). Returns 0, or -1 for a bad argument or no memory. */
+int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim,
+               int64_t hidden, int64_t proj, int64_t layers, const wl_packed *w, float *h, float *c, float *y,
+               int threads, void *scratch, size_t scratch_bytes) {
     if (!kern || cell < 0 || cell >= CELL_COUNT || threads < 1 || steps < 1 || batch < 1 || layers < 1 ||
         in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
         (proj && !cells[cell].projection) || (cells[cell].has_c && !c))
@@ -588,72 +649,27 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
             if (w[l * MATRICES + i].flags & WL_NIBBLES) return -1;
         fine |= (w[l * MATRICES + W_IH].flags & WL_FINE) != 0;
     }
-    int64_t gates = cells[cell].gates, P = proj ? proj : hidden;
-    int64_t blocks = (hidden + UNIT_BLOCK - 1) / UNIT_BLOCK, n = threads < blocks ? threads : blocks;
-    if (n > POOL_MAX) n = POOL_MAX;
-    int64_t rows = steps * batch, ldg = (gates * hidden + NR - 1) / NR * NR, widest = in_dim > P ? in_dim : P;
-    rnn_job job = {.kern = kern, .cell = cells[cell].fn, .gates = gates, .steps = steps, .batch = batch,
-                   .in_dim = in_dim, .hidden = hidden, .proj = proj, .layers = layers, .out_dim = P, .ldg = ldg,
-                   .ldp = (proj + NR - 1) / NR * NR, .x = x, .w = w, .h = h, .c = cells[cell].has_c ? c : NULL,
-                   .y = y};
-    job.buf = layers > 1 ? malloc(sizeof(float) * (size_t)(rows * P)) : NULL;
-    job.h0 = malloc(sizeof(float) * (size_t)(layers * batch * P));
-    job.xa = (codes_t){malloc((size_t)(rows * widest)), malloc(sizeof(float) * (size_t)rows),
-                       malloc(sizeof(int32_t) * (size_t)rows)};
-    if (fine) {
-        job.xr = (codes_t){malloc((size_t)(rows * widest)), malloc(sizeof(float) * (size_t)rows),
-                           malloc(sizeof(int32_t) * (size_t)rows)};
-        job.xres = malloc(sizeof(float) * (size_t)(rows * widest));
-        job.zeros = calloc((size_t)ldg, sizeof(float));
-    }
-    job.xproj = malloc(sizeof(float) * (size_t)(rows * ldg));
-    job.grec = malloc(sizeof(float) * (size_t)(batch * ldg));
-    job.uh = malloc((size_t)(n * batch * P));
-    job.hs = malloc(sizeof(float) * (size_t)(n * batch));
-    job.hz = malloc(sizeof(int32_t) * (size_t)(n * batch));
-    if (proj) {
-        job.m = malloc(sizeof(float) * (size_t)(batch * hidden));
-        job.pout = malloc(sizeof(float) * (size_t)(batch * job.ldp));
-        job.um = malloc((size_t)(n * batch * hidden));
-        job.ms = malloc(sizeof(float) * (size_t)(n * batch));
-        job.mz = malloc(sizeof(int32_t) * (size_t)(n * batch));
-    }
-    int ok = (layers == 1 || job.buf) && job.h0 && job.xa.u && job.xa.s && job.xa.zp && job.xproj && job.grec &&
-             job.uh && job.hs && job.hz && (!proj || (job.m && job.pout && job.um && job.ms && job.mz)) &&
-             (!fine || (job.xr.u && job.xr.s && job.xr.zp && job.xres && job.zeros));
-    if (ok) {
-        memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * P));
-        wl_run_region((int)n, rnn_region, &job);
-    }
-    free(job.buf), free(job.h0), free(job.xa.u), free(job.xa.s), free(job.xa.zp), free(job.xr.u), free(job.xr.s);
-    free(job.xr.zp), free(job.xres), free(job.zeros), free(job.xproj), free(job.grec);
-    free(job.uh), free(job.hs), free(job.hz), free(job.m), free(job.pout), free(job.um), free(job.ms), free(job.mz);
-    return ok ? 0 : -1;
-}
-
-/* the units per block of the recurrent layers' rows (wordlm.native checks that it orders them the same way) */
-int wl_unit_block(void) { return UNIT_BLOCK; }
-
-/* the best kernel this CPU runs, by number (x86: 2 AVX-512 VNNI, 1 AVX2; ARM64: 3 I8MM, 2 dot product,
- * 1 NEON; 0 portable C) */
-int wl_best_isa(void) { return best_isa(); }
-
-/* the name of kernel `isa` of this build's architecture, lowest first; NULL past the last */
-const char *wl_isa_name(int isa) { return isa >= 0 && isa < ISA_COUNT ? isa_names[isa] : NULL; }
-
-const char *wl_cell_name(int cell) { return cell >= 0 && cell < CELL_COUNT ? cells[cell].name : NULL; }
-
-int wl_cell_info(int cell, int64_t *gates, int *has_c, int *projection) {
-    if (cell < 0 || cell >= CELL_COUNT) return -1;
-    *gates = cells[cell].gates, *has_c = cells[cell].has_c, *projection = cells[cell].projection;
+    size_t need = wl_rnn_scratch_size(cell, steps, batch, in_dim, hidden, proj, layers, fine, threads);
+    void *owned, *block = scratch_for(scratch, scratch_bytes, need, &owned);
+    if (!block) return -1;
+    rnn_job job = rnn_sizes(cell, steps, batch, in_dim, hidden, proj, layers);
+    job.kern = kern, job.x = x, job.w = w, job.h = h, job.c = cells[cell].has_c ? c : NULL, job.y = y;
+    int64_t n = rnn_threads(threads, hidden);
+    arena_t ar = {(char *)(((uintptr_t)block + 63) & ~(uintptr_t)63), 0};
+    rnn_layout(&ar, &job, n, fine);
+    if (fine) memset(job.zeros, 0, sizeof(float) * (size_t)job.ldg);
+    memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * job.out_dim));
+    wl_run_region((int)n, rnn_region, &job);
+    free(owned);
     return 0;
 }
 
-#ifndef WL_NO_PYTHON
-/* A Python module only so that the library is built and found like any extension; the functions
- * above are called through ctypes (wordlm/native/__init__.py). */
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_kernels", .m_doc = "wordlm's native kernels",
-                                    .m_size = -1};
+/* the cell table by number (wl_cell_name, wl_cell_info: wordlm.h) */
+int wl_cell_count(void) { return CELL_COUNT; }
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
-#endif
+int wl_cell_row(int cell, const char **name, int64_t *gates, int *has_c, int *projection) {
+    if (cell < 0 || cell >= CELL_COUNT) return -1;
+    *name = cells[cell].name, *gates = cells[cell].gates, *has_c = cells[cell].has_c;
+    *projection = cells[cell].projection;
+    return 0;
+}

@@ -1,4 +1,4 @@
-/* What kernels.c (the arithmetic contract, portable C, threads, entry points), kernels_x86.c (AVX2,
+/* What kernels.c (the arithmetic contract, portable C, the drivers), entry.c (dispatch, entry points), kernels_x86.c (AVX2,
  * AVX-512 VNNI) and kernels_arm.c (NEON, dot product, I8MM) share: the blocking constants, the running log-sum-exp, and the table of one
  * instruction set's kernels. A new architecture is one more file that fills a wl_kernels table. */
 #ifndef WORDLM_KERNELS_H
@@ -7,7 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "api.h" /* WL_FINE, WL_CODES4 */
+#include "wordlm.h" /* WL_FINE, WL_CODES4, wl_packed */
 
 #if defined(__x86_64__) || defined(__i386__)
 #define WL_X86 1
@@ -21,6 +21,7 @@
 #define NR 16  /* rows of W per panel (two AVX2 registers of 8 int32) */
 #define MR 5   /* rows of x per micro-kernel call (25 = 5 x 5 for the tutorial's bptt) */
 #define NB 256 /* words per block of the running log-sum-exp (a block of logits stays in L1) */
+#define UNIT_BLOCK 32 /* hidden units per block of the recurrent layers' partition (kernels.c says why) */
 
 /* The running log-sum-exp of one row: sum of exp(z - max) over the logits folded in so far. */
 typedef struct {
@@ -65,7 +66,7 @@ typedef struct {
  * padded */
 static inline int64_t wl_nibble_panel_bytes(int64_t k) { return 64 * ((k / 4 + 1) / 2); }
 
-/* the GEMM of a table for a matrix of these flags (api.h) */
+/* the GEMM of a table for a matrix of these flags (wordlm.h) */
 static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {
     return (flags & WL_CODES4) && k->qgemm4 ? k->qgemm4 : k->qgemm;
 }
@@ -99,6 +100,18 @@ static inline __attribute__((always_inline)) void quantize_body(const float *x, 
  * width (8 on x86, 4 on ARM) */
 WL_INTERNAL extern const wl_kernels wl_kernels_portable;
 WL_INTERNAL void wl_cell_c(const float *g, int64_t hidden, float *h, float *c);
+
+/* kernels.c: the decoder and the recurrent stack on table `kern` (wordlm.h's wl_decoder_nll and
+ * wl_rnn, whose isa entry.c resolves to a table), and the cell table by number */
+WL_INTERNAL int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k, const int8_t *wp,
+                               int64_t n, int64_t n_pad, const float *wscale, const int32_t *wsum, const float *bias,
+                               int flags, const int64_t *targets, float *nll, float *logits, float *lse, int threads,
+                               void *scratch, size_t scratch_bytes);
+WL_INTERNAL int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, int64_t batch,
+                           int64_t in_dim, int64_t hidden, int64_t proj, int64_t layers, const wl_packed *w, float *h,
+                           float *c, float *y, int threads, void *scratch, size_t scratch_bytes);
+WL_INTERNAL int wl_cell_count(void);
+WL_INTERNAL int wl_cell_row(int cell, const char **name, int64_t *gates, int *has_c, int *projection);
 
 #ifdef WL_X86
 /* kernels_x86.c */

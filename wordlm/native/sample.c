@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "api.h"
+#include "wordlm.h"
 
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
 #define WL_CLONES __attribute__((target_clones("avx2", "default")))
