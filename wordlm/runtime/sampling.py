@@ -54,7 +54,8 @@ def per_row(
     serves every row (one generator is then drawn from row after row, as a batch always drew); per-row
     ones let streams of different requests share one batched step, each drawing only from its own."""
     samplings = [sampling] * batch if isinstance(sampling, Sampling) else sampling
-    rngs = [rng] * batch if isinstance(rng, np.random.Generator) else rng
+    # anything but a list or tuple is one generator (a numpy Generator, or any object with .random())
+    rngs = rng if isinstance(rng, list | tuple) else [rng] * batch
     if len(samplings) != batch or len(rngs) != batch:
         raise WordLMError(f"{batch} rows need {batch} settings and generators, got {len(samplings)} and {len(rngs)}")
     return samplings, rngs
