@@ -204,6 +204,7 @@ typedef struct {
     lse_t *part;            /* [chunks][m]: each chunk's log-sum-exp of each row */
     int nibbles;            /* wp holds nibbles (WL_NIBBLES) */
     atomic_int *failed;     /* set by a chunk that found no memory */
+    int fold;               /* the log-sum-exp is asked for (lse or nll): a logits-only call skips its exps */
 } decoder_job;
 
 /* one chunk of the vocabulary for every row: blocks of NB words outside (a block of W, 64 KiB at
@@ -241,7 +242,7 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
                 if (d->logits) memcpy(d->logits + r * d->n + n0, zr, sizeof(float) * (size_t)valid);
                 if (d->targets && d->targets[r] >= n0 && d->targets[r] < n0 + valid)
                     d->target_logit[r] = zr[d->targets[r] - n0];
-                d->kern->lse_block(&part[r], zr, valid);
+                if (d->fold) d->kern->lse_block(&part[r], zr, valid);
             }
         }
     }
@@ -330,10 +331,11 @@ int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k,
     quantize_fine(kern, x, m, k, s.a, s.r, s.res);
     atomic_int failed = 0;
     decoder_job job = {kern,     wl_qgemm_for(kern, flags), s.a, s.r, m, k, n, n_pad, wp, wscale, wsum, bias,
-                       s.zeros,  targets, logits, s.target_logit, s.part, (flags & WL_NIBBLES) != 0, &failed};
+                       s.zeros,  targets, logits, s.target_logit, s.part, (flags & WL_NIBBLES) != 0, &failed,
+                       lse || targets};
     wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
     int ok = !atomic_load(&failed);
-    for (int64_t r = 0; ok && r < m; r++) {
+    for (int64_t r = 0; ok && job.fold && r < m; r++) {
         lse_t all = {-INFINITY, 0.0};
         for (int64_t c = 0; c < chunks; c++) lse_merge(&all, &s.part[c * m + r]);
         double log_z = log(all.sum) + (double)all.max;
