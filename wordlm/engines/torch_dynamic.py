@@ -9,8 +9,9 @@ import warnings
 
 from wordlm import cells
 from wordlm.checkpoint import Checkpoint
-from wordlm.engines.torch_fp32 import TorchEngine, torch
+from wordlm.engines.torch_fp32 import torch
 from wordlm.errors import WordLMError
+from wordlm.train.model import TorchEngine
 
 
 def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:

@@ -30,7 +30,6 @@ from safetensors.torch import load_file, save
 from wordlm.checkpoint import Checkpoint, save_checkpoint
 from wordlm.checkpoint.fileio import atomic_write_dir, settle_dir
 from wordlm.data import Corpus, batchify, bptt_batches, stream_slice
-from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
 from wordlm.progress import progress as progress_bar
 from wordlm.tasks import evaluate
@@ -43,7 +42,7 @@ from wordlm.train.distributed import (
     rank_seed,
     restore_rank_state,
 )
-from wordlm.train.model import Hidden, RecurrentLM, checkpoint_tensors, repackage_hidden
+from wordlm.train.model import Hidden, RecurrentLM, TorchEngine, checkpoint_tensors, repackage_hidden
 
 log = logging.getLogger(__name__)
 STATE_MARKER = "state.json"
