@@ -474,6 +474,35 @@ static VNNI void gemv_vnni(const uint8_t *u, int64_t k, const int8_t *wp, int64_
     }
 }
 
+/* rows (<= MR) x two panels: each broadcast of a row's four codes serves two vpdpbusd (one per panel),
+ * where micro_vnni's serves one; broadcasts and weight loads share the load ports with the multiplies,
+ * so this takes 10 rows of a 10,000-word decoder (a beam search's step) from 0.79x to about fbgemm's
+ * speed. The same int32 sums: the bits do not change. */
+static inline VNNI __attribute__((always_inline)) void micro2_vnni(const uint8_t *u, int64_t k, const int8_t *panel,
+                                                                   const int rows, const float *ascale,
+                                                                   const int32_t *zp, const float *wscale,
+                                                                   const int32_t *wsum, const float *bias, float *z,
+                                                                   int64_t ldz) {
+    __m512i acc0[MR], acc1[MR];
+    const int8_t *next = panel + k * NR;
+    for (int r = 0; r < rows; r++) acc0[r] = acc1[r] = _mm512_setzero_si512();
+    for (int64_t k4 = 0; k4 < k / 4; k4++) {
+        __m512i w0 = _mm512_load_si512((const void *)(panel + k4 * 64));
+        __m512i w1 = _mm512_load_si512((const void *)(next + k4 * 64));
+        for (int r = 0; r < rows; r++) {
+            int32_t four;
+            memcpy(&four, u + r * k + k4 * 4, 4);
+            __m512i a = _mm512_set1_epi32(four);
+            acc0[r] = _mm512_dpbusd_epi32(acc0[r], a, w0);
+            acc1[r] = _mm512_dpbusd_epi32(acc1[r], a, w1);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        epilogue_vnni(acc0[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
+        epilogue_vnni(acc1[r], ascale[r], zp[r], wscale + NR, wsum + NR, bias + NR, z + r * ldz + NR);
+    }
+}
+
 static VNNI void qgemm_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
                             const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
                             const float *bias, float *z, int64_t ldz) {
@@ -481,7 +510,18 @@ static VNNI void qgemm_vnni(const uint8_t *u, int64_t rows, int64_t k, const int
         gemv_vnni(u, k, wp, panels, *ascale, *zp, wscale, wsum, bias, z);
         return;
     }
-    for (int64_t p = 0; p < panels; p++) {
+    int64_t p = 0;
+    for (; p + 2 <= panels; p += 2) {
+        const int8_t *panel = wp + p * k * NR;
+        int64_t n = p * NR;
+        switch (rows) {
+        case 5: micro2_vnni(u, k, panel, 5, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 4: micro2_vnni(u, k, panel, 4, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        case 3: micro2_vnni(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        default: micro2_vnni(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
+        }
+    }
+    for (; p < panels; p++) {
         const int8_t *panel = wp + p * k * NR;
         int64_t n = p * NR;
         switch (rows) {
