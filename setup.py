@@ -1,8 +1,29 @@
-"""The native kernels (wordlm/native/kernels*.c); everything else is in pyproject.toml."""
+"""The native kernels (wordlm/native/*.c) and the packaged default model; everything else is in
+pyproject.toml."""
+
+import shutil
+from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+SHIPPED = "wikitext2-lstm-15mb"  # wordlm.models.SHIPPED_NAME
+
+
+class build_py_with_model(build_py):
+    """Copies models/SHIPPED (kept beside the other models in the repository, its files too large for the
+    package's source tree) into the build as wordlm/shipped/SHIPPED: a wheel carries its default model."""
+
+    def run(self) -> None:
+        super().run()
+        source = Path(__file__).resolve().parent / "models" / SHIPPED
+        if not self.editable_mode and source.is_dir():
+            target = Path(self.build_lib) / "wordlm" / "shipped" / SHIPPED
+            shutil.copytree(source, target, dirs_exist_ok=True)
+
 
 setup(
+    cmdclass={"build_py": build_py_with_model},
     ext_modules=[
         Extension(
             "wordlm.native._kernels",
@@ -35,5 +56,5 @@ setup(
             extra_compile_args=["-O3", "-ffp-contract=off", "-pthread"],
             extra_link_args=["-pthread"],
         )
-    ]
+    ],
 )

@@ -1,7 +1,7 @@
 """The default models: models/wikitext2-lstm (the clone's float model: the tutorial's architecture stored
 as fp16, better than the tutorial's pretrained model on the whole test split, and what commands use by
-default in a clone) and the quantized one packaged in wordlm/shipped/ (what a wheel has; its card's
-figures hold). tests/wheel/check.sh checks the wheel itself."""
+default in a clone) and the quantized models/wikitext2-lstm-15mb (what a wheel has, as wordlm/shipped/;
+its card's figures hold). tests/wheel/check.sh checks the wheel itself."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from wordlm.tasks.generate import context_ids, encode_prompt
 from wordlm.train.model import RecurrentLM, checkpoint_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "wordlm" / "shipped" / "wikitext2-lstm-15mb"
+SHIPPED = ROOT / "models" / "wikitext2-lstm-15mb"
 CODES = {"ARGUMENT": 1, "NOT_FOUND": 2, "IO": 3, "CONFIG": 4, "WEIGHTS": 5, "VOCAB": 6}
 CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 

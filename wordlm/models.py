@@ -3,8 +3,9 @@ here). Torch-free; imports only wordlm.errors.
 
 In order: a path the caller names, $WORDLM_MODEL, the clone's models/wikitext2-lstm (the float model:
 a source tree has it, and the demo and the torch engines want float weights), then the quantized model
-packaged inside wordlm (wordlm/shipped/; a wheel has only this one, so that `pip install wordlm-*.whl`
-runs `generate`, `eval` and `serve` at once, without the repo and without fetching anything).
+packaged inside wordlm (wordlm/shipped/, copied there from the repository's models/ when a wheel is built:
+setup.py; a wheel has only this one, so that `pip install wordlm-*.whl` runs `generate`, `eval` and `serve`
+at once, without the repo and without fetching anything).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ _PACKAGE = Path(__file__).resolve().parent
 
 # the float model of a source tree (not in the wheel: 57 MB)
 DEFAULT_MODEL = _PACKAGE.parent / "models" / "wikitext2-lstm"
-# the quantized model in the package (package data; made from DEFAULT_MODEL by the command in its README.md)
-SHIPPED_MODEL = _PACKAGE / "shipped" / "wikitext2-lstm-15mb"
+# the quantized default model (made from DEFAULT_MODEL by the command in its README.md): in an installed
+# wheel, inside the package; in a source tree, beside the float one in models/
+SHIPPED_NAME = "wikitext2-lstm-15mb"
+_IN_PACKAGE = _PACKAGE / "shipped" / SHIPPED_NAME
+SHIPPED_MODEL = _IN_PACKAGE if _IN_PACKAGE.is_dir() else _PACKAGE.parent / "models" / SHIPPED_NAME
 
 
 def default_checkpoint(path: str | os.PathLike | None = None, required: bool = True) -> Path | None:

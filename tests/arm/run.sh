@@ -197,7 +197,7 @@ if [ -x "$out/test_kernels_aarch64" ] && [ -x "$out/test_kernels_host" ]; then
     [ -n "$clang" ] && [ -x "$out/test_kernels_clang" ] && tally clang-max 0
 fi
 # libwordlm's example under each CPU (its best kernel), and with the portable kernels against the host's
-shipped=wordlm/shipped/wikitext2-lstm-15mb
+shipped=models/wikitext2-lstm-15mb
 sentence="the meaning of life is"
 if [ -x "$out/example/next_words" ] && [ -x "$out/example-host/next_words" ]; then
     for cpu in max neoverse-n1 cortex-a53; do
