@@ -55,13 +55,18 @@ MAX_THREADS = 256  # the kernels start this many threads at most per call
 threads = integer(1, MAX_THREADS)  # every count of CPU threads: the CLI's, the runtime's, the kernels'
 
 
+def checked(check: Check, value: object, what: str) -> object:
+    """`value` if `check` takes it, else a one-line WordLMError naming `what` (a flag) and why."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise WordLMError(f"{what}: {e}, got {value}") from None
+    return value
+
+
 def check_threads(value: object, what: str = "--threads") -> int:
     """`value` if it is a sane thread count, else a one-line WordLMError."""
-    try:
-        threads(value)
-    except ValueError as e:
-        raise WordLMError(f"{what}: {e}, got {value!r}") from None
-    return value
+    return checked(threads, value, what)
 
 
 def setting(default: object = MISSING, *, help: str, check: Check | None = None, flag: str | None = None) -> typing.Any:
@@ -79,10 +84,7 @@ def flag_of(f: Field) -> str:
 def check_value(f: Field, value: object) -> object:
     """The field's value, or a WordLMError naming its flag and why (None: 'not set', always valid)."""
     if value is not None and f.metadata.get("check"):
-        try:
-            f.metadata["check"](value)
-        except ValueError as e:
-            raise WordLMError(f"{flag_of(f)}: {e}, got {value}") from None
+        checked(f.metadata["check"], value, flag_of(f))
     return value
 
 
