@@ -165,7 +165,8 @@ def test_float_parts_are_numpys_within_float32_rounding(programs, ckpts, name, m
     errors = compare.float_errors(rt, got, ids, targets)
     assert max(errors.values()) < 1e-5, errors
     exact = compare.differences(rt, got, ids, targets, us)
-    assert all(d.startswith(("step", "wl_eval_sequence's", "wl_next_logprobs", "wl_top_k")) for d in exact), exact
+    floats = ("step", "wl_eval_sequence's", "wl_next_logprobs", "wl_nll", "wl_top_k")  # float_errors bounds them
+    assert not [d for d in exact if not d.startswith(floats)]
     words, _, _ = rt.top_k(ids, rt.init_state(3), 10)
     assert list(got["top_ids"]) == list(words[0])
     if name == "dec-groups":

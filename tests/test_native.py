@@ -231,10 +231,13 @@ def _rnn_case(
     return _RnnCase(x, weights, _packed(cell, weights), state)
 
 
-def _packed(cell: str, weights: list, fine: bool = False) -> native.PackedRecurrent:
+def _packed(cell: str, weights: list, fine: bool = False, nibbles: bool = False) -> native.PackedRecurrent:
     """The layers (W_ih, W_hh[, W_hr]) of codes, scales and bias, packed for the kernels (`fine`: W_ih's
-    inputs as two codes)."""
-    pack = [[native.pack_linear(*m, fine=fine and i == 0) for i, m in enumerate(layer)] for layer in weights]
+    inputs as two codes; `nibbles`: int4 codes two a byte)."""
+    pack = [
+        [native.pack_linear(*m, fine=fine and i == 0, nibbles=nibbles) for i, m in enumerate(layer)]
+        for layer in weights
+    ]
     proj = [p[2] for p in pack] if len(pack[0]) == 3 else None
     return native.PackedRecurrent([(a, b) for a, b, *_ in pack], cell, proj)
 
@@ -537,17 +540,19 @@ def test_int4_codes_are_found_by_pack_linear():
             native.pack_linear(wide, s, b, nibbles=True)
 
 
-def test_nibbles_are_the_decoders_only():
+def test_nibbles_without_int4_codes_are_refused():
     import dataclasses
 
     x, weights, _, state = _rnn_case("gru", 2, 1, 8, 4, 1, bits=4)
     ((wih, whh),) = weights
-    with pytest.raises(WordLMError, match="nibbles are the decoder's only"):
-        native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, nibbles=True))], "gru")
     _, q, s, b, t = _case(2, 40, 8, bits=4)
     liar = dataclasses.replace(native.pack_linear(q, s, b, nibbles=True), codes4=False)  # nibbles without codes4
     with pytest.raises(WordLMError, match="bad arguments"):
         native.decoder_nll(x[0], liar, t[:1])
+    liars = native.PackedRecurrent([(native.pack_linear(*wih), native.pack_linear(*whh, nibbles=True))], "gru")
+    liars._matrices[1].flags = 4  # W_hh: nibbles without codes4
+    with pytest.raises(WordLMError, match="bad arguments"):
+        native.recurrent(x, liars, *state)
 
 
 @pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
@@ -570,17 +575,25 @@ def test_the_int4_gemm_is_the_one_that_runs(isa):
 
 @pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("name", CELLS)
-def test_int4_recurrent_stacks_follow_the_reference(isa, name):
-    """Every cell with int4 weights (every matrix's codes within [-8, 7]): the same bits on 1-3 threads,
-    a ReLU RNN's whole stack equal to the reference, the others' first step within exp's last bits."""
-    x, weights, packed, state = _rnn_case(name, 9, 3, 20, 40, 2, seed=21, bits=4)
+@pytest.mark.parametrize("nibbles", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])  # nibbles: one row reads them as they are, more may unpack them
+def test_int4_recurrent_stacks_follow_the_reference(isa, name, nibbles, batch):
+    """Every cell with int4 weights (every matrix's codes within [-8, 7]), as int8 codes or two a byte:
+    the same bits as int8 codes and on 1-3 threads, a ReLU RNN's whole stack equal to the reference, the
+    others' first step within exp's last bits."""
+    x, weights, packed, state = _rnn_case(name, 9, batch, 20, 40, 2, seed=21, bits=4)
     assert all(p.codes4 for pair in packed.layers for p in pair) and all(p.codes4 for p in packed.proj or [])
     one = native.recurrent(x, packed, *state, isa=isa)
-    for threads in (2, 3):
+    cell = packed.cell
+    if nibbles:
+        packed = _packed(cell, weights, nibbles=True)
+        mats = [p for pair in packed.layers for p in pair] + (packed.proj or [])
+        assert all(p.nibbles and p.panels.size == p.n_pad * -(-p.k // 8) * 4 for p in mats)
+    for threads in (1, 2, 3):
         out = native.recurrent(x, packed, *state, isa=isa, threads=threads)
         assert all(np.array_equal(a, b) for a, b in zip(out, one, strict=True)), threads
-    cell, first = packed.cell, tuple(st[:1] for st in state)
-    got = native.recurrent(x[:1], _packed(cell, weights[:1]), *first, isa=isa)
+    first = tuple(st[:1] for st in state)
+    got = native.recurrent(x[:1], _packed(cell, weights[:1], nibbles=nibbles), *first, isa=isa)
     want = native.reference_recurrent(cell, x[:1], weights[:1], *first)
     assert all(np.allclose(a, b, rtol=1e-5, atol=2e-6) for a, b in zip(got, want, strict=True))
     if cell == "rnn_relu":

@@ -19,7 +19,7 @@ from wordlm.checkpoint import load_checkpoint, save_checkpoint
 from wordlm.engines import load_engine
 from wordlm.engines.torch_fp32 import TorchEngine
 from wordlm.errors import WordLMError
-from wordlm.quant import get_scheme
+from wordlm.quant import QSpec, get_scheme
 from wordlm.quant.primitives import snr_db
 from wordlm.quantize import dequantize_checkpoint, quantize_checkpoint
 from wordlm.runtime import Runtime, Sampling, new_rng
@@ -72,6 +72,26 @@ def test_parts_run_where_they_should(models):
         w = Runtime(m[name][0]).weights  # (the int4 scheme's recurrent weights are int8)
         assert w.decoder.packed.codes4 == w.decoder.packed.nibbles == int4  # a decoder's two a byte
         assert not any(p.codes4 for pair in w.recurrent.packed.layers for p in pair)
+
+
+def test_recurrent_matrices_of_4_bits_or_fewer_are_kept_as_nibbles(models, monkeypatch):
+    """A plan's 4- and 2-bit LSTM matrices two codes a byte (generation reads each once per word), the
+    others int8 codes; the logits are those of the same codes as int8 (the kernels' contract)."""
+    ck, _ = models
+    plan = {"rnn.weight_hh_l0": QSpec(4), "rnn.weight_ih_l1": QSpec(2)}
+    q = quantize_checkpoint(ck, get_scheme("mixed", plan=plan))
+    rt = Runtime(q)
+    (ih0, hh0), (ih1, hh1) = rt.weights.recurrent.packed.layers[:2]
+    assert hh0.nibbles and ih1.nibbles and not ih0.nibbles and not hh1.nibbles
+    pack_linear = native.pack_linear
+    monkeypatch.setattr(native, "pack_linear", lambda q, s, b, fine=False, nibbles=False: pack_linear(q, s, b, fine))
+    as_int8 = Runtime(q)
+    assert not any(p.nibbles for pair in as_int8.weights.recurrent.packed.layers for p in pair)
+    ids = np.array([[3, 5], [7, 2], [1, 1]])  # two streams: the unpacked path; one: nibbles as they are
+    for batch in (ids, ids[:, :1]):
+        want = as_int8.logits(batch, as_int8.init_state(batch.shape[1]))
+        got = rt.logits(batch, rt.init_state(batch.shape[1]))
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
 
 
 @pytest.mark.parametrize("isa", [*ISAS, *EMULATED], indirect=True)

@@ -179,9 +179,9 @@ class PackedLinear:
     `fine`: its inputs go through the GEMM as two 7-bit codes, a row's and its residual's (~14 bits,
     twice the work; kernels.c), as a scheme's fine_activations asks for the input projections and the
     decoder. `codes4`: every code is within [-8, 7] (int4 weights; `pack_linear` finds out), which a
-    kernel may use to add more products in int16 (the same sums: kernels_x86.c). `nibbles` (a decoder's
-    int4 codes, asked for): the panels hold two codes a byte, half the memory that generation reads per
-    word (kernels.c says how)."""
+    kernel may use to add more products in int16 (the same sums: kernels_x86.c). `nibbles` (int4 codes,
+    asked for): the panels hold two codes a byte, half the memory that generation reads per word
+    (kernels.c says how)."""
 
     panels: np.ndarray  # int8, flat, 64-byte aligned (nibbles: [N/16][ceil(K/8)][16][4] bytes)
     scales: np.ndarray  # float32 [n_pad]
@@ -216,7 +216,7 @@ def pack_linear(
     q: np.ndarray, scales: np.ndarray, bias: np.ndarray, fine: bool = False, nibbles: bool = False
 ) -> PackedLinear:
     """codes q int8 [N, K] (K a multiple of 4), one scale per row [N] and bias [N] -> PackedLinear.
-    nibbles: int4 codes (within [-8, 7]) kept two a byte, for `decoder_nll` (not `recurrent`)."""
+    nibbles: int4 codes (within [-8, 7]) kept two a byte."""
     n, k = q.shape
     if q.dtype != np.int8 or k % 4 or scales.shape != (n,) or bias.shape != (n,):
         raise WordLMError(f"native kernels: need int8 codes [N, K], K a multiple of 4, [N] scales; got {q.shape}")
@@ -331,10 +331,20 @@ def _unit_block_order(hidden: int, gates: int) -> np.ndarray:
     )
 
 
+def _codes(p: PackedLinear) -> np.ndarray:
+    """p's codes int8 [n, k] in row order (the inverse of pack_linear's panels, nibbles or not)."""
+    panels = p.panels
+    if p.nibbles:  # per pair of groups 64 bytes: the first group's codes + 8 low, the second's high
+        pairs = panels.view(np.uint8).reshape(p.n_pad // PANEL, -1, 1, 64)
+        both = np.concatenate([pairs & 15, pairs >> 4], axis=2).reshape(p.n_pad // PANEL, -1, 64)
+        panels = (both[:, : p.k // 4].astype(np.int8) - np.int8(8)).reshape(-1)
+    codes = panels.reshape(p.n_pad // PANEL, p.k // 4, PANEL, 4).transpose(0, 2, 1, 3).reshape(p.n_pad, p.k)
+    return codes[: p.n]
+
+
 def _rows_reordered(p: PackedLinear, order: np.ndarray) -> PackedLinear:
     """p with its rows (codes, scale, code sum, bias) in `order` (of its p.n real rows)."""
-    codes = p.panels.reshape(p.n_pad // PANEL, p.k // 4, PANEL, 4).transpose(0, 2, 1, 3).reshape(p.n_pad, p.k)
-    return pack_linear(codes[: p.n][order], p.scales[: p.n][order], p.bias[: p.n][order], p.fine)
+    return pack_linear(_codes(p)[order], p.scales[: p.n][order], p.bias[: p.n][order], p.fine, p.nibbles)
 
 
 class _Matrix(ctypes.Structure):
@@ -375,8 +385,6 @@ class PackedRecurrent:
             raise WordLMError(f"native {self.cell}: W_hh and the upper layers' W_ih need {out} inputs (h's size)")
         if any(b.fine for _, b in self.layers) or any(p.fine for p in self.proj or []):
             raise WordLMError(f"native {self.cell}: only the input projections (W_ih) take fine activations")
-        if any(p.nibbles for pair in self.layers for p in pair) or any(p.nibbles for p in self.proj or []):
-            raise WordLMError(f"native {self.cell}: weights as nibbles are the decoder's only")
         order = _unit_block_order(hidden, gates)
         self.layers = [(_rows_reordered(a, order), _rows_reordered(b, order)) for a, b in self.layers]
         hr = self.proj or [None] * len(self.layers)

@@ -37,6 +37,7 @@ struct wl_context {
     int n_blocks;
     int64_t dec_n_pad;
     int fine_inputs;
+    int rnn_flags; /* the recurrent matrices' flags or'ed together (wl_rnn_scratch_size) */
     /* the float forms (weights.py's FloatLinear, Recurrent), where the parts are not native: float32
      * weights [n, k] (as stored, or dequantized) and biases, torch's row order */
     int rnn_native, dec_native;
@@ -179,6 +180,12 @@ static int pack(wl_context *ctx, const char *name, const char *bias, const int64
     return WL_OK;
 }
 
+/* int4 codes (or fewer bits) two a byte (weights.py): half the memory, which generation reads per word */
+static int nibbles_for(const wl_context *ctx, const char *name) {
+    int bits = ck_spec_for(&ctx->ck, name).bits;
+    return bits > 0 && bits <= 4;
+}
+
 /* the gates x H rows in blocks of UNIT_BLOCK units, each block's rows of every gate in turn
  * (native._unit_block_order) */
 static int64_t *unit_block_order(int64_t hidden, int64_t gates) {
@@ -206,12 +213,14 @@ static int pack_rnn(wl_context *ctx) {
         wl_packed *w = ctx->w + l * MATRICES;
         snprintf(name, sizeof name, "rnn.weight_ih_l%lld", (long long)l);
         snprintf(bias, sizeof bias, "rnn.bias_ih_l%lld", (long long)l);
-        rc = pack(ctx, name, bias, order, ctx->fine_inputs, 0, &w[W_IH], NULL);
+        rc = pack(ctx, name, bias, order, ctx->fine_inputs, nibbles_for(ctx, name), &w[W_IH], NULL);
         snprintf(name, sizeof name, "rnn.weight_hh_l%lld", (long long)l);
         snprintf(bias, sizeof bias, "rnn.bias_hh_l%lld", (long long)l);
-        if (!rc) rc = pack(ctx, name, bias, order, 0, 0, &w[W_HH], NULL);
+        if (!rc) rc = pack(ctx, name, bias, order, 0, nibbles_for(ctx, name), &w[W_HH], NULL);
         snprintf(name, sizeof name, "rnn.weight_hr_l%lld", (long long)l);
-        if (!rc && ck->proj_size) rc = pack(ctx, name, NULL, NULL, 0, 0, &w[W_HR], NULL); /* torch's W_hr: no bias */
+        if (!rc && ck->proj_size) /* torch's W_hr: no bias */
+            rc = pack(ctx, name, NULL, NULL, 0, nibbles_for(ctx, name), &w[W_HR], NULL);
+        for (int i = 0; i < MATRICES; i++) ctx->rnn_flags |= (int)w[i].flags;
     }
     free(order);
     return rc;
@@ -292,10 +301,9 @@ static int pack_model(wl_context *ctx) {
     ctx->rnn_native = quantized, ctx->dec_native = native_ok(ctx, dec_name);
     ctx->fine_inputs = ck->fine >= 1 && quantized;
     int rc = quantized ? pack_rnn(ctx) : float_rnn_weights(ctx);
-    /* a decoder's int4 codes two a byte (weights.py): half the memory, which generation reads per word */
-    int nibbles = ctx->dec_native && ck_spec_for(ck, dec_name).bits <= 4;
     if (!rc && ctx->dec_native)
-        rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, nibbles, &ctx->dec, &ctx->dec_n_pad);
+        rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, nibbles_for(ctx, dec_name), &ctx->dec,
+                  &ctx->dec_n_pad);
     if (!rc && !ctx->dec_native) {
         ctx->dec_w = float_weight(ctx, dec_name), ctx->dec_b = float_bias(ctx, "decoder.bias", ck->vocab_size);
         if (!ctx->dec_w || !ctx->dec_b) rc = FAIL(ctx, WL_ERR_MEMORY, "out of memory");
@@ -430,7 +438,7 @@ static size_t layout(const wl_context *ctx, int64_t steps, int64_t batch, char *
     w->m = carve(ws, &used, sizeof(float) * (size_t)(floats * batch * H));
     w->z = carve(ws, &used, sizeof(float) * (size_t)(!ctx->dec_native * V));
     w->lse64 = carve(ws, &used, sizeof(double) * (size_t)batch);
-    w->rnn_bytes = !ctx->rnn_native ? 0 : wl_rnn_scratch_size(ck->cell, steps, batch, ck->emb_dim, H, ck->proj_size, L, ctx->fine_inputs,
+    w->rnn_bytes = !ctx->rnn_native ? 0 : wl_rnn_scratch_size(ck->cell, steps, batch, ck->emb_dim, H, ck->proj_size, L, ctx->rnn_flags,
                                        ctx->threads);
     w->rnn = carve(ws, &used, w->rnn_bytes);
     w->dec_bytes = !ctx->dec_native ? 0 : wl_decoder_scratch_size(rows, P, ctx->dec_n_pad, (int)ctx->dec.flags);

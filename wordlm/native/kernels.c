@@ -144,14 +144,15 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
 }
 
 /* ---- int4 weights as nibbles (WL_NIBBLES) ----
- * Generation reads the whole decoder for every word (8.5 MB of int8 codes for the tutorial's): memory,
- * not arithmetic, sets its pace, so int4 codes are kept two a byte there. For each pair of groups of 4
+ * Generation reads every matrix once per word (8.5 MB of int8 codes for the tutorial's decoder, ~3 MB for
+ * its LSTM): memory, not arithmetic, sets its pace, so int4 codes (or narrower) are kept two a byte. For each pair of groups of 4
  * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
  * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
  * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. A table's qgemm_nibbles (any rows) or, for
  * one row (generation), gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
  * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
- * table's GEMM, so every table reads them, and the same codes give the same bits either way. */
+ * table's GEMM, and the recurrent stack a block of units' gate rows (panels_for), so every table reads
+ * them, and the same codes give the same bits either way. */
 
 /* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
@@ -187,12 +188,34 @@ static int8_t *thread_buffer(size_t bytes) {
     return buf;
 }
 
+/* The GEMM and the weights it reads for `panels` panels of w's rows from `row` (a multiple of NR) at
+ * `rows` rows of input: the int8 layout as it is; nibbles as they are where the table reads them (any
+ * rows: qgemm_nibbles, one row: gemv_nibbles); otherwise those panels unpacked into `buffer` (panels * k
+ * * NR bytes; NULL: none to hand, and NULL comes back) for the table's int8 GEMM. *fn: that GEMM. */
+static const int8_t *panels_for(const wl_kernels *kern, const int8_t *wp, int64_t flags, int64_t row, int64_t panels,
+                                int64_t k, int64_t rows, int8_t *buffer, wl_qgemm_fn *fn) {
+    *fn = wl_qgemm_for(kern, flags);
+    if (!(flags & WL_NIBBLES)) return wp + row * k;
+    const int8_t *nib = wp + row / NR * wl_nibble_panel_bytes(k);
+    wl_qgemm_fn direct = kern->qgemm_nibbles ? kern->qgemm_nibbles : rows == 1 ? kern->gemv_nibbles : NULL;
+    if (direct) {
+        *fn = direct;
+        return nib;
+    }
+    if (buffer) unpack_nibbles(nib, panels, k, buffer);
+    return buffer;
+}
+
+/* whether a call on `rows` rows of w reads its nibbles through an unpacked copy (panels_for) */
+static int unpacks(const wl_kernels *kern, int64_t flags, int64_t rows) {
+    return (flags & WL_NIBBLES) && !kern->qgemm_nibbles && !(rows == 1 && kern->gemv_nibbles);
+}
+
 /* ---- the decoder ---- */
 
 typedef struct {
     const wl_kernels *kern;
-    wl_qgemm_fn qgemm; /* the table's GEMM for this matrix's codes */
-    codes_t a, r;      /* the rows' codes, and their residual's (fine) */
+    codes_t a, r; /* the rows' codes, and their residual's (fine) */
     int64_t m, k, n, n_pad;
     const int8_t *wp;
     const float *wscale;
@@ -202,7 +225,7 @@ typedef struct {
     float *logits;          /* [m, n] or NULL */
     float *target_logit;    /* [m]: written by the chunk that holds the target */
     lse_t *part;            /* [chunks][m]: each chunk's log-sum-exp of each row */
-    int nibbles;            /* wp holds nibbles (WL_NIBBLES) */
+    int64_t flags;          /* the matrix's (wordlm.h) */
     atomic_int *failed;     /* set by a chunk that found no memory */
     int fold;               /* the log-sum-exp is asked for (lse or nll): a logits-only call skips its exps */
 } decoder_job;
@@ -215,24 +238,16 @@ static void decoder_chunk(const void *arg, int64_t chunk) {
     lse_t *part = d->part + chunk * d->m;
     for (int64_t r = 0; r < d->m; r++) part[r] = (lse_t){-INFINITY, 0.0};
     int64_t start = chunk * CHUNK_WORDS, end = start + CHUNK_WORDS < d->n_pad ? start + CHUNK_WORDS : d->n_pad;
-    wl_qgemm_fn qgemm = d->qgemm, direct = NULL;
-    if (d->nibbles) direct = d->kern->qgemm_nibbles ? d->kern->qgemm_nibbles : d->m == 1 ? d->kern->gemv_nibbles : NULL;
-    int8_t *unpacked = d->nibbles && !direct ? thread_buffer((size_t)(NB * d->k)) : NULL;
-    if (d->nibbles && !direct && !unpacked) {
+    int8_t *unpacked = unpacks(d->kern, d->flags, d->m) ? thread_buffer((size_t)(NB * d->k)) : NULL;
+    if (unpacks(d->kern, d->flags, d->m) && !unpacked) {
         atomic_store(d->failed, 1);
         return;
     }
     for (int64_t n0 = start; n0 < end; n0 += NB) {
         int64_t width = end - n0 < NB ? end - n0 : NB, panels = width / NR;
         int64_t valid = d->n - n0 < width ? d->n - n0 : width; /* words past n are padding */
-        const int8_t *wp = d->wp + n0 * d->k;
-        if (direct) {
-            wp = d->wp + n0 / NR * wl_nibble_panel_bytes(d->k);
-            qgemm = direct;
-        } else if (d->nibbles) {
-            unpack_nibbles(d->wp + n0 / NR * wl_nibble_panel_bytes(d->k), panels, d->k, unpacked);
-            wp = unpacked;
-        }
+        wl_qgemm_fn qgemm;
+        const int8_t *wp = panels_for(d->kern, d->wp, d->flags, n0, panels, d->k, d->m, unpacked, &qgemm);
         for (int64_t r0 = 0; r0 < d->m; r0 += MR) {
             int64_t rows = d->m - r0 < MR ? d->m - r0 : MR;
             qgemm_fine(qgemm, codes_from(d->a, r0, d->k), codes_from(d->r, r0, d->k), rows, d->k, wp, panels,
@@ -330,9 +345,8 @@ int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m, int64_t k,
     if (fine) memset(s.zeros, 0, sizeof(float) * (size_t)n_pad);
     quantize_fine(kern, x, m, k, s.a, s.r, s.res);
     atomic_int failed = 0;
-    decoder_job job = {kern,     wl_qgemm_for(kern, flags), s.a, s.r, m, k, n, n_pad, wp, wscale, wsum, bias,
-                       s.zeros,  targets, logits, s.target_logit, s.part, (flags & WL_NIBBLES) != 0, &failed,
-                       lse || targets};
+    decoder_job job = {kern,   s.a,     s.r,    m,  k, n, n_pad, wp, wscale, wsum, bias, s.zeros, targets,
+                       logits, s.target_logit, s.part, flags, &failed, lse || targets};
     wl_parallel_for(threads, chunks, passes * m * k * n_pad, decoder_chunk, &job);
     int ok = !atomic_load(&failed);
     for (int64_t r = 0; ok && job.fold && r < m; r++) {
@@ -446,6 +460,8 @@ typedef struct {
     uint8_t *um;  /* per thread [batch, hidden]: m quantized (projected LSTM) */
     float *ms;    /* per thread [batch] */
     int32_t *mz;  /* per thread [batch] */
+    int8_t *unpacked; /* per thread [unpack_bytes]: a block's panels of nibbles unpacked (NULL: no nibbles) */
+    int64_t unpack_bytes;
 } rnn_job;
 
 /* one thread's view: the layer and step it is at, and its quantized copies of the previous h and of m */
@@ -459,18 +475,31 @@ typedef struct {
     float *hs, *ms;
     int32_t *hz, *mz;
     int64_t h_quantized, m_quantized; /* the step whose previous h uh holds, whose m um holds (-1: none) */
+    int8_t *unpacked;                 /* this thread's unpacked panels: those of unpacked_from at unpacked_row */
+    const wl_packed *unpacked_from;
+    int64_t unpacked_row;
 } rnn_thread;
 
 /* rows [0, rows) of codes a (the batch; r: their residual's, fine, with zeros for its bias) x `panels`
- * panels of W's rows from `row` -> out[r * ldo + ...], in groups of MR rows */
-static void qgemm_rows(const wl_kernels *kern, codes_t a, codes_t r, int64_t rows, int64_t k, const wl_packed *w,
-                       int64_t row, int64_t panels, const float *zeros, float *out, int64_t ldo) {
+ * panels of W's rows from `row` -> out[r * ldo + ...], in groups of MR rows. Nibbles that the table does
+ * not read at this many rows are unpacked into the thread's buffer, once for as long as it asks for the
+ * same panels (a layer's input projection: each block once for all its rows). */
+static void qgemm_rows(rnn_thread *t, codes_t a, codes_t r, int64_t rows, int64_t k, const wl_packed *w, int64_t row,
+                       int64_t panels, const float *zeros, float *out, int64_t ldo) {
     float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
+    const wl_kernels *kern = t->j->kern;
+    int fresh = t->unpacked_from != w || t->unpacked_row != row;
+    int8_t *buffer = unpacks(kern, w->flags, rows) && fresh ? t->unpacked : NULL;
+    wl_qgemm_fn qgemm;
+    const int8_t *wp = panels_for(kern, w->panels, w->flags, row, panels, k, rows, buffer, &qgemm);
+    if (unpacks(kern, w->flags, rows)) {
+        t->unpacked_from = w, t->unpacked_row = row;
+        wp = t->unpacked;
+    }
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
-        qgemm_fine(wl_qgemm_for(kern, w->flags), codes_from(a, r0, k), codes_from(r, r0, k), nr, k,
-                   w->panels + row * k, panels, w->scale + row, w->sum + row, w->bias + row, zeros ? zeros + row : NULL,
-                   out + r0 * ldo, ldo, tmp);
+        qgemm_fine(qgemm, codes_from(a, r0, k), codes_from(r, r0, k), nr, k, wp, panels, w->scale + row, w->sum + row,
+                   w->bias + row, zeros ? zeros + row : NULL, out + r0 * ldo, ldo, tmp);
     }
 }
 
@@ -498,7 +527,7 @@ static void rnn_input_gemm(void *arg, int64_t item) {
     int64_t rows = j->steps * j->batch, groups = (rows + MR - 1) / MR;
     int64_t v = item / groups * UNIT_BLOCK, r0 = item % groups * MR, nr = rows - r0 < MR ? rows - r0 : MR;
     codes_t none = {0}, r = t->w[W_IH].flags & WL_FINE ? codes_from(j->xr, r0, t->k) : none;
-    qgemm_rows(j->kern, codes_from(j->xa, r0, t->k), r, nr, t->k, &t->w[W_IH], j->gates * v,
+    qgemm_rows(t, codes_from(j->xa, r0, t->k), r, nr, t->k, &t->w[W_IH], j->gates * v,
                block_panels(j, block_width(j, v)), j->zeros, j->xproj + r0 * j->ldg + j->gates * v, j->ldg);
 }
 
@@ -516,7 +545,7 @@ static void rnn_block_step(void *arg, int64_t block) {
         t->h_quantized = s;
     }
     codes_t h = {t->uh, t->hs, t->hz}, none = {0};
-    qgemm_rows(j->kern, h, none, B, P, &t->w[W_HH], row, block_panels(j, width), NULL, j->grec + row, j->ldg);
+    qgemm_rows(t, h, none, B, P, &t->w[W_HH], row, block_panels(j, width), NULL, j->grec + row, j->ldg);
     float *cur = j->proj ? j->m : t->out + s * B * H; /* rows of H units either way (P = H unprojected) */
     for (int64_t b = 0; b < B; b++) {
         j->cell(j->kern, j->xproj + (s * B + b) * j->ldg + row, j->grec + b * j->ldg + row, width, prev + b * P + v,
@@ -538,7 +567,7 @@ static void rnn_project(void *arg, int64_t block) {
         t->m_quantized = s;
     }
     codes_t m = {t->um, t->ms, t->mz}, none = {0};
-    qgemm_rows(j->kern, m, none, B, H, &t->w[W_HR], p0, (width + NR - 1) / NR, NULL, j->pout + p0, j->ldp);
+    qgemm_rows(t, m, none, B, H, &t->w[W_HR], p0, (width + NR - 1) / NR, NULL, j->pout + p0, j->ldp);
     for (int64_t b = 0; b < B; b++) {
         memcpy(t->out + (s * B + b) * P + p0, j->pout + b * j->ldp + p0, sizeof(float) * (size_t)width);
         if (s == j->steps - 1)
@@ -553,7 +582,8 @@ static void rnn_region(void *arg, team_t *team) {
     int64_t B = j->batch, rows = j->steps * B, blocks = (j->hidden + UNIT_BLOCK - 1) / UNIT_BLOCK;
     int64_t proj_blocks = (j->proj + UNIT_BLOCK - 1) / UNIT_BLOCK;
     rnn_thread t = {.j = j, .in = j->x, .uh = j->uh + team->id * B * j->out_dim, .hs = j->hs + team->id * B,
-                    .hz = j->hz + team->id * B};
+                    .hz = j->hz + team->id * B, .unpacked_row = -1};
+    if (j->unpacked) t.unpacked = j->unpacked + team->id * j->unpack_bytes;
     if (j->proj) t.um = j->um + team->id * B * j->hidden, t.ms = j->ms + team->id * B, t.mz = j->mz + team->id * B;
     for (t.layer = 0; t.layer < j->layers; t.layer++) {
         t.w = j->w + t.layer * MATRICES;
@@ -571,7 +601,7 @@ static void rnn_region(void *arg, team_t *team) {
 }
 
 /* the recurrent stack's buffers in `ar` (job's sizes and n threads set; base NULL: measure) */
-static void rnn_layout(arena_t *ar, rnn_job *job, int64_t n, int fine) {
+static void rnn_layout(arena_t *ar, rnn_job *job, int64_t n, int fine, int nibbles) {
     size_t rows = (size_t)(job->steps * job->batch), B = (size_t)job->batch, P = (size_t)job->out_dim;
     size_t H = (size_t)job->hidden, L = (size_t)job->layers, N = (size_t)n, ldg = (size_t)job->ldg;
     size_t widest = (size_t)(job->in_dim > job->out_dim ? job->in_dim : job->out_dim);
@@ -598,6 +628,10 @@ static void rnn_layout(arena_t *ar, rnn_job *job, int64_t n, int fine) {
         job->ms = take(ar, sizeof(float) * N * B);
         job->mz = take(ar, sizeof(int32_t) * N * B);
     }
+    /* the most panels of one call: a block's gate rows; k: the widest input (W_hr's is hidden) */
+    int64_t k = (int64_t)(widest > H ? widest : H);
+    job->unpack_bytes = nibbles ? (job->gates * UNIT_BLOCK + NR - 1) / NR * NR * k : 0;
+    job->unpacked = nibbles ? take(ar, N * (size_t)job->unpack_bytes) : NULL;
 }
 
 /* the threads of a region over `hidden` units: one per block of units at most */
@@ -616,11 +650,11 @@ static rnn_job rnn_sizes(int cell, int64_t steps, int64_t batch, int64_t in_dim,
 }
 
 size_t wl_rnn_scratch_size(int cell, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
-                           int64_t layers, int fine, int threads) {
+                           int64_t layers, int flags, int threads) {
     if (cell < 0 || cell >= CELL_COUNT || threads < 1) return 0;
     rnn_job job = rnn_sizes(cell, steps, batch, in_dim, hidden, proj, layers);
     arena_t ar = {NULL, 0};
-    rnn_layout(&ar, &job, rnn_threads(threads, hidden), fine);
+    rnn_layout(&ar, &job, rnn_threads(threads, hidden), (flags & WL_FINE) != 0, (flags & WL_NIBBLES) != 0);
     return ar.used + 64;
 }
 
@@ -633,6 +667,8 @@ size_t wl_rnn_scratch_size(int cell, int64_t steps, int64_t batch, int64_t in_di
  * code sums and biases in the same order; W_hr [proj, hidden] in its own order (unused unprojected).
  * in_dim, hidden and proj multiples of 4. A W_ih may be fine (the input projection's rows as two codes);
  * W_hh and W_hr not (their inputs carry ~1% of the 7-bit activations' cost: benchmarks/activations.md).
+ * Any of them may hold int4 codes as nibbles (WL_NIBBLES, as the decoder's): generation at batch 1 reads
+ * every matrix once per word, and half the bytes is half the time where memory sets the pace.
  * threads: up to one per block of units; scratch: wl_rnn_scratch_size bytes of the caller's (no
  * allocation) or NULL (one malloc). Returns 0, or -1 for a bad argument or no memory. */
 int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim,
@@ -642,23 +678,24 @@ int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, 
         in_dim < 4 || hidden < 4 || proj < 0 || in_dim % 4 || hidden % 4 || proj % 4 ||
         (proj && !cells[cell].projection) || (cells[cell].has_c && !c))
         return -1;
-    int fine = 0;
+    int flags = 0; /* of all the matrices */
     for (int64_t l = 0; l < layers; l++) {
-        for (int i = 0; i < MATRICES; i++)
-            if ((i < W_HR || proj) && ((uintptr_t)w[l * MATRICES + i].panels & 63)) return -1;
+        for (int i = 0; i < (proj ? MATRICES : W_HR); i++) {
+            int64_t f = w[l * MATRICES + i].flags;
+            if (((uintptr_t)w[l * MATRICES + i].panels & 63) || ((f & WL_NIBBLES) && !(f & WL_CODES4))) return -1;
+            flags |= (int)f;
+        }
         if ((w[l * MATRICES + W_HH].flags & WL_FINE) || (proj && (w[l * MATRICES + W_HR].flags & WL_FINE))) return -1;
-        for (int i = 0; i < MATRICES; i++) /* nibbles are the decoder's only */
-            if (w[l * MATRICES + i].flags & WL_NIBBLES) return -1;
-        fine |= (w[l * MATRICES + W_IH].flags & WL_FINE) != 0;
     }
-    size_t need = wl_rnn_scratch_size(cell, steps, batch, in_dim, hidden, proj, layers, fine, threads);
+    int fine = (flags & WL_FINE) != 0;
+    size_t need = wl_rnn_scratch_size(cell, steps, batch, in_dim, hidden, proj, layers, flags, threads);
     void *owned, *block = scratch_for(scratch, scratch_bytes, need, &owned);
     if (!block) return -1;
     rnn_job job = rnn_sizes(cell, steps, batch, in_dim, hidden, proj, layers);
     job.kern = kern, job.x = x, job.w = w, job.h = h, job.c = cells[cell].has_c ? c : NULL, job.y = y;
     int64_t n = rnn_threads(threads, hidden);
     arena_t ar = {(char *)(((uintptr_t)block + 63) & ~(uintptr_t)63), 0};
-    rnn_layout(&ar, &job, n, fine);
+    rnn_layout(&ar, &job, n, fine, (flags & WL_NIBBLES) != 0);
     if (fine) memset(job.zeros, 0, sizeof(float) * (size_t)job.ldg);
     memcpy(job.h0, h, sizeof(float) * (size_t)(layers * batch * job.out_dim));
     wl_run_region((int)n, rnn_region, &job);

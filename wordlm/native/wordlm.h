@@ -182,12 +182,13 @@ WL_API size_t wl_decoder_scratch_size(int64_t m, int64_t k, int64_t n_pad, int f
  * y [steps, batch, P], state h [layers, batch, P] and c [layers, batch, hidden] (an LSTM's; NULL
  * otherwise) read and updated in place; P = proj (an LSTM's projection) or hidden. w [layers][3]:
  * W_ih, W_hh, W_hr (kernels.c: their rows in blocks of wl_unit_block units). scratch as for the
- * decoder, wl_rnn_scratch_size bytes (fine: some W_ih is WL_FINE). Returns 0 or -1. */
+ * decoder, wl_rnn_scratch_size bytes (flags: the matrices' flags or'ed together, where some W_ih is
+ * WL_FINE or some matrix holds WL_NIBBLES; 0 or 1 as before). Returns 0 or -1. */
 WL_API int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden,
                   int64_t proj, int64_t layers, const wl_packed *w, float *h, float *c, float *y, int isa, int threads,
                   void *scratch, size_t scratch_bytes);
 WL_API size_t wl_rnn_scratch_size(int cell, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
-                                  int64_t layers, int fine, int threads);
+                                  int64_t layers, int flags, int threads);
 
 /* A word from logits z [n] at 1 / inv_t by inverse CDF at u in [0, 1) (sample.c); zmax = max(z);
  * w: n floats, sums: n / 256 + 1 doubles of scratch. Returns the word, or -1 for bad arguments. */

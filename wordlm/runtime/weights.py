@@ -150,15 +150,14 @@ class _Parts:
         s = self.spec(name)
         return _f32(self.t[name]) if s is None else dequantize(codes(self.t, name, s), self.t[f"{name}.scales"])
 
-    def linear(
-        self, name: str, bias: np.ndarray, fast: bool, part: str = "", nibbles: bool = False
-    ) -> native.PackedLinear | FloatLinear:
-        """`part`: what the weight computes where its name does not say (a tied matrix as the decoder);
-        `nibbles`: int4 codes kept two a byte."""
+    def linear(self, name: str, bias: np.ndarray, fast: bool, part: str = "") -> native.PackedLinear | FloatLinear:
+        """`part`: what the weight computes where its name does not say (a tied matrix as the decoder)."""
         if not fast:
             return FloatLinear(self.weight(name), bias)
         fine = any((part or name).startswith(prefix) for prefix in self.fine)  # its inputs as two 7-bit codes
         scales = _f32(self.t[f"{name}.scales"][:, 0])
+        # int4 codes (or narrower) two a byte: half the memory, which generation reads once per word
+        nibbles = self.spec(name).bits <= 4
         return native.pack_linear(codes(self.t, name, self.spec(name)), scales, bias, fine, nibbles)
 
     def embedding(self) -> Embedding:
@@ -184,9 +183,7 @@ class _Parts:
     def decoder(self) -> tuple[Decoder, str]:
         name = "encoder.weight" if self.cfg.tied else "decoder.weight"  # a tied matrix serves both
         fast = self.native_ok(name)
-        # int4 codes two a byte: half the memory, which generation reads once per word
-        nibbles = fast and self.spec(name).bits <= 4
-        dec = self.linear(name, _f32(self.t["decoder.bias"]), fast, part="decoder", nibbles=nibbles)
+        dec = self.linear(name, _f32(self.t["decoder.bias"]), fast, part="decoder")
         return (Decoder(packed=dec), f"native {native.active_isa()}") if fast else (Decoder(dense=dec), "numpy float32")
 
 
