@@ -30,8 +30,8 @@ setup(
             # entry.c: the ISA dispatch and entry points (wordlm.h); kernels.c: contract, portable C, the
             # drivers; threads.c: the thread pool; kernels_x86.c: AVX2, AVX-512 VNNI; kernels_arm.c: ARM64
             # NEON, dot product, I8MM (each compiled per function with target attributes, and empty off its
-            # architecture); sample.c: the sampler; context.c, checkpoint.c, json.c: libwordlm's context
-            # (the same library is libwordlm.so: `make lib`)
+            # architecture); sample.c: the sampler; embed.c: the embedding's rows; context.c, checkpoint.c,
+            # json.c: libwordlm's context (the same library is libwordlm.so: `make lib`)
             sources=[
                 "wordlm/native/entry.c",
                 "wordlm/native/kernels.c",
@@ -39,6 +39,7 @@ setup(
                 "wordlm/native/kernels_x86.c",
                 "wordlm/native/kernels_arm.c",
                 "wordlm/native/sample.c",
+                "wordlm/native/embed.c",
                 "wordlm/native/context.c",
                 "wordlm/native/checkpoint.c",
                 "wordlm/native/json.c",

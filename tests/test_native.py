@@ -599,3 +599,33 @@ def test_int4_recurrent_stacks_follow_the_reference(isa, name, nibbles, batch):
     if cell == "rnn_relu":
         ref = native.reference_recurrent(cell, x, weights, *state)
         assert all(np.array_equal(a, b) for a, b in zip(ref, one, strict=True))
+
+
+# ---- the embedding's rows (embed.c) and the sampler's max ----
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])  # quant.primitives.WIDTHS
+@pytest.mark.parametrize("groups", [1, 4])
+def test_embedding_rows_equal_numpys_unpacking(bits, groups):
+    """Codes of any width as stored (one bit stream per row), times their group's scale: numpy's
+    unpack_bits and float32 product, bit for bit, for ids of any shape."""
+    from wordlm.quant.primitives import pack_bits, qmax, unpack_bits
+
+    rng = np.random.default_rng(bits)
+    vocab, dim = 50, 40
+    codes = rng.integers(-qmax(bits) - 1, qmax(bits) + 1, (vocab, dim), dtype=np.int8)
+    table, scales = pack_bits(codes, bits), rng.random((vocab, groups)).astype(np.float32)
+    ids = rng.integers(0, vocab, (3, 4))
+    want = unpack_bits(table[ids], bits).astype(np.float32).reshape(3, 4, groups, -1) * scales[ids][..., None]
+    got = native.embed(table, bits, scales, dim, ids)
+    assert got.shape == (3, 4, dim) and np.array_equal(got, want.reshape(3, 4, dim))
+    for bad in (-1, vocab):
+        with pytest.raises(WordLMError, match="ids must lie"):
+            native.embed(table, bits, scales, dim, np.array([0, bad]))
+
+
+def test_the_native_max_is_numpys():
+    rng = np.random.default_rng(5)
+    for n in (1, 15, 16, 17, 33278):
+        z = rng.standard_normal(n).astype(np.float32) * 10
+        assert native.lib().wl_max(z.ctypes.data, n) == z.max(), n

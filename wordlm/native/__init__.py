@@ -81,6 +81,10 @@ def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int, ptr, size]
     lib.wl_sample.restype = i64
     lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
+    lib.wl_max.restype = ctypes.c_float
+    lib.wl_max.argtypes = [ptr, i64]
+    lib.wl_embed.restype = c_int
+    lib.wl_embed.argtypes = [ptr, i64, c_int, ptr, i64, i64, i64, ptr, i64, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
     lib.wl_isa_name.argtypes = [c_int]
     lib.wl_cell_name.restype = ctypes.c_char_p
@@ -467,12 +471,28 @@ def recurrent_into(
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
 
 
+def embed(table: np.ndarray, bits: int, scales: np.ndarray, dim: int, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (any shape) of an embedding of codes of `bits` (2-8), packed as stored (table [V,
+    row bytes], wordlm.quant.primitives.pack_bits), times float32 scales [V, groups] -> float32 [*ids.shape,
+    dim] (embed.c: one C call where unpacking in numpy took ~10)."""
+    ids = np.ascontiguousarray(ids, np.int64)
+    out = np.empty((*ids.shape, dim), np.float32)
+    table, scales = np.asarray(table), np.ascontiguousarray(scales, np.float32)
+    if not table.flags.c_contiguous or table.ndim != 2 or scales.ndim != 2:
+        raise WordLMError("native embedding: need a C-contiguous table [V, bytes] and scales [V, groups]")
+    args = (table.ctypes.data, table.shape[1], bits, scales.ctypes.data, scales.shape[1], table.shape[0], dim)
+    if ids.size and lib().wl_embed(*args, ids.ctypes.data, ids.size, out.ctypes.data) != 0:
+        raise WordLMError(f"native embedding: bad arguments (ids must lie in [0, {table.shape[0]}))")
+    return out
+
+
 def sample(z: np.ndarray, temperature: float, u: float) -> int:
     """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
     (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""
     z = np.ascontiguousarray(z, np.float32)
     w, sums = np.empty(z.size, np.float32), np.empty(z.size // 256 + 1, np.float64)
-    i = lib().wl_sample(z.ctypes.data, z.size, float(z.max()), 1.0 / temperature, u, w.ctypes.data, sums.ctypes.data)
+    zmax = lib().wl_max(z.ctypes.data, z.size) if z.size else 0.0
+    i = lib().wl_sample(z.ctypes.data, z.size, zmax, 1.0 / temperature, u, w.ctypes.data, sums.ctypes.data)
     if i < 0:
         raise WordLMError(f"native sampler: bad arguments (temperature {temperature}, u {u}, {z.size} words)")
     return int(i)

@@ -28,9 +28,10 @@ struct wl_context {
     char kernels[256];
     wl_error last;
     /* the embedding: the table of floats or codes (bits 0: floats) and its scales [V, groups] */
-    const ck_tensor *emb, *emb_scales;
+    const ck_tensor *emb;
     int emb_bits;
-    int64_t emb_group; /* inputs per scale */
+    const float *emb_scales; /* [V, emb_groups] as float32 (wl_embed's) */
+    int64_t emb_groups;
     /* the packed matrices: [layers][MATRICES], then the decoder; each one's block to free */
     wl_packed *w, dec;
     void **blocks;
@@ -90,16 +91,6 @@ static void unpack_row(const ck_tensor *q, int bits, int64_t r, int64_t k, int8_
         if (byte + 1 < q->shape[1]) v |= (unsigned)row[byte + 1] << 8;
         out[j] = (int8_t)((int)(v >> (bit & 7) & (unsigned)mask) - offset);
     }
-}
-
-/* code j of row r of a packed weight (unpack_row's, one at a time) */
-static int code_at(const ck_tensor *q, int bits, int64_t r, int64_t j) {
-    const uint8_t *row = q->data + (size_t)(r * q->shape[1]);
-    if (bits == 8) return (int8_t)row[j];
-    int64_t bit = j * bits, byte = bit >> 3;
-    unsigned v = row[byte];
-    if (byte + 1 < q->shape[1]) v |= (unsigned)row[byte + 1] << 8;
-    return (int)(v >> (bit & 7) & ((1u << bits) - 1)) - (1 << (bits - 1));
 }
 
 /* a weight the kernels take: codes of one scale per row, rows of a multiple of 4 inputs (weights.py's
@@ -226,6 +217,14 @@ static int pack_rnn(wl_context *ctx) {
     return rc;
 }
 
+/* a bias (or any tensor's first n numbers) as float32 [n] (NULL name: zeros, torch's W_hr has none) */
+static const float *float_bias(wl_context *ctx, const char *name, int64_t n) {
+    const ck_tensor *t = name ? ck_tensor_get(&ctx->ck, name) : NULL;
+    float *b = own(ctx, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; b && t && i < n; i++) b[i] = ck_float_at(t, (size_t)i);
+    return b;
+}
+
 /* a weight as float32 [n, k]: as stored, or its codes times their group's scale (weights.py's weight():
  * dequantize, one float32 multiply each) */
 static const float *float_weight(wl_context *ctx, const char *name) {
@@ -242,20 +241,12 @@ static const float *float_weight(wl_context *ctx, const char *name) {
     const ck_tensor *q = ck_tensor_get(&ctx->ck, key);
     snprintf(key, sizeof key, "%s.scales", name);
     const ck_tensor *sc = ck_tensor_get(&ctx->ck, key);
-    int64_t n = q->shape[0], k = q->shape[1] * 8 / s.bits, groups = sc->shape[1], per = k / groups;
+    int64_t n = q->shape[0], k = q->shape[1] * 8 / s.bits, groups = sc->shape[1];
     float *w = own(ctx, sizeof(float) * (size_t)(n * k));
-    for (int64_t r = 0; w && r < n; r++)
-        for (int64_t j = 0; j < k; j++)
-            w[r * k + j] = (float)code_at(q, s.bits, r, j) * ck_float_at(sc, (size_t)(r * groups + j / per));
-    return w;
-}
-
-/* a bias as float32 [n] (NULL name: zeros, torch's W_hr has none) */
-static const float *float_bias(wl_context *ctx, const char *name, int64_t n) {
-    const ck_tensor *t = name ? ck_tensor_get(&ctx->ck, name) : NULL;
-    float *b = own(ctx, sizeof(float) * (size_t)n);
-    for (int64_t i = 0; b && t && i < n; i++) b[i] = ck_float_at(t, (size_t)i);
-    return b;
+    const float *scales = float_bias(ctx, key, n * groups); /* [n, groups] */
+    for (int64_t r = 0; w && scales && r < n; r++) /* each row an embedding's row: the same arithmetic */
+        wl_embed(q->data, q->shape[1], s.bits, scales, groups, n, k, &r, 1, w + r * k);
+    return scales ? w : NULL;
 }
 
 /* the recurrent stack's float forms, torch's row order (weights.py's Recurrent) */
@@ -286,8 +277,9 @@ static int pack_model(wl_context *ctx) {
     ctx->emb_bits = ck_spec_for(ck, "encoder.weight").bits;
     if (ctx->emb_bits) {
         ctx->emb = ck_tensor_get(ck, "encoder.weight.qweight");
-        ctx->emb_scales = ck_tensor_get(ck, "encoder.weight.scales");
-        ctx->emb_group = ck->emb_dim / ctx->emb_scales->shape[1];
+        ctx->emb_groups = ck_tensor_get(ck, "encoder.weight.scales")->shape[1];
+        ctx->emb_scales = float_bias(ctx, "encoder.weight.scales", ck->vocab_size * ctx->emb_groups);
+        if (!ctx->emb_scales) return FAIL(ctx, WL_ERR_MEMORY, "out of memory");
     }
     int quantized = 1;
     for (int64_t l = 0; l < ck->num_layers; l++) {
@@ -480,11 +472,9 @@ static void embed(const wl_context *ctx, const int32_t *tokens, int64_t rows, fl
             for (int64_t j = 0; j < E; j++) out[j] = ck_float_at(ctx->emb, (size_t)(tokens[r] * E + j));
             continue;
         }
-        int64_t groups = ctx->emb_scales->shape[1];
-        for (int64_t j = 0; j < E; j++) {
-            float s = ck_float_at(ctx->emb_scales, (size_t)(tokens[r] * groups + j / ctx->emb_group));
-            out[j] = (float)code_at(ctx->emb, ctx->emb_bits, tokens[r], j) * s;
-        }
+        int64_t id = tokens[r]; /* checked by the caller */
+        wl_embed(ctx->emb->data, ctx->emb->shape[1], ctx->emb_bits, ctx->emb_scales, ctx->emb_groups,
+                 ctx->ck.vocab_size, E, &id, 1, out);
     }
 }
 
@@ -814,12 +804,13 @@ int32_t wl_sample_next(wl_context *ctx, const float *z, const wl_sampling *s, do
     if (!(s->temperature >= 0) || s->top_k < 0 || !(s->top_p > 0 && s->top_p <= 1) || !(u >= 0 && u < 1))
         return FAIL(ctx, WL_ERR_ARGUMENT, "sampling: temperature >= 0, top_k >= 0, top_p in (0, 1], u in [0, 1)"), -1;
     int greedy = s->temperature < FLT_MIN || s->top_k == 1, plain = !greedy && !s->top_k && s->top_p >= 1;
-    float zmax = z[0];
-    int32_t arg = 0;
-    for (int64_t i = 1; i < V; i++)
-        if (z[i] > zmax) zmax = z[i], arg = (int32_t)i;
+    float zmax = wl_max(z, V);
     ok(ctx);
-    if (greedy) return arg;
+    if (greedy) { /* the first word at the max */
+        int32_t arg = 0;
+        while (z[arg] != zmax) arg++;
+        return arg;
+    }
     if (plain) return (int32_t)wl_sample(z, V, zmax, (float)(1.0 / s->temperature), u, ctx->s_w, ctx->s_sums);
     float *p = ctx->s_p, t = (float)s->temperature;
     for (int64_t i = 0; i < V; i++) p[i] = expf((z[i] - zmax) / t); /* in [0, 1], the mode's exactly 1 */

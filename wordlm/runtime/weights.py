@@ -15,7 +15,7 @@ import numpy as np
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
 from wordlm.quant import FINE_ACTIVATIONS, codes
-from wordlm.quant.primitives import code_count, dequantize, unpack_bits
+from wordlm.quant.primitives import code_count, dequantize
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -25,20 +25,18 @@ def _f32(a: np.ndarray) -> np.ndarray:
 @dataclass
 class Embedding:
     """ids -> rows: float32 [V, E], or codes of `bits` packed as stored ([V, E * bits / 8]) with scales
-    [V, G]. The table stays packed (a row lookup unpacks only the rows it reads): its RAM is its size
-    on disk."""
+    [V, G], `dim` (E) codes a row. The table stays packed (a row lookup unpacks only the rows it reads,
+    natively): its RAM is its size on disk."""
 
     table: np.ndarray
     scales: np.ndarray | None = None
     bits: int | None = None
+    dim: int | None = None
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        rows = self.table[ids]
         if self.bits is None:
-            return _f32(rows)
-        rows = unpack_bits(rows, self.bits)
-        scales = _f32(self.scales[ids])[..., None]  # [..., G, 1]
-        return (rows.astype(np.float32).reshape(*ids.shape, scales.shape[-2], -1) * scales).reshape(*ids.shape, -1)
+            return _f32(self.table[ids])
+        return native.embed(self.table, self.bits, self.scales, self.dim, ids)
 
 
 class FloatLinear:
@@ -164,7 +162,8 @@ class _Parts:
         enc, t = self.spec("encoder.weight"), self.t
         if enc is None:
             return Embedding(_f32(t["encoder.weight"]))
-        return Embedding(t["encoder.weight.qweight"], _f32(t["encoder.weight.scales"]), enc.bits)
+        q = np.asarray(t["encoder.weight.qweight"])  # an ndarray view of the mapped file: no memmap overhead
+        return Embedding(q.view(np.uint8), _f32(t["encoder.weight.scales"]), enc.bits, self.cfg.emb_dim)
 
     def recurrent(self) -> tuple[NativeRecurrent | Recurrent, str]:
         """The stack: all of it in C when the kernels take every matrix, else numpy float32; and which."""
