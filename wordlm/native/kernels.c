@@ -102,7 +102,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL, NULL};
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL};
 
 /* ---- fine activations ---- */
 
@@ -148,15 +148,15 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
  * its LSTM): memory, not arithmetic, sets its pace, so int4 codes (or narrower) are kept two a byte. For each pair of groups of 4
  * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
  * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
- * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. A table's qgemm_nibbles (any rows) or, for
- * one row (generation), gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
+ * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. For one row (generation) a table's
+ * gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
  * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
  * table's GEMM, and the recurrent stack a block of units' gate rows (panels_for), so every table reads
  * them, and the same codes give the same bits either way. */
 
 /* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
-#define UNPACK_CLONES __attribute__((target_clones("avx2", "default")))
+#define UNPACK_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define UNPACK_CLONES
 #endif
@@ -189,17 +189,16 @@ static int8_t *thread_buffer(size_t bytes) {
 }
 
 /* The GEMM and the weights it reads for `panels` panels of w's rows from `row` (a multiple of NR) at
- * `rows` rows of input: the int8 layout as it is; nibbles as they are where the table reads them (any
- * rows: qgemm_nibbles, one row: gemv_nibbles); otherwise those panels unpacked into `buffer` (panels * k
- * * NR bytes; NULL: none to hand, and NULL comes back) for the table's int8 GEMM. *fn: that GEMM. */
+ * `rows` rows of input: the int8 layout as it is; nibbles as they are where the table reads them (one
+ * row: gemv_nibbles); otherwise those panels unpacked into `buffer` (panels * k * NR bytes; NULL: none
+ * to hand, and NULL comes back) for the table's int8 GEMM. *fn: that GEMM. */
 static const int8_t *panels_for(const wl_kernels *kern, const int8_t *wp, int64_t flags, int64_t row, int64_t panels,
                                 int64_t k, int64_t rows, int8_t *buffer, wl_qgemm_fn *fn) {
     *fn = wl_qgemm_for(kern, flags);
     if (!(flags & WL_NIBBLES)) return wp + row * k;
     const int8_t *nib = wp + row / NR * wl_nibble_panel_bytes(k);
-    wl_qgemm_fn direct = kern->qgemm_nibbles ? kern->qgemm_nibbles : rows == 1 ? kern->gemv_nibbles : NULL;
-    if (direct) {
-        *fn = direct;
+    if (rows == 1 && kern->gemv_nibbles) {
+        *fn = kern->gemv_nibbles;
         return nib;
     }
     if (buffer) unpack_nibbles(nib, panels, k, buffer);
@@ -208,7 +207,7 @@ static const int8_t *panels_for(const wl_kernels *kern, const int8_t *wp, int64_
 
 /* whether a call on `rows` rows of w reads its nibbles through an unpacked copy (panels_for) */
 static int unpacks(const wl_kernels *kern, int64_t flags, int64_t rows) {
-    return (flags & WL_NIBBLES) && !kern->qgemm_nibbles && !(rows == 1 && kern->gemv_nibbles);
+    return (flags & WL_NIBBLES) && !(rows == 1 && kern->gemv_nibbles);
 }
 
 /* ---- the decoder ---- */

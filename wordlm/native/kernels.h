@@ -49,9 +49,8 @@ typedef void (*wl_qgemm_fn)(const uint8_t *u, int64_t rows, int64_t k, const int
  *  qgemm4:   qgemm for weights whose codes are all within [-8, 7] (WL_CODES4), or NULL where qgemm is
  *            as fast for them (the same integers either way);
  *  gemv_nibbles: qgemm of one row (rows = 1) against panels of nibbles (WL_NIBBLES: kernels.c), read as
- *            they are, or NULL;
- *  qgemm_nibbles: the same for any rows (<= MR), or NULL: the decoder then unpacks the nibbles, block by
- *            block, for qgemm4 (or qgemm) unless one row goes to gemv_nibbles. */
+ *            they are, or NULL; more rows (or none of its own) unpack the nibbles, block by block, for
+ *            qgemm4 (or qgemm). */
 typedef struct {
     void (*quantize)(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp);
     wl_qgemm_fn qgemm;
@@ -59,7 +58,6 @@ typedef struct {
     void (*cell)(const float *g, int64_t hidden, float *h, float *c);
     wl_qgemm_fn qgemm4;
     wl_qgemm_fn gemv_nibbles;
-    wl_qgemm_fn qgemm_nibbles;
 } wl_kernels;
 
 /* the bytes of one panel of nibbles (kernels.c): 64 per pair of groups of 4 inputs, an odd last one

@@ -212,7 +212,7 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL, NULL, NULL};
+const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL, NULL};
 
 /* ---- dot product (ARMv8.2 SDOT) ---- */
 
@@ -412,8 +412,7 @@ static DOTPROD void gemv_nibbles_dot(const uint8_t *u, int64_t rows, int64_t k, 
 }
 
 /* quantization, the log-sum-exp and the cell are NEON's: SDOT changes only the GEMM */
-const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot,
-                                       NULL};
+const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot};
 
 /* ---- I8MM (SMMLA) ---- */
 
@@ -511,8 +510,7 @@ static I8MM void qgemm_mmla(const uint8_t *u, int64_t rows, int64_t k, const int
 }
 
 /* one row of nibbles: SDOT's (every I8MM CPU has it) */
-const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot,
-                                    NULL};
+const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot};
 
 /* ---- which of them this CPU runs ---- */
 

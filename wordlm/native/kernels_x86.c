@@ -406,11 +406,11 @@ static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, co
                            bias + p * NR, z + p * NR);
 }
 
-/* no qgemm_nibbles: unpacking in registers two rows a pass (16 registers) took longer than unpacking each
- * block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20 interleaved on a
- * busy machine, load 5.5: a direction, not a figure) */
-const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2,    cell_avx2,
-                                    qgemm4_avx2,        gemv_nibbles_avx2, NULL};
+/* nibbles for more than one row: unpacking in registers two rows a pass (16 registers) took longer than
+ * unpacking each block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20
+ * interleaved on a busy machine, load 5.5: a direction, not a figure) */
+const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_avx2, cell_avx2, qgemm4_avx2,
+                                    gemv_nibbles_avx2};
 
 /* ---- AVX-512 VNNI ---- */
 
@@ -622,64 +622,13 @@ static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, co
                                 bias + p * NR, z + p * NR);
 }
 
-/* rows (<= MR) x one panel of nibbles: each pair of groups unpacked once for every row */
-static inline VNNI __attribute__((always_inline)) void micro_nibbles_vnni(const uint8_t *u, int64_t k,
-                                                                           const int8_t *panel, const int rows,
-                                                                           const float *ascale, const int32_t *zp,
-                                                                           const float *wscale,
-                                                                           const int32_t *wsum, const float *bias,
-                                                                           float *z, int64_t ldz) {
-    const __m512i mask = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
-    __m512i acc[MR];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_si512();
-    int64_t pairs = k / 8;
-    for (int64_t i = 0; i < pairs; i++) {
-        __m512i v = _mm512_load_si512((const void *)(panel + i * 64));
-        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
-        __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight);
-        for (int r = 0; r < rows; r++) {
-            int32_t f0, f1;
-            memcpy(&f0, u + r * k + i * 8, 4), memcpy(&f1, u + r * k + i * 8 + 4, 4);
-            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
-            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f1), hi);
-        }
-    }
-    if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
-        __m512i v = _mm512_load_si512((const void *)(panel + pairs * 64));
-        __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
-        for (int r = 0; r < rows; r++) {
-            int32_t f0;
-            memcpy(&f0, u + r * k + pairs * 8, 4);
-            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(f0), lo);
-        }
-    }
-    for (int r = 0; r < rows; r++) epilogue_vnni(acc[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
-}
-
-static VNNI void qgemm_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
-                                    const float *ascale, const int32_t *zp, const float *wscale,
-                                    const int32_t *wsum, const float *bias, float *z, int64_t ldz) {
-    if (rows == 1) {
-        gemv_nibbles_vnni(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z, ldz);
-        return;
-    }
-    int64_t stride = wl_nibble_panel_bytes(k);
-    for (int64_t p = 0; p < panels; p++) {
-        const int8_t *panel = wp + p * stride;
-        int64_t n = p * NR;
-        switch (rows) { /* constant row counts: the accumulators live in registers */
-        case 5: micro_nibbles_vnni(u, k, panel, 5, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
-        case 4: micro_nibbles_vnni(u, k, panel, 4, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
-        case 3: micro_nibbles_vnni(u, k, panel, 3, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
-        default: micro_nibbles_vnni(u, k, panel, 2, ascale, zp, wscale + n, wsum + n, bias + n, z + n, ldz); break;
-        }
-    }
-}
-
 /* quantization and the cell are AVX2's: neither is where the time goes. No GEMM of its own for int4
- * codes: vpdpbusd adds four products into int32 in one instruction already; nibbles, read as they are */
-const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni,        lse_block_512,     cell_avx2,
-                                           NULL,               gemv_nibbles_vnni, qgemm_nibbles_vnni};
+ * codes: vpdpbusd adds four products into int32 in one instruction already. Nibbles are read as they are
+ * for one row; for more, unpacking a block once for all the rows and running the two-panel GEMM beat
+ * unpacking them in registers for each group of rows (the tutorial's decoder at 25 rows: 1.44 against
+ * 1.60 ms, int8 codes 1.28-1.36; Xeon with AVX-512 VNNI, medians of 60) */
+const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2, NULL,
+                                           gemv_nibbles_vnni};
 
 int wl_x86_best_isa(void) {
 #ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */
