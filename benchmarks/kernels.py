@@ -5,14 +5,17 @@ Run: .venv/bin/python benchmarks/kernels.py [--allow-busy]  (writes benchmarks/k
 machine unless --allow-busy: wordlm/bench/machine_load.py)
 Decoder-sized matmul x[M, 256] @ W[256, 33278] at M = 25 (an eval chunk) and M = 1 (a generated
 token), and a 25-step, 5-layer LSTM (512 -> 256), each timed as a one-node ORT graph or one call of
-the native kernel.
+the native kernel. Then the native kernels at 25 rows against this core's arithmetic ceiling
+(kernels/ceiling.c: the inner instructions alone, no loads).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -300,6 +303,36 @@ def sampling_variants():
     return rows
 
 
+def ceiling() -> dict[str, float]:
+    """kernels/ceiling.c built and run: the clock (GHz) and each instruction set's peak G multiply-adds/s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "ceiling"
+        subprocess.run(
+            ["cc", "-O2", str(Path(__file__).with_name("kernels") / "ceiling.c"), "-o", str(exe)], check=True
+        )
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: float(line.split()[1]) for line in out.splitlines()}
+
+
+def against_ceiling(rows, peak: dict[str, float], layers=5, E=512, H=256) -> list[str]:
+    """The native int8 kernels' multiply-adds per second at 25 rows, as a share of their ceiling."""
+    macs = {"decoder": 25 * N * K, "LSTM": 25 * 4 * H * (E + H + (layers - 1) * 2 * H)}
+    lines = [
+        f"## Against the ceiling (clock {peak['clock']:.2f} GHz by a chain of dependent adds)",
+        "",
+        "| kernel, 25 rows / steps | G multiply-adds/s | ceiling of its instructions | share |",
+        "|---|---|---|---|",
+    ]
+    for name, t25, _ in rows:
+        parts = name.split(", ")
+        isa = next((p for p in parts if p in peak), None)  # int4 rows (a last part) have ceilings of their own
+        part = "decoder" if name.startswith("decoder + loss: wordlm") else "LSTM" if "LSTM: wordlm" in name else None
+        if part and isa and parts[-1] in (isa, f"{layers} layers"):
+            rate = macs[part] / (t25 / 1e3) / 1e9
+            lines.append(f"| {name} | {rate:.1f} | {peak[isa]:.1f} | {rate / peak[isa]:.0%} |")
+    return lines + [""]
+
+
 def main() -> None:
     from wordlm import native
     from wordlm.bench.machine_load import BusyMachine, MachineLoad, add_argument
@@ -311,6 +344,7 @@ def main() -> None:
     try:
         load = MachineLoad.start(args.allow_busy)
         rows = decoder_variants() + lstm_variants() + loss_head_variants() + native_variants() + sampling_variants()
+        peak = ceiling()
         load.stop()
     except BusyMachine as e:
         sys.exit(f"benchmarks/kernels.py: {e}")
@@ -331,6 +365,7 @@ def main() -> None:
         return "-" if x != x else f"{x:.3f}"  # nan: not measured for this shape
 
     lines += [f"| {n} | {ms(a)} | {ms(b)} |" for n, a, b in rows]
+    lines += ["", *against_ceiling(rows, peak)]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(__file__).with_name("kernels.md").write_text(text)
