@@ -35,6 +35,20 @@ def test_a_busy_machine_is_refused_before_any_timing(monkeypatch):
         MachineLoad.start()
 
 
+def test_settle_waits_for_the_set_ups_own_load_to_fall(monkeypatch):
+    """A script's set-up lifted the load average: `settle` waits for it to fall below the limit (and
+    refuses as before if it does not in time)."""
+    _fake(monkeypatch, 0.0, [100.0, 100.0], [5.0, 5.0])
+    readings = [0.9, 0.7, 0.4, 0.4]
+    monkeypatch.setattr(machine_load, "load_average", lambda: readings.pop(0))
+    slept = []
+    monkeypatch.setattr(machine_load.time, "sleep", slept.append)
+    assert MachineLoad.start(settle=60).before == 0.4 and len(slept) == 2
+    monkeypatch.setattr(machine_load, "load_average", lambda: 0.9)
+    with pytest.raises(BusyMachine, match="load average 0.90"):
+        MachineLoad.start(settle=0.01)
+
+
 def test_other_work_during_the_timings_is_refused(monkeypatch):
     """Before: quiet. During: the machine spent 30 CPU seconds busy in 10 s of which 10 were ours: the
     others took 2 cores. Our own CPU is not counted against us."""

@@ -33,6 +33,17 @@ def test_every_width_packs_and_unpacks_bit_for_bit(bits, k):
     assert np.array_equal(unpack_bits(packed[[3, 0, 3]], bits), q[[3, 0, 3]])  # rows gather packed (the embedding)
 
 
+def test_a_matrix_unpacks_in_blocks_of_rows_with_the_same_codes(monkeypatch):
+    """UNPACK_ROWS rows at a time (a model's load would otherwise peak at 8 bytes a code), the last
+    block short: the same codes as all at once."""
+    from wordlm.quant import primitives
+
+    q = rng.integers(-8, 8, (37, 64), dtype=np.int8)
+    monkeypatch.setattr(primitives, "UNPACK_ROWS", 10)
+    assert np.array_equal(unpack_bits(pack_bits(q, 4), 4), q)
+    assert np.array_equal(unpack_bits(pack_bits(q[:, None], 4), 4), q[:, None])  # any leading shape
+
+
 def test_four_bits_keep_the_int4_layout():
     """Byte for byte what int4 checkpoints have always held (ONNX Runtime's MatMulNBits layout): the even
     column in the low nibble, offset by 8."""

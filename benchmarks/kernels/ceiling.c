@@ -18,41 +18,60 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* a chain of dependent register adds, one a cycle (an add of an immediate may be folded at rename on
+ * recent Intel cores, so the addend is a register) */
 static double clock_ghz(void) {
-    uint64_t x = 1;
+    uint64_t x = 1, one = 1;
     double t = now();
-    for (long i = 0; i < ITERS; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+    for (long i = 0; i < ITERS; i++)
+        __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(x) : "r"(one));
     return 4.0 * ITERS / (now() - t) / 1e9;
 }
 
+/* eight independent accumulators in named registers (an array would live in memory, its stores and
+ * loads a chain of their own); the empty asm before each product keeps the compiler from computing the
+ * same product once for all eight */
+#define AVX2_STEP(acc)                                                                                 \
+    do {                                                                                               \
+        __asm__ volatile("" : "+x"(a));                                                                \
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), one));              \
+    } while (0)
 __attribute__((target("avx2"))) static double avx2_gmacs(void) {
-    __m256i acc[8], a = _mm256_set1_epi8(3), w = _mm256_set1_epi8(-2), one = _mm256_set1_epi16(1);
-    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_si256();
+    __m256i a = _mm256_set1_epi8(3), w = _mm256_set1_epi8(-2), one = _mm256_set1_epi16(1);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
     double t = now();
-    for (long i = 0; i < ITERS / 4; i++)
-        for (int j = 0; j < 8; j++) {
-            __asm__ volatile("" : "+x"(a)); /* keep the products in the loop */
-            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), one));
-        }
+    for (long i = 0; i < ITERS / 4; i++) {
+        AVX2_STEP(c0);
+        AVX2_STEP(c1);
+        AVX2_STEP(c2);
+        AVX2_STEP(c3);
+        AVX2_STEP(c4);
+        AVX2_STEP(c5);
+        AVX2_STEP(c6);
+        AVX2_STEP(c7);
+    }
     t = now() - t;
-    int sink = 0;
-    for (int j = 0; j < 8; j++) sink += _mm256_extract_epi32(acc[j], 0);
-    return sink == 42 ? 0 : 32.0 * 8 * (ITERS / 4) / t / 1e9;
+    __m256i all = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                   _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    return _mm256_extract_epi32(all, 0) == 42 ? 0 : 32.0 * 8 * (ITERS / 4) / t / 1e9;
 }
 
+#define VNNI_STEP(acc) acc = _mm512_dpbusd_epi32(acc, a, w)
 __attribute__((target("avx512f,avx512vnni"))) static double vnni_gmacs(void) {
-    __m512i acc[12], a = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
-    for (int j = 0; j < 12; j++) acc[j] = _mm512_setzero_si512();
+    __m512i a = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0;
     double t = now();
-    for (long i = 0; i < ITERS / 4; i++)
-        for (int j = 0; j < 12; j++) {
-            __asm__ volatile("" : "+v"(a));
-            acc[j] = _mm512_dpbusd_epi32(acc[j], a, w);
-        }
+    for (long i = 0; i < ITERS / 4; i++) {
+        __asm__ volatile("" : "+v"(a));
+        VNNI_STEP(c0), VNNI_STEP(c1), VNNI_STEP(c2), VNNI_STEP(c3), VNNI_STEP(c4), VNNI_STEP(c5);
+        VNNI_STEP(c6), VNNI_STEP(c7), VNNI_STEP(c8), VNNI_STEP(c9), VNNI_STEP(c10), VNNI_STEP(c11);
+    }
     t = now() - t;
-    int sink = 0;
-    for (int j = 0; j < 12; j++) sink += _mm_cvtsi128_si32(_mm512_castsi512_si128(acc[j]));
-    return sink == 42 ? 0 : 64.0 * 12 * (ITERS / 4) / t / 1e9;
+    __m512i all = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                   _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+    all = _mm512_add_epi32(all, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
+    return _mm512_reduce_add_epi32(all) == 42 ? 0 : 64.0 * 12 * (ITERS / 4) / t / 1e9;
 }
 
 int main(void) {

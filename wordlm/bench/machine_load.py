@@ -82,9 +82,13 @@ class MachineLoad:
     _t0: tuple = ()
 
     @classmethod
-    def start(cls, allow_busy: bool = False, limit: float = QUIET) -> MachineLoad:
+    def start(cls, allow_busy: bool = False, limit: float = QUIET, settle: float = 0.0) -> MachineLoad:
         """Read the load before the timings; BusyMachine now (before any time is spent) if it is above the
-        limit, unless allow_busy."""
+        limit, unless allow_busy. `settle`: seconds to wait first for the 1-minute average to fall below the
+        limit, for a script whose own set-up (quantizing, exporting, compiling) has just lifted it."""
+        deadline = time.monotonic() + settle
+        while (now := load_average()) is not None and now > limit and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         load = cls(allow_busy, limit, before=load_average())
         if load.before is not None and load.before > limit and not allow_busy:
             raise BusyMachine(
