@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wordlm.nn.base import QuantizedModule, Quantizer
+from wordlm.quant.primitives import code_count
 from wordlm.runtime.weights import Embedding as _Table
 
 
@@ -32,7 +33,8 @@ class _EmbeddingBase(QuantizedModule):
 
     def _pack(self) -> None:
         spec, _ = self._specs["weight"]
-        self._table = _Table(self.weight.numpy(), self.scales("weight"), spec.bits)
+        table = self.weight.numpy()  # rows of whole bytes: code_count codes, the last past embedding_dim
+        self._table = _Table(table, self.scales("weight"), spec.bits, code_count(table.shape[1], spec.bits))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The dequantized rows of ids (any shape) -> float32 [..., embedding_dim]."""
