@@ -426,15 +426,10 @@ def recurrent(
         raise WordLMError(
             f"native {packed.cell}: shapes do not fit (x {list(x.shape)}, state {[list(np.shape(s)) for s in state]})"
         )
-    steps, _, in_dim = x.shape
     state = tuple(np.array(s, np.float32, order="C") for s in state)  # copies: the kernel updates them in place
-    y = np.empty((steps, batch, out), np.float32)
-    h, c = _addr(state[0]), _addr(state[1]) if has_c else None
-    sizes = (steps, batch, in_dim, hidden, out if packed.proj else 0, n_layers)
-    cell, weights = lib().cell_ids[packed.cell], ctypes.addressof(packed._matrices)
-    rc = lib().wl_rnn(cell, _addr(x), *sizes, weights, h, c, _addr(y), kernel, n_threads, None, 0)
-    if rc != 0:
-        raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
+    y = np.empty((x.shape[0], batch, out), np.float32)
+    c = _addr(state[1]) if has_c else None
+    recurrent_into(_addr(x), x.shape[0], batch, packed, _addr(state[0]), c, _addr(y), kernel, n_threads)
     return (y, *state)
 
 

@@ -52,8 +52,6 @@ class Runtime(Engine):
         ids = np.asarray(ids)
         if ids.ndim != 2 or ids.shape[0] < 1 or ids.dtype.kind not in "iu":
             raise WordLMError(f"ids must be integers [seq >= 1, batch], got {ids.dtype} {list(ids.shape)}")
-        if ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise WordLMError(f"ids must lie in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
         want = self.config.state_shapes(ids.shape[1])
         if len(state) != len(want) or any(np.shape(s) != w for s, w in zip(state, want, strict=False)):
             raise WordLMError(f"state must be arrays of shapes {[list(w) for w in want]} for a batch of {ids.shape[1]}")

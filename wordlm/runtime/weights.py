@@ -14,6 +14,7 @@ import numpy as np
 
 from wordlm import native
 from wordlm.checkpoint import Checkpoint
+from wordlm.errors import WordLMError
 from wordlm.quant import FINE_ACTIVATIONS, codes
 from wordlm.quant.primitives import code_count, dequantize
 
@@ -34,9 +35,13 @@ class Embedding:
     dim: int | None = None
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        if self.bits is None:
-            return _f32(self.table[ids])
-        return native.embed(self.table, self.bits, self.scales, self.dim, ids)
+        """The rows of ids (any shape); an id outside [0, V) is a WordLMError (checked in C for codes:
+        generation's step pays for no numpy reduction)."""
+        if self.bits is not None:
+            return native.embed(self.table, self.bits, self.scales, self.dim, ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.table)):
+            raise WordLMError(f"ids must lie in [0, {len(self.table)}), got {ids.min()}..{ids.max()}")
+        return _f32(self.table[ids])
 
 
 class FloatLinear:
