@@ -617,11 +617,12 @@ def test_embedding_rows_equal_numpys_unpacking(bits, groups):
     table, scales = pack_bits(codes, bits), rng.random((vocab, groups)).astype(np.float32)
     ids = rng.integers(0, vocab, (3, 4))
     want = unpack_bits(table[ids], bits).astype(np.float32).reshape(3, 4, groups, -1) * scales[ids][..., None]
-    got = native.embed(table, bits, scales, dim, ids)
+    emb = native.PackedEmbedding(table, scales, bits, dim)
+    got = native.embed(emb, ids)
     assert got.shape == (3, 4, dim) and np.array_equal(got, want.reshape(3, 4, dim))
     for bad in (-1, vocab):
         with pytest.raises(WordLMError, match="ids must lie"):
-            native.embed(table, bits, scales, dim, np.array([0, bad]))
+            native.embed(emb, np.array([0, bad]))
 
 
 def test_the_native_max_is_numpys():

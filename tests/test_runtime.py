@@ -224,6 +224,28 @@ def test_streams_of_a_batch_are_independent(models, corpus):
         assert np.array_equal(one[:, 0], nll[:, b]) and np.array_equal(h1[:, 0], h[:, b])
 
 
+@pytest.mark.parametrize("name", ["int8", "int4-row", "int8-fine"])
+def test_one_streams_lean_step_gives_the_general_paths_words_and_state(models, name):
+    """sample_next at one stream and one word (native in every part) takes _Step's five C calls; the
+    general path (here: row 0 of two streams, each row exact whatever its batch) draws the same words
+    from the same generator and leaves the same state, bit for bit; the caller's state stays untouched.
+    A float model has no lean step."""
+    q, _ = models[1][name]
+    r = Runtime(q, threads=2)
+    assert r._step is not None and Runtime(models[1]["float"][0])._step is None
+    one, two = r.init_state(1), r.init_state(2)
+    rng1, rngs2 = new_rng(7), [new_rng(7), new_rng(8)]
+    w1, w2 = np.array([[3]]), np.array([[3, 5]])
+    for step in range(12):
+        t = Sampling(temperature=0.7 + 0.1 * step)
+        before = tuple(a.copy() for a in one)
+        w1, new1 = r.sample_next(w1, one, t, rng1)
+        assert all(np.array_equal(a, b) for a, b in zip(one, before, strict=True))
+        w2, two = r.sample_next(w2, two, [t, t], rngs2)
+        one, w1, w2 = new1, w1.reshape(1, 1), w2.reshape(1, 2)
+        assert w1[0, 0] == w2[0, 0] and all(np.array_equal(a[:, 0], b[:, 0]) for a, b in zip(one, two, strict=True))
+
+
 def test_state_is_the_callers(models, corpus):
     q, _ = models[1]["int8"]
     r = Runtime(q)

@@ -466,19 +466,39 @@ def recurrent_into(
         raise WordLMError(f"native {packed.cell}: bad arguments (sizes must be multiples of 4)")
 
 
-def embed(table: np.ndarray, bits: int, scales: np.ndarray, dim: int, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` (any shape) of an embedding of codes of `bits` (2-8), packed as stored (table [V,
-    row bytes], wordlm.quant.primitives.pack_bits), times float32 scales [V, groups] -> float32 [*ids.shape,
+@dataclass
+class PackedEmbedding:
+    """An embedding of codes of `bits` (2-8), packed as stored (table [V, row bytes], C-contiguous:
+    wordlm.quant.primitives.pack_bits), float32 scales [V, groups] and `dim` codes a row, with the
+    addresses every lookup passes, taken once."""
+
+    table: np.ndarray
+    scales: np.ndarray
+    bits: int
+    dim: int
+
+    def __post_init__(self) -> None:
+        self.table, self.scales = np.asarray(self.table), np.ascontiguousarray(self.scales, np.float32)
+        if not self.table.flags.c_contiguous or self.table.ndim != 2 or self.scales.ndim != 2:
+            raise WordLMError("native embedding: need a C-contiguous table [V, bytes] and scales [V, groups]")
+        t, s = self.table, self.scales
+        self._args = (t.ctypes.data, t.shape[1], self.bits, s.ctypes.data, s.shape[1], t.shape[0], self.dim)
+
+
+def embed(emb: PackedEmbedding, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (any shape) of the embedding, each code times its group's scale -> float32 [*ids.shape,
     dim] (embed.c: one C call where unpacking in numpy took ~10)."""
     ids = np.ascontiguousarray(ids, np.int64)
-    out = np.empty((*ids.shape, dim), np.float32)
-    table, scales = np.asarray(table), np.ascontiguousarray(scales, np.float32)
-    if not table.flags.c_contiguous or table.ndim != 2 or scales.ndim != 2:
-        raise WordLMError("native embedding: need a C-contiguous table [V, bytes] and scales [V, groups]")
-    args = (table.ctypes.data, table.shape[1], bits, scales.ctypes.data, scales.shape[1], table.shape[0], dim)
-    if ids.size and lib().wl_embed(*args, ids.ctypes.data, ids.size, out.ctypes.data) != 0:
-        raise WordLMError(f"native embedding: bad arguments (ids must lie in [0, {table.shape[0]}))")
+    out = np.empty((*ids.shape, emb.dim), np.float32)
+    if ids.size:
+        embed_into(emb, ids.ctypes.data, ids.size, out.ctypes.data)
     return out
+
+
+def embed_into(emb: PackedEmbedding, ids: int, n: int, out: int) -> None:
+    """`embed` by address: ids int64 [n] -> out float32 [n, dim], caller-owned (the lean paths')."""
+    if lib().wl_embed(*emb._args, ids, n, out) != 0:
+        raise WordLMError(f"native embedding: bad arguments (ids must lie in [0, {emb.table.shape[0]}))")
 
 
 def sample(z: np.ndarray, temperature: float, u: float) -> int:
@@ -486,8 +506,12 @@ def sample(z: np.ndarray, temperature: float, u: float) -> int:
     (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""
     z = np.ascontiguousarray(z, np.float32)
     w, sums = np.empty(z.size, np.float32), np.empty(z.size // 256 + 1, np.float64)
-    zmax = lib().wl_max(z.ctypes.data, z.size) if z.size else 0.0
-    i = lib().wl_sample(z.ctypes.data, z.size, zmax, 1.0 / temperature, u, w.ctypes.data, sums.ctypes.data)
+    return sample_into(z.ctypes.data, z.size, temperature, u, w.ctypes.data, sums.ctypes.data)
+
+
+def sample_into(z: int, n: int, temperature: float, u: float, w: int, sums: int) -> int:
+    """`sample` by address: logits z float32 [n], scratch w float32 [n] and sums float64 [n // 256 + 1]."""
+    i = lib().wl_sample(z, n, lib().wl_max(z, n) if n > 0 else 0.0, 1.0 / temperature, u, w, sums)
     if i < 0:
-        raise WordLMError(f"native sampler: bad arguments (temperature {temperature}, u {u}, {z.size} words)")
+        raise WordLMError(f"native sampler: bad arguments (temperature {temperature}, u {u}, {n} words)")
     return int(i)

@@ -8,6 +8,7 @@ be kept, copied or dropped freely. ids and targets are int64 [seq, B]. A GRU or 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -18,8 +19,40 @@ from wordlm.checkpoint import Checkpoint
 from wordlm.errors import WordLMError
 from wordlm.runtime.engine import Engine, State
 from wordlm.runtime.sampling import Sampling, per_row, sample
-from wordlm.runtime.weights import NativeRecurrent, pack
+from wordlm.runtime.weights import NativeRecurrent, Weights, pack
 from wordlm.settings import check_threads
+
+
+class _Step:
+    """Generation's step at batch 1 for a model native in every part: feed one word, draw the next at a
+    temperature, in five C calls on buffers of this thread (made once). The general path's numpy and
+    wrappers between the kernels run with caches that the weights' stream has just evicted, and took
+    ~20% of a word (benchmarks/generation.md). The same kernels on the same inputs: the same word and
+    state, bit for bit."""
+
+    def __init__(self, weights: Weights, threads: int) -> None:
+        self.emb, self.rec, self.dec = weights.embedding.packed, weights.recurrent.packed, weights.decoder.packed
+        self.threads, self.local = threads, threading.local()
+
+    def buffers(self) -> threading.local:
+        b = self.local
+        if not hasattr(b, "ids"):  # this thread's first step
+            n, f32 = self.dec.n, np.float32  # the word; x, y, the logits; the sampler's scratch
+            sizes = ((1, np.int64), (self.emb.dim, f32), (self.rec.out_dim, f32), (n, f32), (n, f32))
+            sizes += ((n // 256 + 1, np.float64),)
+            b.arrays = tuple(np.zeros(size, dtype) for size, dtype in sizes)
+            b.ids, b.x, b.y, b.z, b.w, b.sums = (a.ctypes.data for a in b.arrays)
+        return b
+
+    def __call__(self, word: int, state: State, temperature: float, u: float) -> tuple[int, State]:
+        b, kernel = self.buffers(), native.kernel_index()
+        new = tuple(np.array(s, np.float32, order="C") for s in state)  # the caller's is never modified
+        b.arrays[0][0] = word
+        native.embed_into(self.emb, b.ids, 1, b.x)
+        c = new[1].ctypes.data if len(new) > 1 else None
+        native.recurrent_into(b.x, 1, 1, self.rec, new[0].ctypes.data, c, b.y, kernel, self.threads)
+        native.linear_into(b.y, 1, self.dec, b.z, kernel, self.threads)
+        return native.sample_into(b.z, self.dec.n, temperature, u, b.w, b.sums), new
 
 
 class Runtime(Engine):
@@ -36,6 +69,8 @@ class Runtime(Engine):
         # the native kernels quantize each row's activations on their own and sum in integers: a row's
         # bits never depend on its batch or its chunks (tests/test_serve_batching.py holds them to it)
         self.row_exact = isinstance(self.weights.recurrent, NativeRecurrent) and self.weights.decoder.packed is not None
+        native_all = self.row_exact and self.weights.embedding.packed is not None
+        self._step = _Step(self.weights, self.threads) if native_all else None
 
     @property
     def size_bytes(self) -> int:
@@ -118,7 +153,14 @@ class Runtime(Engine):
         sampling[i] from rng[i] (see Engine.sample_next).
 
         Plain temperature sampling draws natively (native.sample: the same inverse CDF at the same
-        uniform number as wordlm.runtime.sample, ~5x faster than numpy's exp); filters run in numpy."""
+        uniform number as wordlm.runtime.sample, ~5x faster than numpy's exp); filters run in numpy. One
+        stream and one word of a model native in every part take _Step's lean path: the same numbers."""
+        if self._step is not None and np.shape(ids) == (1, 1):
+            (s,), (r,) = per_row(sampling, rng, 1)
+            if s.plain:
+                ids = self._check(ids, state)
+                word, state = self._step(int(ids[0, 0]), state, s.temperature, r.random())
+                return np.array([word], np.int64), state
         y, state = self.hidden(ids, state)
         z = self.weights.decoder.logits(y[-1], self.threads)  # [B, V]: sampling needs no normalisation
         samplings, rngs = per_row(sampling, rng, len(z))

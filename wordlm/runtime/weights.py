@@ -34,11 +34,15 @@ class Embedding:
     bits: int | None = None
     dim: int | None = None
 
+    def __post_init__(self) -> None:
+        codes = self.bits is not None
+        self.packed = native.PackedEmbedding(self.table, self.scales, self.bits, self.dim) if codes else None
+
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """The rows of ids (any shape); an id outside [0, V) is a WordLMError (checked in C for codes:
         generation's step pays for no numpy reduction)."""
-        if self.bits is not None:
-            return native.embed(self.table, self.bits, self.scales, self.dim, ids)
+        if self.packed is not None:
+            return native.embed(self.packed, ids)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.table)):
             raise WordLMError(f"ids must lie in [0, {len(self.table)}), got {ids.min()}..{ids.max()}")
         return _f32(self.table[ids])
