@@ -217,8 +217,8 @@ static int pack_rnn(wl_context *ctx) {
     return rc;
 }
 
-/* a bias (or any tensor's first n numbers) as float32 [n] (NULL name: zeros, torch's W_hr has none) */
-static const float *float_bias(wl_context *ctx, const char *name, int64_t n) {
+/* a tensor's first n numbers as float32 [n] (a bias, scales; NULL name: zeros, torch's W_hr has no bias) */
+static const float *float_vector(wl_context *ctx, const char *name, int64_t n) {
     const ck_tensor *t = name ? ck_tensor_get(&ctx->ck, name) : NULL;
     float *b = own(ctx, sizeof(float) * (size_t)n);
     for (int64_t i = 0; b && t && i < n; i++) b[i] = ck_float_at(t, (size_t)i);
@@ -243,7 +243,7 @@ static const float *float_weight(wl_context *ctx, const char *name) {
     const ck_tensor *sc = ck_tensor_get(&ctx->ck, key);
     int64_t n = q->shape[0], k = q->shape[1] * 8 / s.bits, groups = sc->shape[1];
     float *w = own(ctx, sizeof(float) * (size_t)(n * k));
-    const float *scales = float_bias(ctx, key, n * groups); /* [n, groups] */
+    const float *scales = float_vector(ctx, key, n * groups); /* [n, groups] */
     for (int64_t r = 0; w && scales && r < n; r++) /* each row an embedding's row: the same arithmetic */
         wl_embed(q->data, q->shape[1], s.bits, scales, groups, n, k, &r, 1, w + r * k);
     return scales ? w : NULL;
@@ -263,7 +263,7 @@ static int float_rnn_weights(wl_context *ctx) {
             snprintf(bias, sizeof bias, "rnn.bias_%s_l%lld", kinds[i], (long long)l);
             int64_t n = i == W_HR ? ck->proj_size : ck->gates * ck->hidden_dim;
             ctx->fw[l * MATRICES + i] = float_weight(ctx, name);
-            ctx->fb[l * MATRICES + i] = float_bias(ctx, i == W_HR ? NULL : bias, n);
+            ctx->fb[l * MATRICES + i] = float_vector(ctx, i == W_HR ? NULL : bias, n);
             if (!ctx->fw[l * MATRICES + i] || !ctx->fb[l * MATRICES + i]) return FAIL(ctx, WL_ERR_MEMORY, "out of memory");
         }
     return WL_OK;
@@ -278,7 +278,7 @@ static int pack_model(wl_context *ctx) {
     if (ctx->emb_bits) {
         ctx->emb = ck_tensor_get(ck, "encoder.weight.qweight");
         ctx->emb_groups = ck_tensor_get(ck, "encoder.weight.scales")->shape[1];
-        ctx->emb_scales = float_bias(ctx, "encoder.weight.scales", ck->vocab_size * ctx->emb_groups);
+        ctx->emb_scales = float_vector(ctx, "encoder.weight.scales", ck->vocab_size * ctx->emb_groups);
         if (!ctx->emb_scales) return FAIL(ctx, WL_ERR_MEMORY, "out of memory");
     }
     int quantized = 1;
@@ -297,7 +297,7 @@ static int pack_model(wl_context *ctx) {
         rc = pack(ctx, dec_name, "decoder.bias", NULL, ck->fine == 2, nibbles_for(ctx, dec_name), &ctx->dec,
                   &ctx->dec_n_pad);
     if (!rc && !ctx->dec_native) {
-        ctx->dec_w = float_weight(ctx, dec_name), ctx->dec_b = float_bias(ctx, "decoder.bias", ck->vocab_size);
+        ctx->dec_w = float_weight(ctx, dec_name), ctx->dec_b = float_vector(ctx, "decoder.bias", ck->vocab_size);
         if (!ctx->dec_w || !ctx->dec_b) rc = FAIL(ctx, WL_ERR_MEMORY, "out of memory");
     }
     if (rc) return rc;

@@ -144,17 +144,16 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
 }
 
 /* ---- int4 weights as nibbles (WL_NIBBLES) ----
- * Generation reads every matrix once per word (8.5 MB of int8 codes for the tutorial's decoder, ~3 MB for
- * its LSTM): memory, not arithmetic, sets its pace, so int4 codes (or narrower) are kept two a byte. For each pair of groups of 4
- * inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8 layout,
- * the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0.
- * A panel is 64 * ceil(K / 8) bytes, half the int8 layout's. For one row (generation) a table's
- * gemv_nibbles reads them as they are; otherwise the decoder unpacks a block of NB
- * words at a time into the int8 layout in a buffer of its thread (L2-resident: 64 KiB at K = 256) for the
- * table's GEMM, and the recurrent stack a block of units' gate rows (panels_for), so every table reads
- * them, and the same codes give the same bits either way. */
+ * Generation reads every matrix once per word (8.5 MB of int8 codes for the tutorial's decoder, ~3 MB for its
+ * LSTM): memory, not arithmetic, sets its pace, so int4 codes (or narrower) are kept two a byte. For each pair of
+ * groups of 4 inputs (2i, 2i + 1) of a panel, 64 bytes: the low nibbles hold group 2i's 64 bytes of the int8
+ * layout, the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0. A panel
+ * is 64 * ceil(K / 8) bytes, half the int8 layout's. For one row (generation) a table's gemv_nibbles reads them as
+ * they are; otherwise the decoder unpacks a block of NB words at a time into the int8 layout in a buffer of its
+ * thread (L2-resident: 64 KiB at K = 256) for the table's GEMM, and the recurrent stack a block of units' gate rows
+ * (panels_for), so every table reads them, and the same codes give the same bits either way. */
 
-/* x86: an AVX2 clone too (GCC vectorizes the loops 32 bytes wide), chosen at load by the CPU */
+/* x86: AVX-512 and AVX2 clones too (GCC vectorizes the loops 64 or 32 bytes wide), chosen at load by the CPU */
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
 #define UNPACK_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
@@ -487,13 +486,12 @@ static void qgemm_rows(rnn_thread *t, codes_t a, codes_t r, int64_t rows, int64_
                        int64_t panels, const float *zeros, float *out, int64_t ldo) {
     float tmp[MR * 4 * UNIT_BLOCK]; /* the most panels: a block's 4 gates of 32 units */
     const wl_kernels *kern = t->j->kern;
-    int fresh = t->unpacked_from != w || t->unpacked_row != row;
-    int8_t *buffer = unpacks(kern, w->flags, rows) && fresh ? t->unpacked : NULL;
-    wl_qgemm_fn qgemm;
-    const int8_t *wp = panels_for(kern, w->panels, w->flags, row, panels, k, rows, buffer, &qgemm);
-    if (unpacks(kern, w->flags, rows)) {
-        t->unpacked_from = w, t->unpacked_row = row;
-        wp = t->unpacked;
+    int unpacked = unpacks(kern, w->flags, rows);
+    wl_qgemm_fn qgemm = wl_qgemm_for(kern, w->flags);
+    const int8_t *wp = t->unpacked; /* these panels, where this thread's last call unpacked them */
+    if (!unpacked || t->unpacked_from != w || t->unpacked_row != row) {
+        wp = panels_for(kern, w->panels, w->flags, row, panels, k, rows, t->unpacked, &qgemm);
+        if (unpacked) t->unpacked_from = w, t->unpacked_row = row;
     }
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         int64_t nr = rows - r0 < MR ? rows - r0 : MR;
