@@ -27,7 +27,8 @@
  *   fused multiply-add (built with -ffp-contract=off), so every kernel and numpy agree bit for bit;
  * - int4 weights (codes within [-8, 7], a matrix's WL_CODES4 flag: wordlm.h) are the same arithmetic; a
  *   table may give them a GEMM of its own (qgemm4) that adds more products in int16 before widening
- *   (AVX2: 16 vpmaddubsw results per vpmaddwd, kernels_x86.c), which gives the same integer sums;
+ *   (AVX2: 16 vpmaddubsw results per vpmaddwd, kernels_x86.c; ARMv8.0 NEON: 16 groups' products per
+ *   int16 lane, kernels_arm.c), which gives the same integer sums;
  * - fine activations (a matrix's WL_FINE flag: the input projections and the decoder of a scheme that asks):
  *   each row's residual r = x - (float)(u - zp) * s is quantized the same way and its product, without
  *   the bias, is added: y = y(x) + y(r). Two 7-bit codes make ~14 bits (the residual's range is one step

@@ -14,7 +14,8 @@
  * Inner loops (what one step costs; counts of instructions, not time: nothing here was timed on ARM):
  *  neon:    SMULL + SMLAL (two products of a 7-bit code and an int8 weight in each int16 lane: at most
  *           2 x 127 x 128 = 32,512, no saturation: the reason for 7-bit codes, as with AVX2's
- *           vpmaddubsw) then SADALP (pairs into int32): 3 instructions per 16 multiply-adds;
+ *           vpmaddubsw) then SADALP (pairs into int32): 3 instructions per 16 multiply-adds; for int4
+ *           weights, 16 groups' products in each int16 lane before widening: 2 per 16;
  *  dotprod: SDOT by element, a panel's 16 bytes (4 words x 4 inputs) against one row's 4-byte group
  *           taken from a register that holds 4 groups: 1 instruction per 16 multiply-adds;
  *  i8mm:    SMMLA, a 2 x 8 block of two rows' codes (interleaved once per call) against a 2 x 8 block
@@ -127,19 +128,79 @@ INLINE void micro_neon(const uint8_t *u, int64_t k, const int8_t *panel, const i
                       bias + 4 * q, z + r * ldz + 4 * q);
 }
 
-static void qgemm_neon(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
-                       const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
-                       const float *bias, float *z, int64_t ldz) {
+/* ---- NEON for int4 weights (codes within [-8, 7]: WL_CODES4) ----
+ * A product of a 7-bit code and such a weight is at most 127 x 8 = 1,016 in magnitude, so an int16 lane
+ * takes the products of SPAN4 = 16 groups of 4 inputs (one a group: SMLAL, SMLAL2), ADDP of a word pair's
+ * low and high lanes adds two of those sums (<= 32,512) and SADALP widens them into int32 once a span:
+ * 2 instructions per 16 multiply-adds where micro_neon takes 3 (its SADALP a pair of groups). The same
+ * integers, so the same bits. */
+#define SPAN4 16
+
+/* rows (1 or 2) x the 16 words of one panel: a row's int16 sums lo (words 4q, 4q + 1: 4 inputs each)
+ * and hi (4q + 2, 4q + 3) of the span and its int32 sums, one per word: 12 registers a row */
+INLINE void micro4_neon(const uint8_t *u, int64_t k, const int8_t *panel, const int rows, const float *ascale,
+                        const int32_t *zp, const float *wscale, const int32_t *wsum, const float *bias, float *z,
+                        int64_t ldz) {
+    int32x4_t acc[2][4];
+    int16x8_t lo[2][4], hi[2][4];
+    UNROLL for (int r = 0; r < 2; r++) if (r < rows)
+        UNROLL for (int q = 0; q < 4; q++) acc[r][q] = vdupq_n_s32(0);
+    int64_t groups = k / 4;
+    for (int64_t g0 = 0; g0 < groups; g0 += SPAN4) {
+        int64_t g1 = g0 + SPAN4 < groups ? g0 + SPAN4 : groups;
+        UNROLL for (int r = 0; r < 2; r++) if (r < rows)
+            UNROLL for (int q = 0; q < 4; q++) lo[r][q] = hi[r][q] = vdupq_n_s16(0);
+        for (int64_t g = g0; g < g1; g++) {
+            const int8_t *w = panel + g * 64;
+            int8x16_t a[2];
+            UNROLL for (int r = 0; r < 2; r++) if (r < rows) a[r] = broadcast4(u + r * k + g * 4);
+            UNROLL for (int q = 0; q < 4; q++) {
+                int8x16_t wq = vld1q_s8(w + 16 * q);
+                UNROLL for (int r = 0; r < 2; r++) if (r < rows) {
+                    lo[r][q] = vmlal_s8(lo[r][q], vget_low_s8(wq), vget_low_s8(a[r]));
+                    hi[r][q] = vmlal_high_s8(hi[r][q], wq, a[r]);
+                }
+                STEP_BARRIER();
+            }
+        }
+        /* ADDP: [w0 inputs 0-1, w0 2-3, w1 0-1, w1 2-3 | w2 .., w3 ..] of the span; SADALP: one lane a word */
+        UNROLL for (int r = 0; r < 2; r++) if (r < rows)
+            UNROLL for (int q = 0; q < 4; q++) acc[r][q] = vpadalq_s16(acc[r][q], vpaddq_s16(lo[r][q], hi[r][q]));
+    }
+    UNROLL for (int r = 0; r < 2; r++) if (r < rows)
+        UNROLL for (int q = 0; q < 4; q++)
+            epilogue4(acc[r][q], ascale[r], zp[r], wscale + 4 * q, wsum + 4 * q, bias + 4 * q, z + r * ldz + 4 * q);
+}
+
+/* panel by panel, rows two at a time, with micro_neon or (int4) micro4_neon */
+INLINE void panels_neon(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                        const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                        const float *bias, float *z, int64_t ldz, const int int4) {
     for (int64_t p = 0; p < panels; p++) {
         const int8_t *panel = wp + p * k * NR;
         int64_t n = p * NR, r = 0;
-        for (; r + 2 <= rows; r += 2)
-            micro_neon(u + r * k, k, panel, 2, ascale + r, zp + r, wscale + n, wsum + n, bias + n, z + r * ldz + n,
-                       ldz);
-        if (r < rows)
-            micro_neon(u + r * k, k, panel, 1, ascale + r, zp + r, wscale + n, wsum + n, bias + n, z + r * ldz + n,
-                       ldz);
+        for (; r < rows; r += 2) {
+            const int pair = r + 2 <= rows;
+            const uint8_t *ur = u + r * k;
+            float *zr = z + r * ldz + n;
+            if (int4 && pair) micro4_neon(ur, k, panel, 2, ascale + r, zp + r, wscale + n, wsum + n, bias + n, zr, ldz);
+            else if (int4) micro4_neon(ur, k, panel, 1, ascale + r, zp + r, wscale + n, wsum + n, bias + n, zr, ldz);
+            else if (pair) micro_neon(ur, k, panel, 2, ascale + r, zp + r, wscale + n, wsum + n, bias + n, zr, ldz);
+            else micro_neon(ur, k, panel, 1, ascale + r, zp + r, wscale + n, wsum + n, bias + n, zr, ldz);
+        }
     }
+}
+
+static void qgemm_neon(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                       const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                       const float *bias, float *z, int64_t ldz) {
+    panels_neon(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z, ldz, 0);
+}
+
+static void qgemm4_neon(const uint8_t *u, int64_t rows, int64_t k, const int8_t *wp, int64_t panels,
+                        const float *ascale, const int32_t *zp, const float *wscale, const int32_t *wsum,
+                        const float *bias, float *z, int64_t ldz) {
+    panels_neon(u, rows, k, wp, panels, ascale, zp, wscale, wsum, bias, z, ldz, 1);
 }
 
 /* exp for x <= 0 (a logit minus the running max): kernels_x86.c's Cephes range reduction and degree-6
@@ -212,7 +273,7 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, NULL, NULL};
+const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, qgemm4_neon, NULL};
 
 /* ---- dot product (ARMv8.2 SDOT) ---- */
 
