@@ -70,6 +70,28 @@ def test_logits_equal_the_reference_bit_for_bit(isa, m, n, k, bits):
 
 
 @pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+def test_a_rows_range_is_found_wherever_its_extremes_lie(isa):
+    """The kernels' activation range (min and max with 0, 16 at a time, then the tail): a row's lowest
+    and highest value at every position of k = 44 (two vector steps and a tail of 12), rows all
+    positive and all negative, -0.0 beside the zeros; codes, so logits, equal the reference's."""
+    k, rng = 44, np.random.default_rng(8)
+    rows = []
+    for p in range(k):
+        for sign in (1.0, -1.0):
+            row = rng.uniform(0.1, 0.9, k).astype(np.float32) * sign
+            row[p] = 3.0 * sign
+            row[(p * 7 + 5) % k] = -2.0 * sign if p % 2 else row[(p * 7 + 5) % k]
+            rows.append(row)
+    zeros = np.zeros(k, np.float32)
+    zeros[::3] = -0.0
+    x = np.stack([*rows, zeros])
+    n, q = 19, rng.integers(-128, 128, (19, k)).astype(np.int8)
+    s, b = np.full(n, 1e-2, np.float32), rng.standard_normal(n).astype(np.float32)
+    out = native.decoder_nll(x, native.pack_linear(q, s, b), logits=True, isa=isa)
+    assert np.array_equal(out.logits, native.reference_linear(x, q, s, b))
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
 @pytest.mark.parametrize("m", [1, 4, 5, 6])
 def test_extreme_codes_equal_the_reference(isa, m):
     """Weights of -128 and 127 against activation codes of 0 and 127 (rows all positive, all negative,

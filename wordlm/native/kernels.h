@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "wordlm.h" /* WL_FINE, WL_CODES4, wl_packed */
 
@@ -69,17 +70,45 @@ static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {
     return (flags & WL_CODES4) && k->qgemm4 ? k->qgemm4 : k->qgemm;
 }
 
+/* 4 floats in GCC's (and clang's) vector types: a plain loop of `a < b ? a : b` stays scalar (GCC does
+ * not reorder a float min or max without -ffast-math), one compare after another at their latency.
+ * 16 bytes, which every target has (SSE2, NEON): GCC 12 splits a wider type into scalars, not
+ * registers, wherever the target's registers are narrower than it (a 64-byte max ran scalar on AVX2) */
+typedef float wl_f32x4 __attribute__((vector_size(16)));
+typedef int32_t wl_i32x4 __attribute__((vector_size(16)));
+
+/* *a = max(*a, z[0, 4)), or (lower) min, lane by lane; a NaN in z is passed over, as by `z > a ? z : a`
+ * (by pointer: a vector passed by value changes the ABI per target) */
+static inline __attribute__((always_inline)) void wl_vext4(wl_f32x4 *a, const float *z, const int lower) {
+    wl_f32x4 v;
+    memcpy(&v, z, sizeof v);
+    wl_i32x4 take = lower ? v < *a : v > *a;
+    *a = (wl_f32x4)((take & (wl_i32x4)v) | (~take & (wl_i32x4)*a));
+}
+
+/* min(0, row[0..k)) and max(0, ...): 4 chains of running minima and maxima, 4 lanes each, then theirs
+ * and the tail's; min and max are exact, so this is a one-at-a-time loop's answer (the LSTM's per-step
+ * quantization of h spent ~9% of its time in that loop's chain of compares) */
+static inline __attribute__((always_inline)) void range_body(const float *row, int64_t k, float *lo, float *hi) {
+    wl_f32x4 l[4] = {{0.f}}, h[4] = {{0.f}};
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16)
+        for (int r = 0; r < 4; r++) wl_vext4(&l[r], row + i + 4 * r, 1), wl_vext4(&h[r], row + i + 4 * r, 0);
+    float a = 0.f, b = 0.f;
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 4; j++) a = l[r][j] < a ? l[r][j] : a, b = h[r][j] > b ? h[r][j] : b;
+    for (; i < k; i++) a = row[i] < a ? row[i] : a, b = row[i] > b ? row[i] : b;
+    *lo = a, *hi = b;
+}
+
 /* x[m, k] -> u[m, k] (7-bit codes), scale[m], zp[m]: one body, compiled once per instruction set
  * (vroundps is the same rint as nearbyintf, so the codes are identical) */
 static inline __attribute__((always_inline)) void quantize_body(const float *x, int64_t m, int64_t k, uint8_t *u,
                                                                 float *scale, int32_t *zp) {
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
-        float lo = 0.f, hi = 0.f;
-        for (int64_t i = 0; i < k; i++) {
-            lo = row[i] < lo ? row[i] : lo;
-            hi = row[i] > hi ? row[i] : hi;
-        }
+        float lo, hi;
+        range_body(row, k, &lo, &hi);
         float s = (hi - lo) / 127.f;
         if (!(s > 0.f)) s = 1.f;
         float inv = 1.f / s;

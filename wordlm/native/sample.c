@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "wordlm.h"
+#include "kernels.h" /* wl_vext4 */
 
 #if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
 #define WL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -63,31 +63,18 @@ WL_CLONES WL_SELECT static void weights(const float *z, int64_t n, float zmax, f
     }
 }
 
-/* max(z[0, n)), n >= 1: 16 lanes of running maxima in GCC's (and clang's) vector types, each clone
- * compiling them to its widest registers (a plain loop of `a > b ? a : b` stays scalar: GCC does not
- * reorder a float max without -ffast-math), then the lanes' max and the tail's; a max is exact in any order */
-typedef float wl_f32x16 __attribute__((vector_size(64)));
-typedef int32_t wl_i32x16 __attribute__((vector_size(64)));
-
-/* *a = max(*a, z[0, 16)) lane by lane (by pointer: a vector passed by value changes the ABI per clone) */
-static inline __attribute__((always_inline)) void vmax(wl_f32x16 *a, const float *z) {
-    wl_f32x16 v;
-    memcpy(&v, z, sizeof v);
-    wl_i32x16 more = v > *a;
-    *a = (wl_f32x16)((more & (wl_i32x16)v) | (~more & (wl_i32x16)*a));
-}
-
+/* max(z[0, n)), n >= 1: 8 chains of 4 lanes of running maxima (kernels.h's vector types), then the
+ * lanes' max and the tail's; a max is exact in any order */
 WL_CLONES float wl_max(const float *z, int64_t n) {
-    wl_f32x16 lane[4]; /* four chains: one compare-and-select chain would wait on its own latency */
+    wl_f32x4 lane[8]; /* eight chains: one compare-and-select chain would wait on its own latency */
     int64_t i = 0;
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 16; j++) lane[r][j] = z[0];
-    for (; i + 64 <= n; i += 64)
-        for (int r = 0; r < 4; r++) vmax(&lane[r], z + i + 16 * r);
-    for (; i + 16 <= n; i += 16) vmax(&lane[0], z + i);
+    for (int r = 0; r < 8; r++)
+        for (int j = 0; j < 4; j++) lane[r][j] = z[0];
+    for (; i + 32 <= n; i += 32)
+        for (int r = 0; r < 8; r++) wl_vext4(&lane[r], z + i + 4 * r, 0);
     float m = z[0];
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 16; j++) m = lane[r][j] > m ? lane[r][j] : m;
+    for (int r = 0; r < 8; r++)
+        for (int j = 0; j < 4; j++) m = lane[r][j] > m ? lane[r][j] : m;
     for (; i < n; i++) m = z[i] > m ? z[i] : m;
     return m;
 }
