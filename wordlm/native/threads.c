@@ -97,21 +97,36 @@ static void wake_waiters(waitword_t *w) {
 
 /* Phases: a region's work as a sequence of phases, each a number of items that every thread of the
  * team may take, its own share first (the items [items * id / n, items * (id + 1) / n): what it took
- * in the phase before, still in its caches), then what remains of the others'; a phase begins once
- * every item of the one before is done. Which thread computes an item never changes its bits. */
+ * in the phase before, still in its caches), then, after waiting STEAL_NS for the others, what remains
+ * of theirs; a phase begins once every item of the one before is done. Which thread computes an item
+ * never changes its bits.
+ *
+ * The end of a phase is a barrier on its critical path (the LSTM's is one per step, ~3 us of work at
+ * batch 1 on two threads), so it moves as few cache lines as it can: each thread publishes the count of
+ * items it has done on a line of its own and a waiting thread reads the others' lines until they add
+ * up (one shared counter and a phase word took three transfers one after another: ~460 ns a phase on
+ * the 2-core Xeon VM against ~230 ns); a thread looks into another's share, which moves that share's
+ * line, only once it has waited STEAL_NS; and a phase's sleepers have a word of their own that only a
+ * thread that sees them touches. */
+#define STEAL_NS 2000
+
 typedef struct {
     _Alignas(64) atomic_ullong next; /* (phase << 32) | the next item of this share not yet taken */
 } share_t;
 
+typedef struct {
+    _Alignas(64) atomic_ullong count; /* items this thread has done, every phase so far */
+} done_t;
+
 struct phases {
-    waitword_t phase;                 /* the last phase whose items are all done (0: none) */
-    _Alignas(64) atomic_ullong done;  /* items done, every phase so far */
+    waitword_t asleep; /* threads asleep until a phase is done, and a count their waker raises */
     share_t share[POOL_MAX];
+    done_t done[POOL_MAX];
 };
 
-/* an item of phase p that nobody has taken, or -1 */
-static int64_t take_item(phases_t *ph, unsigned p, int64_t items, int id, int n) {
-    for (int k = 0; k < n; k++) {
+/* an item of phase p that nobody has taken, from this thread's share or (steal) anyone's, or -1 */
+static int64_t take_item(phases_t *ph, unsigned p, int64_t items, int id, int n, int steal) {
+    for (int k = 0; k < (steal ? n : 1); k++) {
         int o = (id + k) % n;
         uint64_t size = (uint64_t)(items * (o + 1) / n - items * o / n);
         atomic_ullong *next = &ph->share[o].next;
@@ -128,8 +143,33 @@ static int64_t take_item(phases_t *ph, unsigned p, int64_t items, int id, int n)
     return -1;
 }
 
+/* whether every item up to this thread's phase is done (a thread already in the next phase may have
+ * counted some of its items too) */
+static int phase_done(const team_t *t) {
+    uint64_t sum = 0;
+    for (int i = 0; i < t->n; i++) sum += atomic_load(&t->ph->done[i].count);
+    return sum >= t->total;
+}
+
+/* fn(ctx, i) for the items of phase p this thread takes, then its count of items done published, and
+ * the phase's sleepers woken if that ended it. Sequentially consistent on both sides (here: the count,
+ * then the sleepers; a sleeper: the sleepers, then the counts), so either the sleeper sees the count
+ * or this thread sees the sleeper. Returns how many items it ran. */
+static int64_t run_items(team_t *t, unsigned p, int64_t items, item_fn fn, void *ctx, int steal) {
+    int64_t mine = 0;
+    for (int64_t i; (i = take_item(t->ph, p, items, t->id, t->n, steal)) >= 0; mine++) fn(ctx, i);
+    if (!mine) return 0;
+    atomic_store(&t->ph->done[t->id].count, t->did += (uint64_t)mine);
+    if (atomic_load(&t->ph->asleep.sleepers) && phase_done(t)) {
+        atomic_fetch_add(&t->ph->asleep.value, 1);
+        wake_waiters(&t->ph->asleep);
+    }
+    return mine;
+}
+
 /* the team's next phase: fn(ctx, i) for the items i < items this thread takes, then wait until every
- * item of the phase is done (what their threads wrote is then visible to this one) */
+ * item of the phase is done (what their threads wrote is then visible to this one): spin, reading the
+ * others' counts (and, after STEAL_NS, taking what they have not started), then sleep */
 void wl_phase(team_t *t, int64_t items, item_fn fn, void *ctx) {
     unsigned p = ++t->phase;
     t->total += (uint64_t)items;
@@ -138,15 +178,19 @@ void wl_phase(team_t *t, int64_t items, item_fn fn, void *ctx) {
         return;
     }
     phases_t *ph = t->ph;
-    uint64_t mine = 0;
-    for (int64_t i; (i = take_item(ph, p, items, t->id, t->n)) >= 0; mine++) fn(ctx, i);
-    if (mine && atomic_fetch_add(&ph->done, mine) + mine == t->total) { /* the phase's last item */
-        atomic_store(&ph->phase.value, p);
-        wake_waiters(&ph->phase);
+    run_items(t, p, items, fn, ctx, 0);
+    int64_t start = now_ns(), spin = t->id ? SPIN_NS : CALLER_SPIN_NS;
+    for (unsigned i = 1; !phase_done(t); i++) {
+        cpu_relax();
+        if (i % 64) continue;
+        int64_t waited = now_ns() - start;
+        if (waited > STEAL_NS && run_items(t, p, items, fn, ctx, 1)) continue;
+        if (waited <= spin) continue;
+        atomic_fetch_add(&ph->asleep.sleepers, 1);
+        for (unsigned v; v = atomic_load(&ph->asleep.value), !phase_done(t);) futex_wait(&ph->asleep.value, v);
+        atomic_fetch_sub(&ph->asleep.sleepers, 1);
         return;
     }
-    for (unsigned v; (v = atomic_load_explicit(&ph->phase.value, memory_order_acquire)) < p;)
-        await_change(&ph->phase, v, t->id ? SPIN_NS : CALLER_SPIN_NS);
 }
 
 enum { IDLE, POSTED, RUNNING };
@@ -176,7 +220,7 @@ static void *worker_main(void *arg) {
             continue;
         }
         if (!atomic_compare_exchange_strong(&s->state.value, &posted, RUNNING)) continue; /* called off */
-        team_t team = {i + 1, s->n, &pool.ph, 0, 0};
+        team_t team = {i + 1, s->n, &pool.ph, 0, 0, 0};
         s->fn(s->job, &team);
         atomic_store(&s->state.value, IDLE);
         if (atomic_fetch_sub(&pool.pending.value, 1) == 1) wake_waiters(&pool.pending);
@@ -190,7 +234,7 @@ static void pool_parent(void) { pthread_mutex_unlock(&pool.lock); }
 static void pool_child(void) {
     pool.workers = 0;
     atomic_store(&pool.pending.value, 0), atomic_store(&pool.pending.sleepers, 0);
-    atomic_store(&pool.ph.phase.sleepers, 0);
+    atomic_store(&pool.ph.asleep.sleepers, 0);
     for (int i = 0; i < POOL_MAX - 1; i++)
         atomic_store(&pool.slot[i].state.value, IDLE), atomic_store(&pool.slot[i].state.sleepers, 0);
     pthread_mutex_unlock(&pool.lock);
@@ -219,14 +263,16 @@ static void pool_grow(int want) {
 void wl_run_region(int n, region_fn fn, void *job) {
     if (n > POOL_MAX) n = POOL_MAX;
     if (n <= 1 || pthread_mutex_trylock(&pool.lock) != 0) {
-        team_t solo = {0, 1, NULL, 0, 0};
+        team_t solo = {0, 1, NULL, 0, 0, 0};
         fn(job, &solo);
         return;
     }
     if (pool.workers < n - 1) pool_grow(n - 1);
     if (n > pool.workers + 1) n = pool.workers + 1;
-    atomic_store(&pool.ph.phase.value, 0), atomic_store(&pool.ph.done, 0);
-    for (int i = 0; i < n; i++) atomic_store_explicit(&pool.ph.share[i].next, 0, memory_order_relaxed);
+    for (int i = 0; i < n; i++) {
+        atomic_store_explicit(&pool.ph.share[i].next, 0, memory_order_relaxed);
+        atomic_store_explicit(&pool.ph.done[i].count, 0, memory_order_relaxed);
+    }
     atomic_store(&pool.pending.value, (unsigned)(n - 1));
     for (int i = 0; i < n - 1; i++) {
         slot_t *s = &pool.slot[i];
@@ -234,7 +280,7 @@ void wl_run_region(int n, region_fn fn, void *job) {
         atomic_store(&s->state.value, POSTED);
         wake_waiters(&s->state);
     }
-    team_t me = {0, n, n > 1 ? &pool.ph : NULL, 0, 0};
+    team_t me = {0, n, n > 1 ? &pool.ph : NULL, 0, 0, 0};
     fn(job, &me);
     for (int i = 0; i < n - 1; i++) { /* call off those that have not started */
         unsigned posted = POSTED;

@@ -20,6 +20,7 @@ typedef struct {
     phases_t *ph;   /* NULL for a team of one */
     unsigned phase; /* the last phase this thread ran */
     uint64_t total; /* items of every phase up to that one */
+    uint64_t did;   /* items this thread has done, every phase so far */
 } team_t;
 
 typedef void (*item_fn)(void *ctx, int64_t item);
