@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def read_bandwidth(mb: int = 64) -> float:
     """GB/s of one core reading `mb` MB (best of 20 passes of wl_max over float32: the first few are slower)."""
     a = np.ones(mb * 2**18, np.float32)
-    best = min(_timed(lambda: native.lib().wl_max(a.ctypes.data, a.size)) for _ in range(20))
+    best = min(_timed(lambda: native.max_value(a)) for _ in range(20))
     return a.nbytes / best / 1e9
 
 

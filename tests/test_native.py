@@ -647,8 +647,26 @@ def test_embedding_rows_equal_numpys_unpacking(bits, groups):
             native.embed(emb, np.array([0, bad]))
 
 
-def test_the_native_max_is_numpys():
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+def test_the_native_max_is_numpys(isa):
     rng = np.random.default_rng(5)
-    for n in (1, 15, 16, 17, 33278):
+    for n in (1, 15, 16, 17, 31, 32, 33, 33278):
         z = rng.standard_normal(n).astype(np.float32) * 10
-        assert native.lib().wl_max(z.ctypes.data, n) == z.max(), n
+        assert native.max_value(z, isa=isa) == z.max(), n
+        z[-1] = z.max() + 1  # the tail's
+        assert native.max_value(z, isa=isa) == z[-1], n
+    with pytest.raises(WordLMError, match="no values"):
+        native.max_value(np.zeros(0, np.float32))
+
+
+@pytest.mark.parametrize("isa", [*KERNELS, *EMULATED], indirect=True)
+def test_every_table_samples_the_same_words(isa):
+    """The sampler's weights are plain C compiled per table (sample.h): each table draws the portable
+    one's word at every u, temperature and size (tails of its vector width and of a 256-word block)."""
+    rng = np.random.default_rng(6)
+    for n in (1, 7, 255, 257, 1000, 33278):
+        z = (rng.standard_normal(n) * 4).astype(np.float32)
+        for t in (0.3, 1.0, 3.0):
+            us = rng.random(50)
+            want = [native.sample(z, t, u, isa="portable") for u in us]
+            assert [native.sample(z, t, u, isa=isa) for u in us] == want, (n, t)

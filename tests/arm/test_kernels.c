@@ -593,7 +593,9 @@ static void test_refusal(int count, int best) {
 
 /* ---- the sampler (sample.c): the word whose cumulative weight brackets u * total ---- */
 
-static void test_sample(void) {
+/* the sampler on table `isa` against a float64 inverse CDF, the same word as the portable table's, and wl_max
+ * against a plain loop */
+static void test_sample(int isa) {
     int64_t n = 3001;
     rng = 17;
     float *z = xmalloc(sizeof(float) * (size_t)n), *w = xmalloc(sizeof(float) * (size_t)n);
@@ -610,16 +612,20 @@ static void test_sample(void) {
         double acc = 0.0;
         for (int64_t i = 0; i < n; i++) cdf[i] = acc += exp(((double)z[i] - zmax) / temps[t]);
         for (int j = 0; j < 6; j++) {
-            int64_t i = wl_sample(z, n, zmax, (float)(1.0 / temps[t]), us[j], w, sums);
+            int64_t i = wl_sample(z, n, zmax, (float)(1.0 / temps[t]), us[j], w, sums, isa);
             double target = us[j] * acc, slack = 1e-5 * acc;
             CHECK(i >= 0 && i < n && (i == 0 || cdf[i - 1] <= target + slack) && cdf[i] >= target - slack,
                   "T %g, u %g: word %d outside the reference's bracket", temps[t], us[j], (int)i);
+            CHECK(i == wl_sample(z, n, zmax, (float)(1.0 / temps[t]), us[j], w, sums, 0),
+                  "T %g, u %g: not the portable table's word", temps[t], us[j]);
         }
     }
-    CHECK(wl_sample(z, n, zmax, 1000.f, 0.5, w, sums) == top, "a tiny temperature does not give the argmax");
-    CHECK(wl_sample(z, n, zmax, 1.f, 1.0, w, sums) == -1 && wl_sample(z, 0, zmax, 1.f, 0.5, w, sums) == -1,
+    CHECK(wl_sample(z, n, zmax, 1000.f, 0.5, w, sums, isa) == top, "a tiny temperature does not give the argmax");
+    for (int64_t len = 1; len <= 70; len++) CHECK(wl_max(z, len, isa) == wl_max(z, len, 0), "wl_max of %d", (int)len);
+    CHECK(wl_max(z, n, isa) == zmax, "wl_max is not the max");
+    CHECK(wl_sample(z, n, zmax, 1.f, 1.0, w, sums, isa) == -1 && wl_sample(z, 0, zmax, 1.f, 0.5, w, sums, isa) == -1,
           "bad arguments were not refused");
-    end("sample");
+    end("sample[%s]", wl_isa_name(isa));
     free(z), free(w), free(sums), free(cdf);
 }
 
@@ -670,8 +676,8 @@ int main(int argc, char **argv) {
         end("dispatch_picks[%s]", expect);
     }
     test_refusal(count, best);
-    test_sample();
     for (int isa = lo; isa <= hi; isa++) {
+        test_sample(isa);
         for (size_t i = 0; i < sizeof decoder_cases / sizeof decoder_cases[0]; i++) test_decoder_case(&decoder_cases[i], isa);
         for (int64_t m = 1; m <= 7; m++) test_extreme_codes(m, isa, 8), test_extreme_codes(m, isa, 4);
         test_wide_logits(isa);

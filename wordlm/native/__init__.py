@@ -80,9 +80,9 @@ def load_library(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     lib.wl_rnn.restype = c_int
     lib.wl_rnn.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, c_int, ptr, size]
     lib.wl_sample.restype = i64
-    lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr]
+    lib.wl_sample.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_double, ptr, ptr, c_int]
     lib.wl_max.restype = ctypes.c_float
-    lib.wl_max.argtypes = [ptr, i64]
+    lib.wl_max.argtypes = [ptr, i64, c_int]
     lib.wl_embed.restype = c_int
     lib.wl_embed.argtypes = [ptr, i64, c_int, ptr, i64, i64, i64, ptr, i64, ptr]
     lib.wl_isa_name.restype = ctypes.c_char_p
@@ -501,17 +501,27 @@ def embed_into(emb: PackedEmbedding, ids: int, n: int, out: int) -> None:
         raise WordLMError(f"native embedding: bad arguments (ids must lie in [0, {emb.table.shape[0]}))")
 
 
-def sample(z: np.ndarray, temperature: float, u: float) -> int:
+def sample(z: np.ndarray, temperature: float, u: float, isa: str | None = None) -> int:
     """Draw a word from logits z float32 [V] at `temperature` > 0 by inverse CDF at u in [0, 1)
     (sample.c): the word i with cdf[i-1] <= u * total < cdf[i] of the weights exp((z - max z) / T)."""
     z = np.ascontiguousarray(z, np.float32)
     w, sums = np.empty(z.size, np.float32), np.empty(z.size // 256 + 1, np.float64)
-    return sample_into(z.ctypes.data, z.size, temperature, u, w.ctypes.data, sums.ctypes.data)
+    return sample_into(z.ctypes.data, z.size, temperature, u, w.ctypes.data, sums.ctypes.data, _isa(isa))
 
 
-def sample_into(z: int, n: int, temperature: float, u: float, w: int, sums: int) -> int:
-    """`sample` by address: logits z float32 [n], scratch w float32 [n] and sums float64 [n // 256 + 1]."""
-    i = lib().wl_sample(z, n, lib().wl_max(z, n) if n > 0 else 0.0, 1.0 / temperature, u, w, sums)
+def sample_into(z: int, n: int, temperature: float, u: float, w: int, sums: int, kernel: int) -> int:
+    """`sample` by address: logits z float32 [n], scratch w float32 [n] and sums float64 [n // 256 + 1],
+    on kernel number `kernel` (kernel_index)."""
+    zmax = lib().wl_max(z, n, kernel) if n > 0 else 0.0
+    i = lib().wl_sample(z, n, zmax, 1.0 / temperature, u, w, sums, kernel)
     if i < 0:
         raise WordLMError(f"native sampler: bad arguments (temperature {temperature}, u {u}, {n} words)")
     return int(i)
+
+
+def max_value(z: np.ndarray, isa: str | None = None) -> float:
+    """max(z) of float32 logits [n >= 1] in the kernels' vector registers (the sampler's first pass)."""
+    z = np.ascontiguousarray(z, np.float32)
+    if z.size < 1:
+        raise WordLMError("native max: no values")
+    return float(lib().wl_max(z.ctypes.data, z.size, _isa(isa)))

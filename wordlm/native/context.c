@@ -804,14 +804,15 @@ int32_t wl_sample_next(wl_context *ctx, const float *z, const wl_sampling *s, do
     if (!(s->temperature >= 0) || s->top_k < 0 || !(s->top_p > 0 && s->top_p <= 1) || !(u >= 0 && u < 1))
         return FAIL(ctx, WL_ERR_ARGUMENT, "sampling: temperature >= 0, top_k >= 0, top_p in (0, 1], u in [0, 1)"), -1;
     int greedy = s->temperature < FLT_MIN || s->top_k == 1, plain = !greedy && !s->top_k && s->top_p >= 1;
-    float zmax = wl_max(z, V);
+    float zmax = wl_max(z, V, ctx->isa);
     ok(ctx);
     if (greedy) { /* the first word at the max */
         int32_t arg = 0;
         while (z[arg] != zmax) arg++;
         return arg;
     }
-    if (plain) return (int32_t)wl_sample(z, V, zmax, (float)(1.0 / s->temperature), u, ctx->s_w, ctx->s_sums);
+    if (plain)
+        return (int32_t)wl_sample(z, V, zmax, (float)(1.0 / s->temperature), u, ctx->s_w, ctx->s_sums, ctx->isa);
     float *p = ctx->s_p, t = (float)s->temperature;
     for (int64_t i = 0; i < V; i++) p[i] = expf((z[i] - zmax) / t); /* in [0, 1], the mode's exactly 1 */
     if (s->top_k && s->top_k < V) {

@@ -56,6 +56,15 @@ int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_t in_di
                       scratch, scratch_bytes);
 }
 
+int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums, int isa) {
+    return wl_sample_run(kernels_for(isa), z, n, zmax, inv_t, u, w, sums);
+}
+
+float wl_max(const float *z, int64_t n, int isa) {
+    const wl_kernels *kern = kernels_for(isa);
+    return kern && z && n >= 1 ? kern->max(z, n) : NAN;
+}
+
 /* the units per block of the recurrent layers' rows (wordlm.native checks that it orders them the same way) */
 int wl_unit_block(void) { return UNIT_BLOCK; }
 

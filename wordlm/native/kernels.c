@@ -54,6 +54,7 @@
 
 #include "wordlm.h"
 #include "kernels.h"
+#include "sample.h"
 #include "threads.h"
 
 #define CHUNK_WORDS (4 * NB) /* the decoder's unit of work: 33 chunks for the tutorial's vocabulary */
@@ -103,7 +104,14 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL, NULL};
+static void unpack_c(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) { unpack_body(nib, panels, k, out); }
+static WL_SELECT void weights_c(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
+    weights_body(z, n, zmax, inv_t, w, sums);
+}
+static float max_c(const float *z, int64_t n) { return max_body(z, n); }
+
+const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL,
+                                        NULL,            unpack_c, weights_c,  max_c};
 
 /* ---- fine activations ---- */
 
@@ -154,27 +162,6 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
  * thread (L2-resident: 64 KiB at K = 256) for the table's GEMM, and the recurrent stack a block of units' gate rows
  * (panels_for), so every table reads them, and the same codes give the same bits either way. */
 
-/* x86: AVX-512 and AVX2 clones too (GCC vectorizes the loops 64 or 32 bytes wide), chosen at load by the CPU */
-#if defined(__x86_64__) && (defined(__clang__) || __GNUC__ >= 8)
-#define UNPACK_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define UNPACK_CLONES
-#endif
-
-/* panels [0, panels) of nibbles -> the int8 layout in out (panels * k * NR bytes) */
-static UNPACK_CLONES void unpack_nibbles(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
-    int64_t groups = k / 4;
-    for (int64_t p = 0; p < panels; p++) {
-        const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
-        int8_t *o = out + p * k * NR;
-        for (int64_t g = 0; g < groups; g += 2, in += 64) {
-            for (int i = 0; i < 64; i++) o[g * 64 + i] = (int8_t)((in[i] & 15) - 8);
-            if (g + 1 < groups)
-                for (int i = 0; i < 64; i++) o[(g + 1) * 64 + i] = (int8_t)((in[i] >> 4) - 8);
-        }
-    }
-}
-
 /* this thread's buffer of at least `bytes` (64-byte aligned), kept for its next calls; NULL: no memory */
 static int8_t *thread_buffer(size_t bytes) {
     static _Thread_local int8_t *buf;
@@ -201,7 +188,7 @@ static const int8_t *panels_for(const wl_kernels *kern, const int8_t *wp, int64_
         *fn = kern->gemv_nibbles;
         return nib;
     }
-    if (buffer) unpack_nibbles(nib, panels, k, buffer);
+    if (buffer) kern->unpack(nib, panels, k, buffer);
     return buffer;
 }
 

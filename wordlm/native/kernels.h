@@ -51,7 +51,10 @@ typedef void (*wl_qgemm_fn)(const uint8_t *u, int64_t rows, int64_t k, const int
  *            as fast for them (the same integers either way);
  *  gemv_nibbles: qgemm of one row (rows = 1) against panels of nibbles (WL_NIBBLES: kernels.c), read as
  *            they are, or NULL; more rows (or none of its own) unpack the nibbles, block by block, for
- *            qgemm4 (or qgemm). */
+ *            qgemm4 (or qgemm);
+ *  unpack:   panels of nibbles -> the int8 layout (unpack_body);
+ *  weights, max: the sampler's (sample.h: weights_body, max_body).
+ * The last three are plain C, compiled once per table so that forcing a table tests its own. */
 typedef struct {
     void (*quantize)(const float *x, int64_t m, int64_t k, uint8_t *u, float *scale, int32_t *zp);
     wl_qgemm_fn qgemm;
@@ -59,11 +62,30 @@ typedef struct {
     void (*cell)(const float *g, int64_t hidden, float *h, float *c);
     wl_qgemm_fn qgemm4;
     wl_qgemm_fn gemv_nibbles;
+    void (*unpack)(const int8_t *nib, int64_t panels, int64_t k, int8_t *out);
+    void (*weights)(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums);
+    float (*max)(const float *z, int64_t n);
 } wl_kernels;
 
 /* the bytes of one panel of nibbles (kernels.c): 64 per pair of groups of 4 inputs, an odd last one
  * padded */
 static inline int64_t wl_nibble_panel_bytes(int64_t k) { return 64 * ((k / 4 + 1) / 2); }
+
+/* panels [0, panels) of nibbles (WL_NIBBLES: kernels.c) -> the int8 layout in out (panels * k * NR bytes):
+ * a table's `unpack` (GCC vectorizes the loops as wide as the table's registers) */
+static inline __attribute__((always_inline)) void unpack_body(const int8_t *nib, int64_t panels, int64_t k,
+                                                              int8_t *out) {
+    int64_t groups = k / 4;
+    for (int64_t p = 0; p < panels; p++) {
+        const uint8_t *in = (const uint8_t *)nib + p * wl_nibble_panel_bytes(k);
+        int8_t *o = out + p * k * NR;
+        for (int64_t g = 0; g < groups; g += 2, in += 64) {
+            for (int i = 0; i < 64; i++) o[g * 64 + i] = (int8_t)((in[i] & 15) - 8);
+            if (g + 1 < groups)
+                for (int i = 0; i < 64; i++) o[(g + 1) * 64 + i] = (int8_t)((in[i] >> 4) - 8);
+        }
+    }
+}
 
 /* the GEMM of a table for a matrix of these flags (wordlm.h) */
 static inline wl_qgemm_fn wl_qgemm_for(const wl_kernels *k, int64_t flags) {
@@ -137,6 +159,9 @@ WL_INTERNAL int wl_decoder_run(const wl_kernels *kern, const float *x, int64_t m
 WL_INTERNAL int wl_rnn_run(const wl_kernels *kern, int cell, const float *x, int64_t steps, int64_t batch,
                            int64_t in_dim, int64_t hidden, int64_t proj, int64_t layers, const wl_packed *w, float *h,
                            float *c, float *y, int threads, void *scratch, size_t scratch_bytes);
+/* sample.c: wordlm.h's wl_sample on table `kern` */
+WL_INTERNAL int64_t wl_sample_run(const wl_kernels *kern, const float *z, int64_t n, float zmax, float inv_t,
+                                  double u, float *w, double *sums);
 WL_INTERNAL int wl_cell_count(void);
 WL_INTERNAL int wl_cell_row(int cell, const char **name, int64_t *gates, int *has_c, int *projection);
 

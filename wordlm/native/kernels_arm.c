@@ -22,6 +22,7 @@
  *           of two words' weights (ZIP1/ZIP2 of two groups of the panel): 1 instruction per 32
  *           multiply-adds, plus one ZIP per two SMMLAs of a pair of rows. */
 #include "kernels.h"
+#include "sample.h"
 
 #ifdef WL_ARM64
 #include <arm_neon.h>
@@ -273,7 +274,15 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon, lse_block_neon, cell_neon, qgemm4_neon, NULL};
+/* the plain-C kernels (kernels.h, sample.h), compiled for Advanced SIMD; every ARM table shares them */
+static void unpack_neon(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) { unpack_body(nib, panels, k, out); }
+static WL_SELECT void weights_neon(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
+    weights_body(z, n, zmax, inv_t, w, sums);
+}
+static float max_neon(const float *z, int64_t n) { return max_body(z, n); }
+
+const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon,  lse_block_neon, cell_neon, qgemm4_neon,
+                                    NULL,               unpack_neon, weights_neon,   max_neon};
 
 /* ---- dot product (ARMv8.2 SDOT) ---- */
 
@@ -473,7 +482,8 @@ static DOTPROD void gemv_nibbles_dot(const uint8_t *u, int64_t rows, int64_t k, 
 }
 
 /* quantization, the log-sum-exp and the cell are NEON's: SDOT changes only the GEMM */
-const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot};
+const wl_kernels wl_kernels_dotprod = {quantize_rows_neon, qgemm_dot,   lse_block_neon, cell_neon, NULL,
+                                       gemv_nibbles_dot,   unpack_neon, weights_neon,   max_neon};
 
 /* ---- I8MM (SMMLA) ---- */
 
@@ -571,7 +581,8 @@ static I8MM void qgemm_mmla(const uint8_t *u, int64_t rows, int64_t k, const int
 }
 
 /* one row of nibbles: SDOT's (every I8MM CPU has it) */
-const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla, lse_block_neon, cell_neon, NULL, gemv_nibbles_dot};
+const wl_kernels wl_kernels_i8mm = {quantize_rows_neon, qgemm_mmla,  lse_block_neon, cell_neon, NULL,
+                                    gemv_nibbles_dot,   unpack_neon, weights_neon,   max_neon};
 
 /* ---- which of them this CPU runs ---- */
 

@@ -5,6 +5,7 @@
  * library itself needs no -mavx2 and runs on any x86-64. The intrinsics come from x86_simd.h: the
  * compiler's, or SIMDe's portable C in the tests' second build, which runs both tables on any x86-64. */
 #include "kernels.h"
+#include "sample.h"
 
 #ifdef WL_X86
 #include <string.h>
@@ -409,8 +410,17 @@ static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, co
 /* nibbles for more than one row: unpacking in registers two rows a pass (16 registers) took longer than
  * unpacking each block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20
  * interleaved on a busy machine, load 5.5: a direction, not a figure) */
-const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2, lse_block_avx2, cell_avx2, qgemm4_avx2,
-                                    gemv_nibbles_avx2};
+/* the plain-C kernels (kernels.h, sample.h), compiled for AVX2 */
+static AVX2 void unpack_avx2(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
+    unpack_body(nib, panels, k, out);
+}
+static AVX2 WL_SELECT void weights_avx2(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
+    weights_body(z, n, zmax, inv_t, w, sums);
+}
+static AVX2 float max_avx2(const float *z, int64_t n) { return max_body(z, n); }
+
+const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2, cell_avx2, qgemm4_avx2,
+                                    gemv_nibbles_avx2,  unpack_avx2, weights_avx2,   max_avx2};
 
 /* ---- AVX-512 VNNI ---- */
 
@@ -627,8 +637,17 @@ static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, co
  * for one row; for more, unpacking a block once for all the rows and running the two-panel GEMM beat
  * unpacking them in registers for each group of rows (the tutorial's decoder at 25 rows: 1.44 against
  * 1.60 ms, int8 codes 1.28-1.36; Xeon with AVX-512 VNNI, medians of 60) */
-const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2, NULL,
-                                           gemv_nibbles_vnni};
+/* the plain-C kernels (kernels.h, sample.h), compiled for AVX-512 (GCC vectorizes them 64 bytes wide) */
+static VNNI void unpack_512(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
+    unpack_body(nib, panels, k, out);
+}
+static VNNI WL_SELECT void weights_512(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
+    weights_body(z, n, zmax, inv_t, w, sums);
+}
+static VNNI float max_512(const float *z, int64_t n) { return max_body(z, n); }
+
+const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2,  NULL,
+                                           gemv_nibbles_vnni,  unpack_512, weights_512,   max_512};
 
 int wl_x86_best_isa(void) {
 #ifdef WL_SIMDE /* SIMDe's portable C runs every table on any x86-64 */

@@ -190,16 +190,18 @@ WL_API int wl_rnn(int cell, const float *x, int64_t steps, int64_t batch, int64_
 WL_API size_t wl_rnn_scratch_size(int cell, int64_t steps, int64_t batch, int64_t in_dim, int64_t hidden, int64_t proj,
                                   int64_t layers, int flags, int threads);
 
-/* A word from logits z [n] at 1 / inv_t by inverse CDF at u in [0, 1) (sample.c); zmax = max(z);
- * w: n floats, sums: n / 256 + 1 doubles of scratch. Returns the word, or -1 for bad arguments. */
-WL_API int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums);
+/* A word from logits z [n] at 1 / inv_t by inverse CDF at u in [0, 1) (sample.c) on kernel `isa`;
+ * zmax = max(z); w: n floats, sums: n / 256 + 1 doubles of scratch. Returns the word, or -1 for bad
+ * arguments. */
+WL_API int64_t wl_sample(const float *z, int64_t n, float zmax, float inv_t, double u, float *w, double *sums,
+                         int isa);
 /* Rows ids [n] of an embedding of codes of `bits` (2-8; embed.c: one bit stream per row, row_bytes
  * bytes) with float32 scales [vocab, groups] (groups dividing dim) -> out [n, dim] float32. Returns 0, or
  * -1 for a bad argument (an id outside [0, vocab)). */
 WL_API int wl_embed(const uint8_t *codes, int64_t row_bytes, int bits, const float *scales, int64_t groups,
                     int64_t vocab, int64_t dim, const int64_t *ids, int64_t n, float *out);
-/* max(z[0, n)) for n >= 1 (NaN-free logits), vectorized */
-WL_API float wl_max(const float *z, int64_t n);
+/* max(z[0, n)) for n >= 1 (NaN-free logits), vectorized, on kernel `isa`; NaN for bad arguments */
+WL_API float wl_max(const float *z, int64_t n, int isa);
 
 WL_API int wl_unit_block(void);
 /* the kernels: the best this CPU runs, and each one's name by number, lowest first (NULL past the last) */

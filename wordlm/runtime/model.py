@@ -52,7 +52,7 @@ class _Step:
         c = new[1].ctypes.data if len(new) > 1 else None
         native.recurrent_into(b.x, 1, 1, self.rec, new[0].ctypes.data, c, b.y, kernel, self.threads)
         native.linear_into(b.y, 1, self.dec, b.z, kernel, self.threads)
-        return native.sample_into(b.z, self.dec.n, temperature, u, b.w, b.sums), new
+        return native.sample_into(b.z, self.dec.n, temperature, u, b.w, b.sums, kernel), new
 
 
 class Runtime(Engine):
