@@ -448,7 +448,7 @@ static inline VNNI __attribute__((always_inline)) void micro_vnni(const uint8_t 
         for (int r = 0; r < rows; r++) {
             int32_t four;
             memcpy(&four, u + r * k + k4 * 4, 4);
-            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(four), w);
+            WL_DPBUSD(acc[r], _mm512_set1_epi32(four), w);
         }
     }
     for (int r = 0; r < rows; r++) epilogue_vnni(acc[r], ascale[r], zp[r], wscale, wsum, bias, z + r * ldz);
@@ -467,10 +467,10 @@ static VNNI void gemv_vnni(const uint8_t *u, int64_t k, const int8_t *wp, int64_
             int32_t four;
             memcpy(&four, u + k4 * 4, 4);
             __m512i a = _mm512_set1_epi32(four);
-            a0 = _mm512_dpbusd_epi32(a0, a, _mm512_load_si512((const void *)(w + k4 * 64)));
-            a1 = _mm512_dpbusd_epi32(a1, a, _mm512_load_si512((const void *)(w + stride + k4 * 64)));
-            a2 = _mm512_dpbusd_epi32(a2, a, _mm512_load_si512((const void *)(w + 2 * stride + k4 * 64)));
-            a3 = _mm512_dpbusd_epi32(a3, a, _mm512_load_si512((const void *)(w + 3 * stride + k4 * 64)));
+            WL_DPBUSD(a0, a, *(const __m512i *)(w + k4 * 64));
+            WL_DPBUSD(a1, a, *(const __m512i *)(w + stride + k4 * 64));
+            WL_DPBUSD(a2, a, *(const __m512i *)(w + 2 * stride + k4 * 64));
+            WL_DPBUSD(a3, a, *(const __m512i *)(w + 3 * stride + k4 * 64));
         }
         int64_t n = p * NR;
         epilogue_vnni(a0, ascale, zp, wscale + n, wsum + n, bias + n, z + n);
@@ -503,8 +503,8 @@ static inline VNNI __attribute__((always_inline)) void micro2_vnni(const uint8_t
             int32_t four;
             memcpy(&four, u + r * k + k4 * 4, 4);
             __m512i a = _mm512_set1_epi32(four);
-            acc0[r] = _mm512_dpbusd_epi32(acc0[r], a, w0);
-            acc1[r] = _mm512_dpbusd_epi32(acc1[r], a, w1);
+            WL_DPBUSD(acc0[r], a, w0);
+            WL_DPBUSD(acc1[r], a, w1);
         }
     }
     for (int r = 0; r < rows; r++) {
@@ -570,14 +570,20 @@ static inline VNNI float hsum512(__m512 v) {
 /* 16 lanes, then the last len % 16 logits one by one */
 static VNNI void lse_block_512(lse_t *l, const float *z, int64_t len) {
     int64_t vec = len & ~(int64_t)15, i;
-    __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (i = 0; i < vec; i += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(z + i));
-    float bmax = _mm512_reduce_max_ps(vm);
+    __m512 vm = _mm512_set1_ps(-INFINITY), vm2 = vm;
+    for (i = 0; i + 32 <= vec; i += 32) /* two chains of max and of sums: one waits on its own latency */
+        vm = _mm512_max_ps(vm, _mm512_loadu_ps(z + i)), vm2 = _mm512_max_ps(vm2, _mm512_loadu_ps(z + i + 16));
+    if (i < vec) vm = _mm512_max_ps(vm, _mm512_loadu_ps(z + i));
+    float bmax = _mm512_reduce_max_ps(_mm512_max_ps(vm, vm2));
     for (i = vec; i < len; i++) bmax = z[i] > bmax ? z[i] : bmax;
     lse_raise_max(l, bmax);
-    __m512 m = _mm512_set1_ps(l->max), s = _mm512_setzero_ps();
-    for (i = 0; i < vec; i += 16) s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
-    double sum = (double)hsum512(s);
+    __m512 m = _mm512_set1_ps(l->max), s = _mm512_setzero_ps(), s2 = s;
+    for (i = 0; i + 32 <= vec; i += 32) {
+        s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
+        s2 = _mm512_add_ps(s2, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i + 16), m)));
+    }
+    if (i < vec) s = _mm512_add_ps(s, exp512(_mm512_sub_ps(_mm512_loadu_ps(z + i), m)));
+    double sum = (double)hsum512(_mm512_add_ps(s, s2));
     for (i = vec; i < len; i++) sum += expf(z[i] - l->max);
     l->sum += sum;
 }
@@ -600,9 +606,10 @@ static inline VNNI __attribute__((always_inline)) void gemv_nibble_panels_vnni(c
         __m512i a0 = _mm512_set1_epi32(f0), a1 = _mm512_set1_epi32(f1);
         for (int j = 0; j < np; j++) {
             __m512i v = _mm512_load_si512((const void *)(wp + j * stride + i * 64));
-            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
-            acc[j] = _mm512_dpbusd_epi32(acc[j], a1,
-                                         _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight));
+            __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+            __m512i hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), eight);
+            WL_DPBUSD(acc[j], a0, lo);
+            WL_DPBUSD(acc[j], a1, hi);
         }
     }
     if (k / 4 % 2) { /* an odd last group: the low nibbles of its pair */
@@ -611,7 +618,8 @@ static inline VNNI __attribute__((always_inline)) void gemv_nibble_panels_vnni(c
         __m512i a0 = _mm512_set1_epi32(f0);
         for (int j = 0; j < np; j++) {
             __m512i v = _mm512_load_si512((const void *)(wp + j * stride + pairs * 64));
-            acc[j] = _mm512_dpbusd_epi32(acc[j], a0, _mm512_sub_epi8(_mm512_and_si512(v, mask), eight));
+            __m512i lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), eight);
+            WL_DPBUSD(acc[j], a0, lo);
         }
     }
     for (int j = 0; j < np; j++)
