@@ -49,6 +49,7 @@ setup(
                 "wordlm/native/checkpoint.h",
                 "wordlm/native/json.h",
                 "wordlm/native/kernels.h",
+                "wordlm/native/sample.h",
                 "wordlm/native/threads.h",
                 "wordlm/native/x86_simd.h",
             ],

@@ -330,6 +330,10 @@ def against_ceiling(rows, peak: dict[str, float], layers=5, E=512, H=256) -> lis
         if part and isa and parts[-1] in (isa, f"{layers} layers"):
             rate = macs[part] / (t25 / 1e3) / 1e9
             lines.append(f"| {name} | {rate:.1f} | {peak[isa]:.1f} | {rate / peak[isa]:.0%} |")
+    if "vnni-micro-loop" in peak:  # the decoder's VNNI micro-kernel loop alone, from L1 (ceiling.c)
+        loop, vnni = peak["vnni-micro-loop"], peak["avx512-vnni"]
+        name = "the VNNI micro-kernel's loop alone (5 rows x 2 panels, L1, inline assembly)"
+        lines.append(f"| {name} | {loop:.1f} | {vnni:.1f} | {loop / vnni:.0%} |")
     return lines + [""]
 
 

@@ -3,7 +3,8 @@
  *   AVX2: vpmaddubsw (u8 x s8, pairs summed in int16) then vpmaddwd by 1 (pairs of pairs into int32) and
  *         vpaddd: 32 multiply-adds per ymm, the kernels' int8 path (kernels_x86.c's dot4_avx2);
  *   AVX-512 VNNI: vpdpbusd, 64 multiply-adds per zmm.
- * Also the clock, from a chain of dependent adds (one a cycle). Prints one line per measure.
+ * Also the clock, from a chain of dependent adds (one a cycle), and the VNNI decoder's micro-kernel loop
+ * alone (vnni_micro_loop_gmacs). Prints one line per measure.
  *   cc -O2 -march=native benchmarks/kernels/ceiling.c -o ceiling && ./ceiling   (benchmarks/kernels.py) */
 #include <immintrin.h>
 #include <stdint.h>
@@ -74,10 +75,55 @@ __attribute__((target("avx512f,avx512vnni"))) static double vnni_gmacs(void) {
     return _mm512_reduce_add_epi32(all) == 42 ? 0 : 64.0 * 12 * (ITERS / 4) / t / 1e9;
 }
 
+/* The VNNI decoder's micro-kernel loop alone (kernels_x86.c's micro2_vnni at 5 rows), in inline assembly
+ * over K = 256 from L1: per group of 4 inputs two panels' 64 bytes loaded, each of 5 rows' 4 codes
+ * broadcast, 10 vpdpbusd. What that mix of instructions reaches with no driver, epilogue or log-sum-exp
+ * around it, to set the decoder's figure against: the broadcasts share ports with vpdpbusd. */
+__attribute__((target("avx512f,avx512vnni"))) static double vnni_micro_loop_gmacs(void) {
+    static int8_t panels[2][64 * 64] __attribute__((aligned(64)));
+    static uint8_t rows[5][256] __attribute__((aligned(64)));
+    for (int i = 0; i < 64 * 64; i++) panels[0][i] = (int8_t)(i * 7), panels[1][i] = (int8_t)(i * 5);
+    for (int i = 0; i < 5 * 256; i++) rows[i / 256][i % 256] = (uint8_t)(i * 3 & 127);
+    double t = now();
+    for (long i = 0; i < ITERS / 64; i++) /* 64 groups of 4 inputs a pass */
+        __asm__ volatile("xor %%eax, %%eax\n"
+                         "xor %%ecx, %%ecx\n"
+                         "1:\n"
+                         "vmovdqa64 (%[w0],%%rcx), %%zmm20\n"
+                         "vmovdqa64 (%[w1],%%rcx), %%zmm21\n"
+                         "vpbroadcastd (%[u],%%rax), %%zmm25\n"
+                         "vpdpbusd %%zmm20, %%zmm25, %%zmm0\n"
+                         "vpdpbusd %%zmm21, %%zmm25, %%zmm1\n"
+                         "vpbroadcastd 256(%[u],%%rax), %%zmm26\n"
+                         "vpdpbusd %%zmm20, %%zmm26, %%zmm2\n"
+                         "vpdpbusd %%zmm21, %%zmm26, %%zmm3\n"
+                         "vpbroadcastd 512(%[u],%%rax), %%zmm27\n"
+                         "vpdpbusd %%zmm20, %%zmm27, %%zmm4\n"
+                         "vpdpbusd %%zmm21, %%zmm27, %%zmm5\n"
+                         "vpbroadcastd 768(%[u],%%rax), %%zmm28\n"
+                         "vpdpbusd %%zmm20, %%zmm28, %%zmm6\n"
+                         "vpdpbusd %%zmm21, %%zmm28, %%zmm7\n"
+                         "vpbroadcastd 1024(%[u],%%rax), %%zmm29\n"
+                         "vpdpbusd %%zmm20, %%zmm29, %%zmm8\n"
+                         "vpdpbusd %%zmm21, %%zmm29, %%zmm9\n"
+                         "add $4, %%eax\n"
+                         "add $64, %%ecx\n"
+                         "cmp $256, %%eax\n"
+                         "jne 1b\n"
+                         :
+                         : [w0] "r"(panels[0]), [w1] "r"(panels[1]), [u] "r"(rows[0])
+                         : "rax", "rcx", "memory", "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8",
+                           "zmm9", "zmm20", "zmm21", "zmm25", "zmm26", "zmm27", "zmm28", "zmm29");
+    return 64.0 * 10 * (double)(ITERS / 64) * 64 / (now() - t) / 1e9;
+}
+
 int main(void) {
     __builtin_cpu_init();
     printf("clock %.2f GHz\n", clock_ghz());
     if (__builtin_cpu_supports("avx2")) printf("avx2 %.1f G multiply-adds/s\n", avx2_gmacs());
-    if (__builtin_cpu_supports("avx512vnni")) printf("avx512-vnni %.1f G multiply-adds/s\n", vnni_gmacs());
+    if (__builtin_cpu_supports("avx512vnni")) {
+        printf("avx512-vnni %.1f G multiply-adds/s\n", vnni_gmacs());
+        printf("vnni-micro-loop %.1f G multiply-adds/s\n", vnni_micro_loop_gmacs());
+    }
     return 0;
 }
