@@ -104,11 +104,7 @@ void wl_cell_c(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-static void unpack_c(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) { unpack_body(nib, panels, k, out); }
-static WL_SELECT void weights_c(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
-    weights_body(z, n, zmax, inv_t, w, sums);
-}
-static float max_c(const float *z, int64_t n) { return max_body(z, n); }
+WL_PLAIN_KERNELS(c, )
 
 const wl_kernels wl_kernels_portable = {quantize_rows_c, qgemm_c, lse_block_c, wl_cell_c, NULL,
                                         NULL,            unpack_c, weights_c,  max_c};

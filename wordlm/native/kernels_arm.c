@@ -274,12 +274,7 @@ static void cell_neon(const float *g, int64_t hidden, float *h, float *c) {
     }
 }
 
-/* the plain-C kernels (kernels.h, sample.h), compiled for Advanced SIMD; every ARM table shares them */
-static void unpack_neon(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) { unpack_body(nib, panels, k, out); }
-static WL_SELECT void weights_neon(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
-    weights_body(z, n, zmax, inv_t, w, sums);
-}
-static float max_neon(const float *z, int64_t n) { return max_body(z, n); }
+WL_PLAIN_KERNELS(neon, ) /* sample.h: unpacking and the sampler for Advanced SIMD; every ARM table shares them */
 
 const wl_kernels wl_kernels_neon = {quantize_rows_neon, qgemm_neon,  lse_block_neon, cell_neon, qgemm4_neon,
                                     NULL,               unpack_neon, weights_neon,   max_neon};

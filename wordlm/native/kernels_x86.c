@@ -410,14 +410,7 @@ static AVX2 void gemv_nibbles_avx2(const uint8_t *u, int64_t rows, int64_t k, co
 /* nibbles for more than one row: unpacking in registers two rows a pass (16 registers) took longer than
  * unpacking each block once for qgemm4 (25 rows of the tutorial's decoder, 2.3 against 2.1 ms, p25 of 20
  * interleaved on a busy machine, load 5.5: a direction, not a figure) */
-/* the plain-C kernels (kernels.h, sample.h), compiled for AVX2 */
-static AVX2 void unpack_avx2(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
-    unpack_body(nib, panels, k, out);
-}
-static AVX2 WL_SELECT void weights_avx2(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
-    weights_body(z, n, zmax, inv_t, w, sums);
-}
-static AVX2 float max_avx2(const float *z, int64_t n) { return max_body(z, n); }
+WL_PLAIN_KERNELS(avx2, AVX2) /* sample.h: unpacking and the sampler, compiled for AVX2 */
 
 const wl_kernels wl_kernels_avx2 = {quantize_rows_avx2, qgemm_avx2,  lse_block_avx2, cell_avx2, qgemm4_avx2,
                                     gemv_nibbles_avx2,  unpack_avx2, weights_avx2,   max_avx2};
@@ -645,14 +638,7 @@ static VNNI void gemv_nibbles_vnni(const uint8_t *u, int64_t rows, int64_t k, co
  * for one row; for more, unpacking a block once for all the rows and running the two-panel GEMM beat
  * unpacking them in registers for each group of rows (the tutorial's decoder at 25 rows: 1.44 against
  * 1.60 ms, int8 codes 1.28-1.36; Xeon with AVX-512 VNNI, medians of 60) */
-/* the plain-C kernels (kernels.h, sample.h), compiled for AVX-512 (GCC vectorizes them 64 bytes wide) */
-static VNNI void unpack_512(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {
-    unpack_body(nib, panels, k, out);
-}
-static VNNI WL_SELECT void weights_512(const float *z, int64_t n, float zmax, float inv_t, float *w, double *sums) {
-    weights_body(z, n, zmax, inv_t, w, sums);
-}
-static VNNI float max_512(const float *z, int64_t n) { return max_body(z, n); }
+WL_PLAIN_KERNELS(512, VNNI) /* the same for AVX-512 (GCC vectorizes them 64 bytes wide) */
 
 const wl_kernels wl_kernels_avx512_vnni = {quantize_rows_avx2, qgemm_vnni, lse_block_512, cell_avx2,  NULL,
                                            gemv_nibbles_vnni,  unpack_512, weights_512,   max_512};

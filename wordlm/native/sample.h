@@ -73,4 +73,16 @@ static inline __attribute__((always_inline)) float max_body(const float *z, int6
     return m;
 }
 
+/* A table's plain-C kernels (kernels.h's unpack_body, the sampler's bodies above) compiled with `attr`
+ * (a target attribute, or nothing): unpack_<suffix>, weights_<suffix>, max_<suffix> */
+#define WL_PLAIN_KERNELS(suffix, attr)                                                                         \
+    static attr void unpack_##suffix(const int8_t *nib, int64_t panels, int64_t k, int8_t *out) {               \
+        unpack_body(nib, panels, k, out);                                                                       \
+    }                                                                                                           \
+    static attr WL_SELECT void weights_##suffix(const float *z, int64_t n, float zmax, float inv_t, float *w,   \
+                                                double *sums) {                                                 \
+        weights_body(z, n, zmax, inv_t, w, sums);                                                               \
+    }                                                                                                           \
+    static attr float max_##suffix(const float *z, int64_t n) { return max_body(z, n); }
+
 #endif
