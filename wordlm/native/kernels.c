@@ -57,7 +57,7 @@
 #include "sample.h"
 #include "threads.h"
 
-#define CHUNK_WORDS (4 * NB) /* the decoder's unit of work: 33 chunks for the tutorial's vocabulary */
+#define CHUNK_WORDS (2 * NB) /* the decoder's unit of work: 33 chunks for the tutorial's vocabulary */
 
 /* ---- portable kernels ---- */
 
@@ -155,7 +155,7 @@ static void qgemm_fine(wl_qgemm_fn qgemm, codes_t a, codes_t r, int64_t rows, in
  * layout, the high nibbles group 2i + 1's, each as code + 8 (0..15); an odd last group's partner is code 0. A panel
  * is 64 * ceil(K / 8) bytes, half the int8 layout's. For one row (generation) a table's gemv_nibbles reads them as
  * they are; otherwise the decoder unpacks a block of NB words at a time into the int8 layout in a buffer of its
- * thread (L2-resident: 64 KiB at K = 256) for the table's GEMM, and the recurrent stack a block of units' gate rows
+ * thread (L2-resident: 128 KiB at K = 256) for the table's GEMM, and the recurrent stack a block of units' gate rows
  * (panels_for), so every table reads them, and the same codes give the same bits either way. */
 
 /* this thread's buffer of at least `bytes` (64-byte aligned), kept for its next calls; NULL: no memory */
@@ -212,7 +212,7 @@ typedef struct {
     int fold;               /* the log-sum-exp is asked for (lse or nll): a logits-only call skips its exps */
 } decoder_job;
 
-/* one chunk of the vocabulary for every row: blocks of NB words outside (a block of W, 64 KiB at
+/* one chunk of the vocabulary for every row: blocks of NB words outside (a block of W, 128 KiB at
  * K = 256, stays in L2 while all rows pass), groups of MR rows inside */
 static void decoder_chunk(const void *arg, int64_t chunk) {
     const decoder_job *d = arg;

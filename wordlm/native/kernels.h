@@ -21,7 +21,8 @@
 
 #define NR 16  /* rows of W per panel (two AVX2 registers of 8 int32) */
 #define MR 5   /* rows of x per micro-kernel call (25 = 5 x 5 for the tutorial's bptt) */
-#define NB 256 /* words per block of the running log-sum-exp (a block of logits stays in L1) */
+#define NB 512 /* words per block of the running log-sum-exp (a block of logits stays in L1; 256 cost ~2%
+                * more on the VNNI decoder, its per-block reductions, and no less on AVX2: 2026-12-05) */
 #define UNIT_BLOCK 32 /* hidden units per block of the recurrent layers' partition (kernels.c says why) */
 
 /* The running log-sum-exp of one row: sum of exp(z - max) over the logits folded in so far. */
