@@ -42,8 +42,8 @@ static inline __attribute__((always_inline)) float exp_nonpos(float x) {
 
 /* w[i] = exp((z[i] - zmax) * inv_t); sums[b] = the sum of block b (8 lanes, then in double); a table's
  * `weights`, WL_SELECT */
-static inline __attribute__((always_inline)) void weights_body(const float *z, int64_t n, float zmax, float inv_t, float *w,
-                                                               double *sums) {
+static inline __attribute__((always_inline)) void weights_body(const float *z, int64_t n, float zmax, float inv_t,
+                                                               float *w, double *sums) {
     for (int64_t i = 0; i < n; i++) w[i] = exp_nonpos((z[i] - zmax) * inv_t);
     for (int64_t b0 = 0, k = 0; b0 < n; b0 += SAMPLE_BLOCK, k++) {
         int64_t end = b0 + SAMPLE_BLOCK < n ? b0 + SAMPLE_BLOCK : n, i = b0;
